@@ -1,0 +1,81 @@
+"""The two small interfaces every backend implements.
+
+A RelationalStore gives a tenant its own Postgres role and a schema or a database; a VectorStore gives it
+a namespace in a shared index or an index of its own. Reconcile talks only to these interfaces, so a new
+backend is one new module here plus one line in `vector_store_for`.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Protocol
+
+from tenantstore.models import DesiredStore
+
+
+@dataclasses.dataclass(frozen=True)
+class Step:
+    """One change a backend made; it becomes a Kubernetes Event."""
+
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass(frozen=True)
+class RelationalPlacement:
+    host: str
+    port: int
+    database: str
+    schema: str
+    role: str
+
+    def to_status(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclasses.dataclass(frozen=True)
+class VectorPlacement:
+    backend: str
+    index: str
+    namespace: str = ""
+    table: str = ""
+    host: str = ""
+
+    def to_status(self) -> dict[str, Any]:
+        return {key: value for key, value in dataclasses.asdict(self).items() if value}
+
+    @classmethod
+    def from_status(cls, raw: dict[str, Any] | None) -> VectorPlacement | None:
+        if not raw or not raw.get("backend") or not raw.get("index"):
+            return None
+        return cls(**{field.name: raw.get(field.name, "") for field in dataclasses.fields(cls)})
+
+
+class RelationalStore(Protocol):
+    async def ensure(self, store: DesiredStore, password: str, password_is_new: bool
+                     ) -> tuple[RelationalPlacement, list[Step]]:
+        """Make the role (with this password when created or when the password is new) and its schema or database."""
+
+    async def owner_of(self, store: DesiredStore) -> str | None:
+        """The uid of the TenantStore that claimed this tenant's role; None when free or absent."""
+
+    async def teardown(self, store: DesiredStore) -> list[Step]:
+        """End the tenant's sessions, drop its schema or database, then its role."""
+
+    async def release(self, store: DesiredStore) -> list[Step]:
+        """Keep everything but give up the claim, so a new TenantStore with this tenantId can adopt it."""
+
+    async def residue(self, store: DesiredStore) -> list[str]:
+        """What of the tenant still exists (empty after a complete teardown)."""
+
+
+class VectorStore(Protocol):
+    backend: str
+
+    async def ensure(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
+        """Place the tenant (namespace isolation) or make its own index (dedicated), and grant it access."""
+
+    async def teardown(self, store: DesiredStore) -> list[Step]:
+        ...
+
+    async def residue(self, store: DesiredStore) -> list[str]:
+        ...

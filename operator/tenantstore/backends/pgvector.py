@@ -1,0 +1,221 @@
+"""VectorStore on pgvector, in the same Postgres as the tenant's relational store.
+
+namespace isolation: shared indexes are partitioned tables `tenantstore_vectors.shared_<dim>_<metric>_<n>`
+(LIST-partitioned by namespace, owned by the admin role). A tenant gets one partition, a row-level-security
+policy that lets its role see and write only rows of its namespace, and DML grants on the parent table
+only, so it cannot reach the partitions directly.
+dedicated isolation: a `vectors` table in the tenant's own schema (or its own database's public schema).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from tenantstore.backends import Step, VectorPlacement
+from tenantstore.backends.postgres import PostgresServer, fetch_one
+from tenantstore.models import DesiredStore, Metric, VectorIsolation, dedicated_index_name, shared_index_name
+
+SHARED_SCHEMA = "tenantstore_vectors"
+DEDICATED_TABLE = "vectors"
+TENANT_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+# HNSW indexes on the `vector` type stop at 2,000 dimensions; larger vectors are stored unindexed.
+HNSW_MAX_DIMENSIONS = 2000
+OPERATOR_CLASSES = {Metric.COSINE: "vector_cosine_ops", Metric.EUCLIDEAN: "vector_l2_ops",
+                    Metric.DOTPRODUCT: "vector_ip_ops"}
+
+
+def shared_table_prefix(dimension: int, metric: Metric) -> str:
+    return f"shared_{dimension}_{metric.value}_"
+
+
+def partition_name(store: DesiredStore) -> str:
+    # A tenant lives in at most one shared index, so its role name is a unique partition name.
+    return store.role
+
+
+class PgvectorStore:
+    backend = "pgvector"
+
+    def __init__(self, server: PostgresServer):
+        self.server = server
+
+    async def ensure(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
+        if store.vector is VectorIsolation.NAMESPACE:
+            return await self._ensure_namespace(store)
+        return await self._ensure_dedicated(store)
+
+    # --- namespace isolation: a partition of a shared index ---
+
+    async def _ensure_namespace(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
+        steps: list[Step] = []
+        async with self.server.connect() as conn:
+            async with conn.transaction():
+                # One placement at a time per (dimension, metric), across operator replicas: no index over capacity.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                                   (f"tenantstore:placement:{store.dimension}:{store.metric.value}",))
+                table = await self._current_shared_table(conn, store)
+                if table is None:
+                    table, created = await self._table_with_room(conn, store)
+                    if created:
+                        steps.append(Step("SharedIndexCreated", f"shared index {index_name_of(table)} created"))
+                    await conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES IN ({})").format(
+                        sql.Identifier(SHARED_SCHEMA, partition_name(store)), sql.Identifier(SHARED_SCHEMA, table),
+                        sql.Literal(store.tenant_id)))
+                    steps.append(Step("NamespaceCreated", f"namespace {store.tenant_id} placed in shared index "
+                                                          f"{index_name_of(table)}"))
+                steps += await self._ensure_namespace_access(conn, store, table)
+        return VectorPlacement(backend=self.backend, index=index_name_of(table), namespace=store.tenant_id,
+                               table=f"{SHARED_SCHEMA}.{table}"), steps
+
+    async def _current_shared_table(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> str | None:
+        row = await fetch_one(conn, """
+            SELECT parent.relname AS parent FROM pg_inherits i
+              JOIN pg_class child ON child.oid = i.inhrelid
+              JOIN pg_class parent ON parent.oid = i.inhparent
+              JOIN pg_namespace n ON n.oid = child.relnamespace
+             WHERE n.nspname = %s AND child.relname = %s""", SHARED_SCHEMA, partition_name(store))
+        return row["parent"] if row else None
+
+    async def shared_tables(self, conn: psycopg.AsyncConnection[Any], dimension: int, metric: Metric
+                            ) -> list[tuple[str, int]]:
+        """The pool of shared indexes for a (dimension, metric): (table, tenants placed), oldest first."""
+        cursor = await conn.execute("""
+            SELECT parent.relname AS table, count(i.inhrelid) AS tenants FROM pg_class parent
+              JOIN pg_namespace n ON n.oid = parent.relnamespace
+              LEFT JOIN pg_inherits i ON i.inhparent = parent.oid
+             WHERE n.nspname = %s AND parent.relkind = 'p' AND starts_with(parent.relname, %s)
+             GROUP BY parent.relname""", (SHARED_SCHEMA, shared_table_prefix(dimension, metric)))
+        rows = await cursor.fetchall()
+        pool = [(row["table"], int(row["tenants"])) for row in rows]
+        return sorted(pool, key=lambda entry: shared_table_number(entry[0]))
+
+    async def _table_with_room(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> tuple[str, bool]:
+        pool = await self.shared_tables(conn, store.dimension, store.metric)
+        for table, tenants in pool:
+            if tenants < store.shared_index_capacity:
+                return table, False
+        number = max((shared_table_number(table) for table, _ in pool), default=0) + 1
+        table = shared_index_name(store.dimension, store.metric, number).replace("-", "_")
+        await self._create_shared_table(conn, table, store)
+        return table, True
+
+    async def _create_shared_table(self, conn: psycopg.AsyncConnection[Any], table: str, store: DesiredStore) -> None:
+        if not await fetch_one(conn, "SELECT 1 FROM pg_namespace WHERE nspname = %s", SHARED_SCHEMA):
+            await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SHARED_SCHEMA)))
+        qualified = sql.Identifier(SHARED_SCHEMA, table)
+        await conn.execute(sql.SQL("""
+            CREATE TABLE {} (
+                namespace text NOT NULL,
+                id text NOT NULL,
+                embedding vector({}) NOT NULL,
+                metadata jsonb NOT NULL DEFAULT '{{}}',
+                PRIMARY KEY (namespace, id)
+            ) PARTITION BY LIST (namespace)""").format(qualified, sql.Literal(store.dimension)))
+        await conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(qualified))
+        await self._create_ann_index(conn, qualified, store)
+
+    async def _create_ann_index(self, conn: psycopg.AsyncConnection[Any], table: sql.Identifier,
+                                store: DesiredStore) -> None:
+        if store.dimension <= HNSW_MAX_DIMENSIONS:
+            await conn.execute(sql.SQL("CREATE INDEX ON {} USING hnsw (embedding {})").format(
+                table, sql.SQL(OPERATOR_CLASSES[store.metric])))
+
+    async def _ensure_namespace_access(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore,
+                                       table: str) -> list[Step]:
+        steps: list[Step] = []
+        qualified, role = sql.Identifier(SHARED_SCHEMA, table), sql.Identifier(store.role)
+        policy = await fetch_one(conn, "SELECT 1 FROM pg_policies WHERE schemaname = %s AND tablename = %s "
+                                       "AND policyname = %s", SHARED_SCHEMA, table, store.role)
+        if policy is None:
+            namespace = sql.Literal(store.tenant_id)
+            await conn.execute(sql.SQL("CREATE POLICY {} ON {} FOR ALL TO {} USING (namespace = {}) "
+                                       "WITH CHECK (namespace = {})").format(role, qualified, role, namespace, namespace))
+            steps.append(Step("NamespaceIsolated", f"row-level security policy limits {store.role} to namespace "
+                                                   f"{store.tenant_id}"))
+        steps += await self._ensure_grants(conn, store, SHARED_SCHEMA, table)
+        return steps
+
+    async def _ensure_grants(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore, schema: str,
+                             table: str) -> list[Step]:
+        cursor = await conn.execute("""
+            SELECT has_schema_privilege(%(role)s, %(schema)s, 'USAGE') AS usage,
+                   bool_and(has_table_privilege(%(role)s, format('%%I.%%I', %(schema)s::text, %(table)s::text), privilege)) AS dml
+              FROM unnest(%(privileges)s::text[]) AS privilege""",
+            {"role": store.role, "schema": schema, "table": table, "privileges": list(TENANT_PRIVILEGES)})
+        held = await cursor.fetchone()
+        if held["usage"] and held["dml"]:
+            return []
+        role = sql.Identifier(store.role)
+        if not held["usage"]:
+            await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
+        await conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(
+            sql.SQL(", ").join(sql.SQL(p) for p in TENANT_PRIVILEGES), sql.Identifier(schema, table), role))
+        return [Step("VectorAccessGranted", f"{store.role} may read and write its vectors in {schema}.{table}")]
+
+    # --- dedicated isolation: the tenant's own table ---
+
+    async def _ensure_dedicated(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
+        steps: list[Step] = []
+        async with self.server.connect(store.database) as conn:
+            if not await self._dedicated_table_exists(conn, store):
+                async with conn.transaction():
+                    qualified = sql.Identifier(store.schema, DEDICATED_TABLE)
+                    await conn.execute(sql.SQL("""
+                        CREATE TABLE {} (
+                            id text PRIMARY KEY,
+                            embedding vector({}) NOT NULL,
+                            metadata jsonb NOT NULL DEFAULT '{{}}'
+                        )""").format(qualified, sql.Literal(store.dimension)))
+                    await self._create_ann_index(conn, qualified, store)
+                steps.append(Step("DedicatedIndexCreated", f"dedicated vector table {store.database}."
+                                                           f"{store.schema}.{DEDICATED_TABLE} created"))
+            steps += await self._ensure_grants(conn, store, store.schema, DEDICATED_TABLE)
+        return VectorPlacement(backend=self.backend, index=dedicated_index_name(store.tenant_id),
+                               table=f"{store.schema}.{DEDICATED_TABLE}"), steps
+
+    @staticmethod
+    async def _dedicated_table_exists(conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> bool:
+        row = await fetch_one(conn, "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL AS present",
+                              store.schema, DEDICATED_TABLE)
+        return bool(row and row["present"])
+
+    # --- teardown ---
+
+    async def teardown(self, store: DesiredStore) -> list[Step]:
+        if store.vector is VectorIsolation.DEDICATED:
+            # The table lives in the tenant's schema or database and goes with it.
+            return []
+        steps: list[Step] = []
+        async with self.server.connect() as conn:
+            async with conn.transaction():
+                table = await self._current_shared_table(conn, store)
+                if table is not None:
+                    await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(SHARED_SCHEMA, partition_name(store))))
+                    steps.append(Step("NamespaceDropped", f"namespace {store.tenant_id} and its vectors removed from "
+                                                          f"shared index {index_name_of(table)}"))
+                for row in await (await conn.execute(
+                        "SELECT tablename FROM pg_policies WHERE schemaname = %s AND policyname = %s",
+                        (SHARED_SCHEMA, store.role))).fetchall():
+                    await conn.execute(sql.SQL("DROP POLICY {} ON {}").format(
+                        sql.Identifier(store.role), sql.Identifier(SHARED_SCHEMA, row["tablename"])))
+        return steps
+
+    async def residue(self, store: DesiredStore) -> list[str]:
+        left: list[str] = []
+        async with self.server.connect() as conn:
+            if (table := await self._current_shared_table(conn, store)) is not None:
+                left.append(f"namespace {store.tenant_id} in shared index {index_name_of(table)}")
+            if await fetch_one(conn, "SELECT 1 FROM pg_policies WHERE schemaname = %s AND policyname = %s",
+                               SHARED_SCHEMA, store.role):
+                left.append(f"row-level security policy {store.role}")
+        return left
+
+
+def index_name_of(table: str) -> str:
+    return table.replace("_", "-")
+
+
+def shared_table_number(table: str) -> int:
+    return int(table.rsplit("_", 1)[-1])

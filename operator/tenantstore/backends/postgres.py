@@ -1,0 +1,267 @@
+"""RelationalStore on Postgres (psycopg 3, async): a role per tenant with a schema or a database it owns.
+
+The operator logs in as the StoreClass's admin role (CREATEROLE, CREATEDB, not a superuser). Each tenant
+role it creates is granted to the admin role, which is what lets a non-superuser end the tenant's
+sessions and drop what the tenant owns. The role's COMMENT records which TenantStore claimed it: that
+claim is atomic (CREATE ROLE either happens or fails), so two TenantStores never share a tenant.
+"""
+from __future__ import annotations
+
+import base64
+import contextlib
+import hashlib
+import hmac
+import json
+import os
+from collections.abc import AsyncIterator
+from typing import Any
+
+import psycopg
+import psycopg_pool
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.rows import dict_row
+
+from tenantstore.backends import RelationalPlacement, Step
+from tenantstore.errors import BackendUnavailable, TenantIdConflict
+from tenantstore.models import DesiredStore, RelationalIsolation
+
+CONNECT_TIMEOUT_SECONDS = 5
+
+
+def scram_sha256_verifier(password: str, iterations: int = 4096) -> str:
+    """The SCRAM verifier Postgres stores, computed here so the plain password never reaches the server's logs."""
+    salt = os.urandom(16)
+    salted = hashlib.pbkdf2_hmac("sha256", password.encode(), salt, iterations)
+    client_key = hmac.new(salted, b"Client Key", "sha256").digest()
+    server_key = hmac.new(salted, b"Server Key", "sha256").digest()
+    b64 = lambda raw: base64.b64encode(raw).decode()  # noqa: E731
+    return f"SCRAM-SHA-256${iterations}:{b64(salt)}${b64(hashlib.sha256(client_key).digest())}:{b64(server_key)}"
+
+
+class PostgresServer:
+    """Connections to one Postgres, as the admin role a StoreClass names.
+
+    The shared database gets a small pool; a tenant's own database gets a short-lived connection, because
+    there may be thousands of them and each is touched only when that tenant changes.
+    """
+
+    def __init__(self, admin_uri: str, shared_database: str):
+        self.admin_uri = admin_uri
+        self.shared_database = shared_database
+        params = conninfo_to_dict(admin_uri)
+        self.host = str(params.get("host") or "localhost")
+        self.port = int(params.get("port") or 5432)
+        self._pool = psycopg_pool.AsyncConnectionPool(
+            self.conninfo(shared_database), min_size=1, max_size=4, open=False, timeout=CONNECT_TIMEOUT_SECONDS * 2,
+            check=psycopg_pool.AsyncConnectionPool.check_connection,
+            kwargs={"autocommit": True, "row_factory": dict_row},
+        )
+        self._opened = False
+
+    def conninfo(self, database: str) -> str:
+        return make_conninfo(self.admin_uri, dbname=database, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                             application_name="tenantstore-operator")
+
+    async def close(self) -> None:
+        if self._opened:
+            await self._pool.close()
+
+    @contextlib.asynccontextmanager
+    async def connect(self, database: str | None = None) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
+        """An autocommit connection (CREATE DATABASE needs one); use `conn.transaction()` for atomic steps."""
+        database = database or self.shared_database
+        try:
+            if database == self.shared_database:
+                if not self._opened:
+                    await self._pool.open(wait=False)
+                    self._opened = True
+                async with self._pool.connection() as conn:
+                    yield conn
+            else:
+                async with await psycopg.AsyncConnection.connect(
+                        self.conninfo(database), autocommit=True, row_factory=dict_row) as conn:
+                    yield conn
+        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
+            raise BackendUnavailable(f"Postgres at {self.host}:{self.port} is unreachable: {first_line(error)}") from error
+
+
+def first_line(error: BaseException) -> str:
+    return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+async def fetch_one(conn: psycopg.AsyncConnection[Any], query: sql.Composable | str, *params: Any) -> dict[str, Any] | None:
+    cursor = await conn.execute(query, params or None)
+    return await cursor.fetchone()
+
+
+def role_claim(store: DesiredStore, owner: str | None) -> str:
+    return json.dumps({"managedBy": "tenantstore", "tenantId": store.tenant_id, "owner": owner}, sort_keys=True)
+
+
+def parse_claim(comment: str | None) -> dict[str, Any] | None:
+    try:
+        claim = json.loads(comment or "")
+    except ValueError:
+        return None
+    return claim if isinstance(claim, dict) and claim.get("managedBy") == "tenantstore" else None
+
+
+class PostgresRelationalStore:
+    def __init__(self, server: PostgresServer):
+        self.server = server
+
+    async def owner_of(self, store: DesiredStore) -> str | None:
+        async with self.server.connect() as conn:
+            role = await self._inspect_role(conn, store.role)
+        if role is None:
+            return None
+        claim = parse_claim(role["claim"])
+        return claim.get("owner") if claim else "(not managed by tenantstore)"
+
+    async def ensure(self, store: DesiredStore, password: str, password_is_new: bool
+                     ) -> tuple[RelationalPlacement, list[Step]]:
+        steps: list[Step] = []
+        async with self.server.connect() as conn:
+            steps += await self._ensure_role(conn, store, password, password_is_new)
+            if store.relational is RelationalIsolation.SCHEMA:
+                steps += await self._ensure_schema(conn, store)
+            else:
+                steps += await self._ensure_database(conn, store)
+        placement = RelationalPlacement(host=self.server.host, port=self.server.port, database=store.database,
+                                        schema=store.schema, role=store.role)
+        return placement, steps
+
+    async def _inspect_role(self, conn: psycopg.AsyncConnection[Any], role: str) -> dict[str, Any] | None:
+        return await fetch_one(conn, """
+            SELECT r.rolcanlogin AS can_login, r.rolconnlimit AS connection_limit,
+                   shobj_description(r.oid, 'pg_authid') AS claim,
+                   pg_has_role(current_user, r.oid, 'USAGE') AS admin_has_privileges
+              FROM pg_roles r WHERE r.rolname = %s""", role)
+
+    async def _ensure_role(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore, password: str,
+                           password_is_new: bool) -> list[Step]:
+        role = sql.Identifier(store.role)
+        existing = await self._inspect_role(conn, store.role)
+        if existing is None:
+            try:
+                async with conn.transaction():
+                    await conn.execute(sql.SQL("CREATE ROLE {} {} CONNECTION LIMIT {} PASSWORD {}").format(
+                        role, sql.SQL("NOLOGIN" if store.suspended else "LOGIN"),
+                        sql.Literal(store.connection_limit), sql.Literal(scram_sha256_verifier(password))))
+                    await conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                        role, sql.Literal(role_claim(store, store.uid))))
+                    # Membership (with inherit) lets the admin act as the tenant's owner: terminate, drop, grant.
+                    await conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
+                return [Step("RoleCreated", f"Postgres role {store.role} created (connection limit "
+                                            f"{store.connection_limit})")]
+            except psycopg.errors.DuplicateObject:
+                existing = await self._inspect_role(conn, store.role)  # lost a race: judge the winner's claim
+                if existing is None:
+                    raise
+        claim = parse_claim(existing["claim"])
+        if claim is None:
+            raise TenantIdConflict(f"Postgres role {store.role} exists and was not made by tenantstore")
+        steps: list[Step] = []
+        if claim.get("owner") != store.uid:
+            if claim.get("owner") is not None:
+                raise TenantIdConflict(f"tenantId {store.tenant_id} is claimed by another TenantStore "
+                                       f"(uid {claim['owner']})")
+            await conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(role_claim(store, store.uid))))
+            steps.append(Step("RoleAdopted", f"retained Postgres role {store.role} adopted by this TenantStore"))
+        if not existing["admin_has_privileges"]:
+            await conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
+        if existing["connection_limit"] != store.connection_limit:
+            await conn.execute(sql.SQL("ALTER ROLE {} CONNECTION LIMIT {}").format(role, sql.Literal(store.connection_limit)))
+            steps.append(Step("ConnectionLimitChanged", f"role {store.role} connection limit set to {store.connection_limit}"))
+        if existing["can_login"] == store.suspended:
+            await conn.execute(sql.SQL("ALTER ROLE {} {}").format(role, sql.SQL("NOLOGIN" if store.suspended else "LOGIN")))
+            if store.suspended:
+                await self._terminate_sessions(conn, store.role)
+            steps.append(Step("LoginChanged", f"role {store.role} can {'no longer' if store.suspended else 'again'} log in"))
+        if password_is_new:
+            await conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(scram_sha256_verifier(password))))
+            steps.append(Step("PasswordReset", f"role {store.role} got a new password (its Secret was missing)"))
+        return steps
+
+    async def _ensure_schema(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> list[Step]:
+        row = await fetch_one(conn, "SELECT pg_get_userbyid(nspowner) AS owner FROM pg_namespace WHERE nspname = %s",
+                              store.schema)
+        if row is None:
+            await conn.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
+                sql.Identifier(store.schema), sql.Identifier(store.role)))
+            return [Step("SchemaCreated", f"schema {store.schema} in database {store.database} created, owned by {store.role}")]
+        if row["owner"] != store.role:
+            raise TenantIdConflict(f"schema {store.schema} exists and belongs to role {row['owner']}")
+        return []
+
+    async def _ensure_database(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> list[Step]:
+        steps: list[Step] = []
+        query = """
+            SELECT pg_get_userbyid(datdba) AS owner,
+                   EXISTS (SELECT 1 FROM aclexplode(COALESCE(datacl, acldefault('d', datdba))) WHERE grantee = 0)
+                     AS public_can_connect
+              FROM pg_database WHERE datname = %s"""
+        row = await fetch_one(conn, query, store.database)
+        if row is None:
+            await conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
+                sql.Identifier(store.database), sql.Identifier(store.role)))
+            steps.append(Step("DatabaseCreated", f"database {store.database} created, owned by {store.role}"))
+            row = await fetch_one(conn, query, store.database)
+        if row["owner"] != store.role:
+            raise TenantIdConflict(f"database {store.database} exists and belongs to role {row['owner']}")
+        if row["public_can_connect"]:
+            # Only the tenant (and, through it, the operator) may connect to a tenant's database.
+            await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(store.database)))
+        return steps
+
+    async def _terminate_sessions(self, conn: psycopg.AsyncConnection[Any], role: str) -> int:
+        row = await fetch_one(conn, """
+            SELECT count(pg_terminate_backend(pid)) AS ended FROM pg_stat_activity
+             WHERE usename = %s AND pid <> pg_backend_pid()""", role)
+        return int(row["ended"]) if row else 0
+
+    async def teardown(self, store: DesiredStore) -> list[Step]:
+        steps: list[Step] = []
+        role = sql.Identifier(store.role)
+        async with self.server.connect() as conn:
+            if await self._inspect_role(conn, store.role) is not None:
+                await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(role))
+                ended = await self._terminate_sessions(conn, store.role)
+                steps.append(Step("SessionsTerminated", f"role {store.role} can no longer log in; {ended} session(s) ended"))
+            if store.relational is RelationalIsolation.SCHEMA:
+                if await fetch_one(conn, "SELECT 1 FROM pg_namespace WHERE nspname = %s", store.schema):
+                    await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(store.schema)))
+                    steps.append(Step("SchemaDropped", f"schema {store.schema} dropped from database {store.database}"))
+            elif await fetch_one(conn, "SELECT 1 FROM pg_database WHERE datname = %s", store.database):
+                await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(store.database)))
+                steps.append(Step("DatabaseDropped", f"database {store.database} dropped"))
+            if await self._inspect_role(conn, store.role) is not None:
+                # Grants and policies the role still holds in the shared database go with it.
+                await conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+                await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+                steps.append(Step("RoleDropped", f"Postgres role {store.role} dropped"))
+        return steps
+
+    async def release(self, store: DesiredStore) -> list[Step]:
+        async with self.server.connect() as conn:
+            if await self._inspect_role(conn, store.role) is None:
+                return []
+            await conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(
+                sql.Identifier(store.role), sql.Literal(role_claim(store, None))))
+        where = (f"schema {store.schema} in database {store.database}" if store.relational is RelationalIsolation.SCHEMA
+                 else f"database {store.database}")
+        return [Step("Retained", f"kept Postgres role {store.role} and {where}; a new TenantStore with "
+                                 f"tenantId {store.tenant_id} adopts them")]
+
+    async def residue(self, store: DesiredStore) -> list[str]:
+        left: list[str] = []
+        async with self.server.connect() as conn:
+            if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", store.role):
+                left.append(f"role {store.role}")
+            if store.relational is RelationalIsolation.SCHEMA:
+                if await fetch_one(conn, "SELECT 1 FROM pg_namespace WHERE nspname = %s", store.schema):
+                    left.append(f"schema {store.schema}")
+            elif await fetch_one(conn, "SELECT 1 FROM pg_database WHERE datname = %s", store.database):
+                left.append(f"database {store.database}")
+        return left

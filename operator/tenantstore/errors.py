@@ -1,0 +1,39 @@
+"""Typed errors; each carries the reason that ends up in the TenantStore's Ready condition."""
+from __future__ import annotations
+
+
+class ReconcileError(Exception):
+    """A reason the tenant cannot converge now. `retry_after` None means: wait for a spec change."""
+
+    reason = "ReconcileFailed"
+    retry_after: float | None = 30.0
+
+    def __init__(self, message: str, retry_after: float | None = None):
+        super().__init__(message)
+        if retry_after is not None:
+            self.retry_after = retry_after
+
+
+class StoreClassNotFound(ReconcileError):
+    reason = "StoreClassNotFound"
+    retry_after = 5.0
+
+
+class StoreClassInvalid(ReconcileError):
+    reason = "StoreClassInvalid"
+    retry_after = 15.0
+
+
+class TenantIdConflict(ReconcileError):
+    reason = "TenantIdConflict"
+    retry_after = 30.0
+
+
+class SecretConflict(ReconcileError):
+    reason = "SecretConflict"
+    retry_after = 30.0
+
+
+class BackendUnavailable(ReconcileError):
+    reason = "BackendUnavailable"
+    retry_after = 5.0

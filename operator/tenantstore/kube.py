@@ -1,0 +1,141 @@
+"""The few Kubernetes reads and writes the operator makes beyond Kopf's own: Secrets.
+
+Tenant Secrets are owner-referenced by their TenantStore and labelled with the tenant id; the operator
+never modifies or deletes a Secret that another object owns.
+"""
+from __future__ import annotations
+
+import base64
+import os
+from collections.abc import Mapping
+from typing import Any
+
+from kubernetes_asyncio import client, config
+from kubernetes_asyncio.client.exceptions import ApiException
+
+from tenantstore.errors import BackendUnavailable, SecretConflict, StoreClassInvalid
+from tenantstore.models import API_VERSION, TENANT_ID_LABEL, SecretKeyRef
+
+MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
+MANAGED_BY = "tenantstore-operator"
+
+
+async def api_client() -> client.ApiClient:
+    """In a pod: the service account; elsewhere: the current kubeconfig (KUBECONFIG honoured)."""
+    if os.environ.get("KUBERNETES_SERVICE_HOST"):
+        config.load_incluster_config()
+        return client.ApiClient()
+    return await config.new_client_from_config()
+
+
+def decode(data: Mapping[str, str] | None) -> dict[str, str]:
+    return {key: base64.b64decode(value).decode() for key, value in (data or {}).items()}
+
+
+class Secrets:
+    def __init__(self, api: client.ApiClient):
+        self.core = client.CoreV1Api(api)
+
+    async def read(self, namespace: str, name: str) -> client.V1Secret | None:
+        try:
+            return await self.core.read_namespaced_secret(name, namespace)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
+    async def value(self, ref: SecretKeyRef) -> str:
+        """One key of a Secret a StoreClass names (the admin URI, an API key)."""
+        try:
+            secret = await self.read(ref.namespace, ref.name)
+        except ApiException as error:
+            raise BackendUnavailable(f"cannot read Secret {ref.namespace}/{ref.name}: {error.reason}") from error
+        if secret is None:
+            raise StoreClassInvalid(f"Secret {ref.namespace}/{ref.name} named by the StoreClass does not exist")
+        value = decode(secret.data).get(ref.key)
+        if not value:
+            raise StoreClassInvalid(f"Secret {ref.namespace}/{ref.name} has no key {ref.key!r}")
+        return value
+
+    async def tenant_password(self, namespace: str, name: str, owner: Mapping[str, Any]) -> str | None:
+        """The password kept in the tenant's Secret, or None if there is no Secret of ours yet."""
+        secret = await self.read(namespace, name)
+        if secret is None:
+            return None
+        self._check_ours(secret, owner)
+        return decode(secret.data).get("password")
+
+    async def apply_tenant_secret(self, namespace: str, name: str, owner: Mapping[str, Any],
+                                  data: Mapping[str, str]) -> bool:
+        """Create or correct the tenant's Secret; False when it already said exactly this."""
+        encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
+        wanted_meta = {"labels": {TENANT_ID_LABEL: owner["spec"]["tenantId"], MANAGED_BY_LABEL: MANAGED_BY},
+                       "ownerReferences": [owner_reference(owner)]}
+        secret = await self.read(namespace, name)
+        if secret is None:
+            body = {"metadata": {"name": name, **wanted_meta}, "type": "Opaque", "data": encoded}
+            await self.core.create_namespaced_secret(namespace, body)
+            return True
+        self._check_ours(secret, owner)
+        owned = any(ref.uid == owner["metadata"]["uid"] for ref in secret.metadata.owner_references or ())
+        labels = secret.metadata.labels or {}
+        if secret.data == encoded and owned and all(labels.get(k) == v for k, v in wanted_meta["labels"].items()):
+            return False
+        # Replace rather than merge, so keys we no longer write do not linger; resourceVersion guards races.
+        body = {"metadata": {"name": name, "resourceVersion": secret.metadata.resource_version,
+                             "labels": {**labels, **wanted_meta["labels"]},
+                             "ownerReferences": wanted_meta["ownerReferences"]},
+                "type": secret.type or "Opaque", "data": encoded}
+        await self.core.replace_namespaced_secret(name, namespace, body)
+        return True
+
+    async def delete_tenant_secret(self, namespace: str, name: str, owner: Mapping[str, Any]) -> bool:
+        secret = await self.read(namespace, name)
+        if secret is None or not self._is_ours(secret, owner):
+            return False
+        try:
+            await self.core.delete_namespaced_secret(name, namespace)
+        except ApiException as error:
+            if error.status != 404:
+                raise
+        return True
+
+    async def owned_secret_exists(self, namespace: str, name: str, owner: Mapping[str, Any]) -> bool:
+        secret = await self.read(namespace, name)
+        return secret is not None and self._is_ours(secret, owner)
+
+    async def release_tenant_secret(self, namespace: str, name: str, owner: Mapping[str, Any]) -> bool:
+        """Retain: drop the owner reference so the garbage collector keeps the credentials with the data."""
+        secret = await self.read(namespace, name)
+        if secret is None or not self._is_ours(secret, owner):
+            return False
+        remaining = [ref for ref in secret.metadata.owner_references or () if ref.uid != owner["metadata"]["uid"]]
+        patch = [{"op": "replace", "path": "/metadata/ownerReferences",
+                  "value": [api_dict(ref) for ref in remaining]}]
+        await self.core.patch_namespaced_secret(name, namespace, patch)
+        return True
+
+    @staticmethod
+    def _is_ours(secret: client.V1Secret, owner: Mapping[str, Any]) -> bool:
+        refs = secret.metadata.owner_references or ()
+        labels = secret.metadata.labels or {}
+        if any(ref.uid == owner["metadata"]["uid"] for ref in refs):
+            return True
+        # An orphan we made for the same tenant (left by deletionPolicy Retain) may be adopted.
+        return not refs and labels.get(MANAGED_BY_LABEL) == MANAGED_BY \
+            and labels.get(TENANT_ID_LABEL) == owner["spec"]["tenantId"]
+
+    def _check_ours(self, secret: client.V1Secret, owner: Mapping[str, Any]) -> None:
+        if not self._is_ours(secret, owner):
+            raise SecretConflict(f"Secret {secret.metadata.namespace}/{secret.metadata.name} exists and is not "
+                                 f"managed for this TenantStore; set spec.secretName to another name")
+
+
+def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": API_VERSION, "kind": "TenantStore", "name": owner["metadata"]["name"],
+            "uid": owner["metadata"]["uid"], "controller": True, "blockOwnerDeletion": True}
+
+
+def api_dict(ref: client.V1OwnerReference) -> dict[str, Any]:
+    return {"apiVersion": ref.api_version, "kind": ref.kind, "name": ref.name, "uid": ref.uid,
+            "controller": ref.controller, "blockOwnerDeletion": ref.block_owner_deletion}

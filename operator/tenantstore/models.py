@@ -1,0 +1,304 @@
+"""Typed views of the TenantStore and StoreClass resources (API: tenancy.dev/v1alpha1).
+
+The API server already validates what the CRD schema and CEL rules can express; this module turns a
+validated body into models, fills the defaults the operator owns (tier policies, Secret name) and derives
+what follows from them: isolation, effective quotas and the names of the tenant's backend objects.
+"""
+from __future__ import annotations
+
+import dataclasses
+import enum
+import re
+from collections.abc import Mapping
+from decimal import Decimal
+from typing import Any
+
+GROUP = "tenancy.dev"
+VERSION = "v1alpha1"
+API_VERSION = f"{GROUP}/{VERSION}"
+FINALIZER = "tenancy.dev/cleanup"
+DEFAULT_CLASS_ANNOTATION = "storeclass.tenancy.dev/is-default-class"
+TENANT_ID_LABEL = "tenancy.dev/tenant-id"
+TENANT_ID_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
+
+
+class InvalidResource(ValueError):
+    """A resource the API server accepted but the operator cannot act on (reason goes to a condition)."""
+
+
+class Tier(enum.StrEnum):
+    FREE = "free"
+    PRO = "pro"
+    ENTERPRISE = "enterprise"
+
+
+class RelationalIsolation(enum.StrEnum):
+    SCHEMA = "schema"
+    DATABASE = "database"
+
+
+class VectorIsolation(enum.StrEnum):
+    NAMESPACE = "namespace"
+    DEDICATED = "dedicated"
+
+
+class Metric(enum.StrEnum):
+    COSINE = "cosine"
+    EUCLIDEAN = "euclidean"
+    DOTPRODUCT = "dotproduct"
+
+
+class DeletionPolicy(enum.StrEnum):
+    DELETE = "Delete"
+    RETAIN = "Retain"
+
+
+class QuotaAction(enum.StrEnum):
+    BLOCK = "Block"
+    ALERT = "Alert"
+
+
+class Phase(enum.StrEnum):
+    PENDING = "Pending"
+    PROVISIONING = "Provisioning"
+    READY = "Ready"
+    SUSPENDED = "Suspended"
+    MIGRATING = "Migrating"
+    DELETING = "Deleting"
+    FAILED = "Failed"
+
+
+_QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGTPE]i|[kMGTPE])?$")
+_BINARY = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "Ti": 2**40, "Pi": 2**50, "Ei": 2**60}
+_DECIMAL = {"k": 10**3, "M": 10**6, "G": 10**9, "T": 10**12, "P": 10**15, "E": 10**18}
+
+
+def parse_quantity(value: int | str) -> int:
+    """A Kubernetes quantity of bytes ("20Gi", "500M", 1024) as an integer."""
+    if isinstance(value, int):
+        return value
+    match = _QUANTITY.match(str(value).strip())
+    if not match:
+        raise InvalidResource(f"{value!r} is not a quantity of bytes (for example 1Gi, 500M or 1048576)")
+    number, suffix = match.groups()
+    multiplier = _BINARY.get(suffix or "", _DECIMAL.get(suffix or "", 1))
+    return int(Decimal(number) * multiplier)
+
+
+def format_quantity(value: int) -> int | str:
+    """The shortest exact binary quantity ("20Gi") for a byte count, as users wrote it."""
+    for suffix in ("Ei", "Pi", "Ti", "Gi", "Mi", "Ki"):
+        if value and value % _BINARY[suffix] == 0:
+            return f"{value // _BINARY[suffix]}{suffix}"
+    return value
+
+
+@dataclasses.dataclass(frozen=True)
+class Quotas:
+    """Per-tenant limits; None means "not set here" (inherit), 0 means unlimited."""
+
+    max_documents: int | None = None
+    max_storage_bytes: int | None = None
+    max_connections: int | None = None
+    max_daily_queries: int | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> Quotas:
+        raw = raw or {}
+        storage = raw.get("maxStorageBytes")
+        return cls(
+            max_documents=raw.get("maxDocuments"),
+            max_storage_bytes=None if storage is None else parse_quantity(storage),
+            max_connections=raw.get("maxConnections"),
+            max_daily_queries=raw.get("maxDailyQueries"),
+        )
+
+    def overridden_by(self, overrides: Quotas) -> Quotas:
+        """Field by field: an override that is set wins."""
+        return Quotas(**{
+            field.name: getattr(overrides, field.name) if getattr(overrides, field.name) is not None
+            else getattr(self, field.name)
+            for field in dataclasses.fields(self)
+        })
+
+    def to_status(self) -> dict[str, Any]:
+        status: dict[str, Any] = {
+            "maxDocuments": self.max_documents,
+            "maxStorageBytes": None if self.max_storage_bytes is None else format_quantity(self.max_storage_bytes),
+            "maxConnections": self.max_connections,
+            "maxDailyQueries": self.max_daily_queries,
+        }
+        return {key: value for key, value in status.items() if value is not None}
+
+
+@dataclasses.dataclass(frozen=True)
+class TierPolicy:
+    relational: RelationalIsolation
+    vector: VectorIsolation
+    quotas: Quotas
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], fallback: TierPolicy) -> TierPolicy:
+        return cls(
+            relational=RelationalIsolation(raw.get("relational", fallback.relational)),
+            vector=VectorIsolation(raw.get("vector", fallback.vector)),
+            quotas=fallback.quotas.overridden_by(Quotas.from_dict(raw.get("quotas"))),
+        )
+
+
+# The tiers a StoreClass gets when it does not spell them out (the values API.md documents).
+DEFAULT_TIERS: dict[Tier, TierPolicy] = {
+    Tier.FREE: TierPolicy(RelationalIsolation.SCHEMA, VectorIsolation.NAMESPACE,
+                          Quotas(10_000, 2**30, 5, 1_000)),
+    Tier.PRO: TierPolicy(RelationalIsolation.SCHEMA, VectorIsolation.NAMESPACE,
+                         Quotas(1_000_000, 20 * 2**30, 20, 100_000)),
+    Tier.ENTERPRISE: TierPolicy(RelationalIsolation.DATABASE, VectorIsolation.DEDICATED,
+                                Quotas(0, 0, 100, 0)),
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class SecretKeyRef:
+    name: str
+    namespace: str
+    key: str
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None, default_key: str) -> SecretKeyRef:
+        if not raw or not raw.get("name") or not raw.get("namespace"):
+            raise InvalidResource("a secret reference needs a name and a namespace")
+        return cls(name=raw["name"], namespace=raw["namespace"], key=raw.get("key") or default_key)
+
+
+@dataclasses.dataclass(frozen=True)
+class StoreClass:
+    name: str
+    generation: int
+    is_default: bool
+    admin_secret: SecretKeyRef
+    shared_database: str
+    vector_backend: str
+    shared_index_capacity: int
+    shared_index_alert_threshold: float
+    tiers: Mapping[Tier, TierPolicy]
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> StoreClass:
+        meta, spec = body.get("metadata", {}), body.get("spec", {})
+        postgres, vector = spec.get("postgres", {}), spec.get("vector", {})
+        shared_index = vector.get("sharedIndex", {})
+        tiers_raw = spec.get("tiers", {})
+        annotations = meta.get("annotations") or {}
+        return cls(
+            name=meta["name"],
+            generation=meta.get("generation", 0),
+            is_default=annotations.get(DEFAULT_CLASS_ANNOTATION) == "true",
+            admin_secret=SecretKeyRef.from_dict(postgres.get("adminSecretRef"), default_key="uri"),
+            shared_database=postgres.get("database") or "tenants",
+            vector_backend=vector.get("backend") or "pgvector",
+            shared_index_capacity=int(shared_index.get("capacity", 100)),
+            shared_index_alert_threshold=float(shared_index.get("alertThreshold", 0.8)),
+            tiers={tier: TierPolicy.from_dict(tiers_raw.get(tier.value) or {}, DEFAULT_TIERS[tier])
+                   for tier in Tier},
+        )
+
+
+@dataclasses.dataclass(frozen=True)
+class TenantStoreSpec:
+    tenant_id: str
+    display_name: str
+    tier: Tier
+    store_class_name: str
+    dimension: int
+    metric: Metric
+    quota_overrides: Quotas
+    quota_action: QuotaAction
+    suspended: bool
+    deletion_policy: DeletionPolicy
+    secret_name: str
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> TenantStoreSpec:
+        meta, spec = body.get("metadata", {}), body.get("spec", {})
+        tenant_id = spec.get("tenantId", "")
+        if not TENANT_ID_PATTERN.match(tenant_id):
+            raise InvalidResource(f"spec.tenantId {tenant_id!r} must match {TENANT_ID_PATTERN.pattern}")
+        vector = spec.get("vector") or {}
+        if not vector.get("dimension"):
+            raise InvalidResource("spec.vector.dimension is required")
+        return cls(
+            tenant_id=tenant_id,
+            display_name=spec.get("displayName", ""),
+            tier=Tier(spec.get("tier", "free")),
+            store_class_name=spec.get("storeClassName", ""),
+            dimension=int(vector["dimension"]),
+            metric=Metric(vector.get("metric", "cosine")),
+            quota_overrides=Quotas.from_dict(spec.get("quotas")),
+            quota_action=QuotaAction(spec.get("quotaAction", "Block")),
+            suspended=bool(spec.get("suspended", False)),
+            deletion_policy=DeletionPolicy(spec.get("deletionPolicy", "Delete")),
+            secret_name=spec.get("secretName") or f"{meta['name']}-store",
+        )
+
+
+def backend_name(tenant_id: str) -> str:
+    """The tenant's Postgres role, schema and database name: tenant_<id> (hyphens are not identifiers' friends)."""
+    return "tenant_" + tenant_id.replace("-", "_")
+
+
+def shared_index_name(dimension: int, metric: Metric, number: int) -> str:
+    return f"shared-{dimension}-{metric.value}-{number}"
+
+
+def dedicated_index_name(tenant_id: str) -> str:
+    # "ts-" + 40 characters stays inside Pinecone's 45-character index names.
+    return f"ts-{tenant_id}"
+
+
+@dataclasses.dataclass(frozen=True)
+class DesiredStore:
+    """Everything the backends must make true for one tenant, derived from its spec and its class."""
+
+    tenant_id: str
+    uid: str
+    dimension: int
+    metric: Metric
+    relational: RelationalIsolation
+    vector: VectorIsolation
+    quotas: Quotas
+    suspended: bool
+    shared_database: str
+    shared_index_capacity: int
+
+    @property
+    def role(self) -> str:
+        return backend_name(self.tenant_id)
+
+    @property
+    def database(self) -> str:
+        return self.shared_database if self.relational is RelationalIsolation.SCHEMA else backend_name(self.tenant_id)
+
+    @property
+    def schema(self) -> str:
+        return backend_name(self.tenant_id) if self.relational is RelationalIsolation.SCHEMA else "public"
+
+    @property
+    def connection_limit(self) -> int:
+        # Postgres spells "unlimited" as -1; our quotas spell it 0.
+        return self.quotas.max_connections or -1
+
+
+def desired_store(spec: TenantStoreSpec, store_class: StoreClass, uid: str) -> DesiredStore:
+    policy = store_class.tiers[spec.tier]
+    return DesiredStore(
+        tenant_id=spec.tenant_id,
+        uid=uid,
+        dimension=spec.dimension,
+        metric=spec.metric,
+        relational=policy.relational,
+        vector=policy.vector,
+        quotas=policy.quotas.overridden_by(spec.quota_overrides),
+        suspended=spec.suspended,
+        shared_database=store_class.shared_database,
+        shared_index_capacity=store_class.shared_index_capacity,
+    )

@@ -1,0 +1,225 @@
+"""Desired state → backends → status, for one TenantStore at a time.
+
+`reconcile_tenant` and `teardown_tenant` are mirror images: what one makes, in order, the other removes
+in reverse order. Both are level-based and idempotent: each backend step compares what exists with what
+should, and changes only the difference; an operator killed anywhere converges on the next run.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import secrets as token_source
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tenantstore import conditions
+from tenantstore.backends import RelationalPlacement, Step, VectorPlacement
+from tenantstore.conditions import Condition
+from tenantstore.errors import (BackendUnavailable, ReconcileError, SecretConflict, StoreClassInvalid,
+                                StoreClassNotFound, TenantIdConflict)
+from tenantstore.kube import Secrets
+from tenantstore.models import (DeletionPolicy, DesiredStore, InvalidResource, Phase, RelationalIsolation,
+                                StoreClass, TenantStoreSpec, VectorIsolation, desired_store)
+from tenantstore.registry import BackendRegistry
+
+logger = logging.getLogger(__name__)
+
+PHASE_BY_REASON = {
+    StoreClassNotFound.reason: Phase.PENDING,
+    BackendUnavailable.reason: Phase.PROVISIONING,
+    StoreClassInvalid.reason: Phase.FAILED,
+    TenantIdConflict.reason: Phase.FAILED,
+    SecretConflict.reason: Phase.FAILED,
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class ClaimRef:
+    """A TenantStore as the tenant-id index remembers it: enough to tell who claimed a tenantId first."""
+
+    created: str
+    uid: str
+    namespace: str
+    name: str
+
+
+@dataclasses.dataclass
+class Outcome:
+    status: dict[str, Any]
+    events: list[Step]
+    retry_after: float | None = None
+    warning: ReconcileError | None = None
+
+
+def resolve_store_class(name: str, classes: Mapping[str, StoreClass | InvalidResource]) -> StoreClass:
+    if name:
+        found = classes.get(name)
+        if found is None:
+            raise StoreClassNotFound(f"StoreClass {name!r} does not exist")
+    else:
+        defaults = sorted(n for n, c in classes.items() if isinstance(c, StoreClass) and c.is_default)
+        if not defaults:
+            raise StoreClassNotFound("spec.storeClassName is empty and no StoreClass is annotated "
+                                     "storeclass.tenancy.dev/is-default-class: \"true\"")
+        found = classes[defaults[0]]
+    if isinstance(found, InvalidResource):
+        raise StoreClassInvalid(f"StoreClass {name!r} cannot be used: {found}")
+    return found
+
+
+def check_claim(tenant_id: str, me: ClaimRef, claims: Sequence[ClaimRef]) -> None:
+    """The first TenantStore (oldest, then lowest uid) to name a tenantId owns it; later ones wait."""
+    first = min([*claims, me], key=lambda ref: (ref.created, ref.uid))
+    if first.uid != me.uid:
+        raise TenantIdConflict(f"tenantId {tenant_id} is already claimed by TenantStore "
+                               f"{first.namespace}/{first.name}")
+
+
+def secret_data(spec: TenantStoreSpec, relational: RelationalPlacement, vector: VectorPlacement,
+                password: str) -> dict[str, str]:
+    uri = f"postgresql://{relational.role}:{password}@{relational.host}:{relational.port}/{relational.database}"
+    data = {
+        "uri": uri, "host": relational.host, "port": str(relational.port), "database": relational.database,
+        "schema": relational.schema, "user": relational.role, "password": password,
+        "vectorBackend": vector.backend, "vectorIndex": vector.index, "vectorNamespace": vector.namespace,
+    }
+    if vector.table:
+        data["vectorTable"] = vector.table
+    if vector.host:
+        data["vectorHost"] = vector.host
+    return data
+
+
+def new_password() -> str:
+    # URL-safe, so it can sit in the Secret's URI without escaping.
+    return token_source.token_urlsafe(24)
+
+
+async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreClass | InvalidResource],
+                           claims: Sequence[ClaimRef], registry: BackendRegistry, secrets: Secrets) -> Outcome:
+    meta = body["metadata"]
+    generation = meta.get("generation", 0)
+    current = body.get("status") or {}
+    try:
+        spec = TenantStoreSpec.from_body(body)
+        store_class = resolve_store_class(spec.store_class_name, classes)
+        check_claim(spec.tenant_id, claim_ref(body), claims)
+        store = desired_store(spec, store_class, meta["uid"])
+        backends = await registry.for_class(store_class)
+
+        password = await secrets.tenant_password(meta["namespace"], spec.secret_name, body)
+        password_is_new = password is None
+        relational, steps = await backends.relational.ensure(store, password or (password := new_password()),
+                                                              password_is_new)
+        vector, vector_steps = await backends.vector.ensure(store)
+        steps += vector_steps
+        if await secrets.apply_tenant_secret(meta["namespace"], spec.secret_name, body,
+                                             secret_data(spec, relational, vector, password)):
+            steps.append(Step("SecretWritten", f"credentials written to Secret {spec.secret_name}"))
+    except InvalidResource as error:
+        return failed_outcome(current, generation, "InvalidSpec", str(error), Phase.FAILED, retry_after=None)
+    except ReconcileError as error:
+        outcome = failed_outcome(current, generation, error.reason, str(error),
+                                 PHASE_BY_REASON.get(error.reason, Phase.FAILED), error.retry_after)
+        outcome.warning = error
+        return outcome
+
+    phase = Phase.SUSPENDED if spec.suspended else Phase.READY
+    ready = Condition("Ready", True, "Provisioned", ready_message(store, relational, vector)) if not spec.suspended \
+        else Condition("Ready", False, "Suspended", "the tenant is suspended: its role cannot log in; data is kept")
+    status = {
+        "phase": phase.value,
+        "observedGeneration": generation,
+        "conditions": conditions.merge_conditions(current.get("conditions"), [ready], generation),
+        "storeClassName": store_class.name,
+        "isolation": {"relational": store.relational.value, "vector": store.vector.value},
+        "relational": relational.to_status(),
+        "vectorStore": vector.to_status(),
+        "secretName": spec.secret_name,
+        "quotas": store.quotas.to_status(),
+    }
+    return Outcome(status=status, events=steps)
+
+
+def ready_message(store: DesiredStore, relational: RelationalPlacement, vector: VectorPlacement) -> str:
+    where = f"schema {relational.schema} in database {relational.database}" \
+        if store.relational is RelationalIsolation.SCHEMA else f"database {relational.database}"
+    vectors = f"namespace {vector.namespace} of shared index {vector.index}" \
+        if store.vector is VectorIsolation.NAMESPACE else f"dedicated index {vector.index}"
+    return f"role {relational.role}, {where}, {vectors} ({vector.backend})"
+
+
+def failed_outcome(current: Mapping[str, Any], generation: int, reason: str, message: str, phase: Phase,
+                   retry_after: float | None) -> Outcome:
+    ready = Condition("Ready", False, reason, message)
+    status = {
+        # A tenant that was Ready and meets a passing backend failure keeps its phase; Ready=False tells the rest.
+        "phase": current.get("phase") if reason == BackendUnavailable.reason and current.get("phase") in
+        (Phase.READY, Phase.SUSPENDED) else phase.value,
+        "observedGeneration": generation,
+        "conditions": conditions.merge_conditions(current.get("conditions"), [ready], generation),
+    }
+    return Outcome(status=status, events=[], retry_after=retry_after)
+
+
+def claim_ref(body: Mapping[str, Any]) -> ClaimRef:
+    meta = body["metadata"]
+    return ClaimRef(created=meta.get("creationTimestamp", ""), uid=meta["uid"], namespace=meta.get("namespace", ""),
+                    name=meta["name"])
+
+
+def store_as_provisioned(spec: TenantStoreSpec, store_class: StoreClass, body: Mapping[str, Any]) -> DesiredStore:
+    """What teardown must remove: the isolation recorded in status (what was made), else what the spec asks."""
+    store = desired_store(spec, store_class, body["metadata"]["uid"])
+    recorded = (body.get("status") or {}).get("isolation") or {}
+    return dataclasses.replace(
+        store,
+        relational=RelationalIsolation(recorded.get("relational", store.relational)),
+        vector=VectorIsolation(recorded.get("vector", store.vector)),
+    )
+
+
+async def teardown_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreClass | InvalidResource],
+                          registry: BackendRegistry, secrets: Secrets) -> Outcome:
+    """The finalizer's work. Raises ReconcileError (the finalizer stays) until everything is verifiably gone."""
+    meta, current = body["metadata"], body.get("status") or {}
+    namespace = meta["namespace"]
+    try:
+        spec = TenantStoreSpec.from_body(body)
+    except InvalidResource:
+        return Outcome(status={}, events=[])  # nothing can have been made for a spec we never accepted
+    try:
+        store_class = resolve_store_class(current.get("storeClassName") or spec.store_class_name, classes)
+    except (StoreClassNotFound, StoreClassInvalid):
+        if current.get("relational"):
+            raise  # it was provisioned: keep the finalizer until the class is back, or the data would leak
+        return Outcome(status={}, events=[])
+    store = store_as_provisioned(spec, store_class, body)
+    backends = await registry.for_class(store_class)
+    events: list[Step] = []
+
+    owner = await backends.relational.owner_of(store)
+    if owner is not None and owner != store.uid:
+        # Someone else's tenant (we lost a tenantId conflict): touch nothing of theirs.
+        if await secrets.delete_tenant_secret(namespace, spec.secret_name, body):
+            events.append(Step("SecretDeleted", f"Secret {spec.secret_name} deleted"))
+        return Outcome(status={}, events=events)
+
+    if spec.deletion_policy is DeletionPolicy.RETAIN:
+        events += await backends.relational.release(store)
+        if await secrets.release_tenant_secret(namespace, spec.secret_name, body):
+            events.append(Step("SecretRetained", f"Secret {spec.secret_name} kept (owner reference removed)"))
+        return Outcome(status={}, events=events)
+
+    events += await backends.vector.teardown(store)
+    events += await backends.relational.teardown(store)
+    if await secrets.delete_tenant_secret(namespace, spec.secret_name, body):
+        events.append(Step("SecretDeleted", f"Secret {spec.secret_name} deleted"))
+    residue = await backends.vector.residue(store) + await backends.relational.residue(store)
+    if await secrets.owned_secret_exists(namespace, spec.secret_name, body):
+        residue.append(f"Secret {spec.secret_name}")
+    if residue:
+        raise BackendUnavailable(f"teardown incomplete, still present: {', '.join(residue)}")
+    events.append(Step("TeardownVerified", f"nothing of tenant {store.tenant_id} remains: role, "
+                                           f"{store.relational.value}, vectors and Secret are gone"))
+    return Outcome(status={}, events=events)

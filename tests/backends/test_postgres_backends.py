@@ -1,0 +1,109 @@
+"""The Postgres and pgvector backends against a real PostgreSQL 18: what a tenant's credentials can and cannot do."""
+from __future__ import annotations
+
+import uuid
+
+import psycopg
+import pytest
+
+from tenantstore.backends.pgvector import PgvectorStore
+from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServer
+from tenantstore.errors import TenantIdConflict
+from tenantstore.models import DesiredStore, Metric, Quotas, RelationalIsolation, VectorIsolation
+
+
+def tenant(tenant_id: str, relational=RelationalIsolation.SCHEMA, vector=VectorIsolation.NAMESPACE,
+           uid: str | None = None, dimension: int = 3, capacity: int = 100) -> DesiredStore:
+    return DesiredStore(tenant_id=tenant_id, uid=uid or str(uuid.uuid4()), dimension=dimension, metric=Metric.COSINE,
+                        relational=relational, vector=vector, quotas=Quotas(0, 0, 5, 0), suspended=False,
+                        shared_database="tenants", shared_index_capacity=capacity)
+
+
+def tenant_uri(server: PostgresServer, placement, password: str) -> str:
+    return f"postgresql://{placement.role}:{password}@{server.host}:{server.port}/{placement.database}"
+
+
+async def provision(server: PostgresServer, store: DesiredStore, password: str):
+    relational, steps = await PostgresRelationalStore(server).ensure(store, password, password_is_new=True)
+    vector, vector_steps = await PgvectorStore(server).ensure(store)
+    return relational, vector, steps + vector_steps
+
+
+@pytest.fixture
+async def server(admin_uri: str):
+    server = PostgresServer(admin_uri, "tenants")
+    yield server
+    await server.close()
+
+
+async def test_schema_tenant_is_isolated_and_teardown_leaves_nothing(server: PostgresServer) -> None:
+    alpha, beta = tenant("alpha"), tenant("beta")
+    alpha_rel, alpha_vec, steps = await provision(server, alpha, "alpha-pw-1")
+    beta_rel, beta_vec, _ = await provision(server, beta, "beta-pw-1")
+    assert {s.reason for s in steps} >= {"RoleCreated", "SchemaCreated", "NamespaceCreated"}
+    assert alpha_vec.index == beta_vec.index == "shared-3-cosine-1"
+
+    with psycopg.connect(tenant_uri(server, alpha_rel, "alpha-pw-1"), autocommit=True) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == ("tenant_alpha",)
+        conn.execute("CREATE TABLE tenant_alpha.notes (body text)")
+        conn.execute("INSERT INTO tenant_alpha.notes VALUES ('hello')")
+        conn.execute(f"INSERT INTO {alpha_vec.table} (namespace, id, embedding) VALUES ('alpha', 'a1', '[1,0,0]')")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # RLS: not its namespace
+            conn.execute(f"INSERT INTO {alpha_vec.table} (namespace, id, embedding) VALUES ('beta', 'x', '[1,0,0]')")
+    with psycopg.connect(tenant_uri(server, beta_rel, "beta-pw-1"), autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {beta_vec.table} (namespace, id, embedding) VALUES ('beta', 'b1', '[0,1,0]')")
+        # No filter: row-level security still shows beta only its own rows.
+        assert conn.execute(f"SELECT namespace, id FROM {beta_vec.table}").fetchall() == [("beta", "b1")]
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("SELECT * FROM tenant_alpha.notes")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # partitions are not reachable directly
+            conn.execute("SELECT * FROM tenantstore_vectors.tenant_alpha")
+
+    # A second ensure with nothing changed changes nothing.
+    _, again = await PostgresRelationalStore(server).ensure(alpha, "alpha-pw-1", password_is_new=False)
+    _, vector_again = await PgvectorStore(server).ensure(alpha)
+    assert again == vector_again == []
+
+    for store in (alpha, beta):
+        await PgvectorStore(server).teardown(store)
+        await PostgresRelationalStore(server).teardown(store)
+        assert await PgvectorStore(server).residue(store) == []
+        assert await PostgresRelationalStore(server).residue(store) == []
+
+
+async def test_database_tenant_gets_its_own_database_and_table(server: PostgresServer) -> None:
+    gamma, other = tenant("gamma", RelationalIsolation.DATABASE, VectorIsolation.DEDICATED), tenant("other")
+    rel, vec, steps = await provision(server, gamma, "gamma-pw")
+    other_rel, _, _ = await provision(server, other, "other-pw")
+    assert {s.reason for s in steps} >= {"DatabaseCreated", "DedicatedIndexCreated"}
+    with psycopg.connect(tenant_uri(server, rel, "gamma-pw"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE things (id int)")
+        conn.execute(f"INSERT INTO {vec.table} (id, embedding) VALUES ('g1', '[1,2,3]')")
+        assert conn.execute(f"SELECT id FROM {vec.table} ORDER BY embedding <=> '[1,2,3]' LIMIT 1").fetchone() == ("g1",)
+    with pytest.raises(psycopg.OperationalError, match="permission denied"):
+        psycopg.connect(f"postgresql://tenant_other:other-pw@{server.host}:{server.port}/tenant_gamma")
+
+    await PgvectorStore(server).teardown(gamma)
+    await PostgresRelationalStore(server).teardown(gamma)
+    assert await PostgresRelationalStore(server).residue(gamma) == []
+    await PgvectorStore(server).teardown(other)
+    await PostgresRelationalStore(server).teardown(other)
+
+
+async def test_a_claimed_tenant_id_is_refused_to_another_owner(server: PostgresServer) -> None:
+    first, second = tenant("delta"), tenant("delta")
+    await provision(server, first, "pw")
+    with pytest.raises(TenantIdConflict):
+        await PostgresRelationalStore(server).ensure(second, "other", password_is_new=True)
+    assert await PostgresRelationalStore(server).owner_of(second) == first.uid
+    await PgvectorStore(server).teardown(first)
+    await PostgresRelationalStore(server).teardown(first)
+
+
+async def test_full_shared_index_rolls_over_to_the_next(server: PostgresServer) -> None:
+    stores = [tenant(f"pool{i}", dimension=5, capacity=2) for i in range(3)]
+    indexes = [(await provision(server, store, "pw"))[1].index for store in stores]
+    assert indexes == ["shared-5-cosine-1", "shared-5-cosine-1", "shared-5-cosine-2"]
+    for store in stores:
+        await PgvectorStore(server).teardown(store)
+        await PostgresRelationalStore(server).teardown(store)
