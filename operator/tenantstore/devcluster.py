@@ -73,6 +73,7 @@ __all__ = [
     "STAGING_VERSION",
     "ControlPlane",
     "ControlPlaneError",
+    "cache_dir",
     "ensure_binaries",
 ]
 
@@ -551,6 +552,7 @@ class ControlPlane:
         deadline = time.monotonic() + timeout
         for sub in ("logs", "pki", "etcd", "apiserver-certs", "controller-manager-certs"):
             (self.workdir / sub).mkdir(parents=True, exist_ok=True)
+        (self.workdir / "etcd").chmod(0o700)  # etcd warns about anything wider
         _write_pki(self.pki)
         try:
             etcd_url = self._start_etcd(bin_dir, deadline)
@@ -635,6 +637,10 @@ class ControlPlane:
             f"--service-account-signing-key-file={self.pki / 'sa.key'}",
             f"--client-ca-file={self.pki / 'ca.crt'}",
             "--allow-privileged=true",
+            # The default reconciler rejects a loopback address for the
+            # `kubernetes` Endpoints and logs that every 10 s; nothing here
+            # needs those endpoints (the Service itself is still created).
+            "--endpoint-reconciler-type=none",
         ])
         context = self._admin_context()
         _wait_until("kube-apiserver /readyz",
@@ -649,6 +655,9 @@ class ControlPlane:
             f"--kubeconfig={kubeconfig}",
             f"--authentication-kubeconfig={kubeconfig}",
             f"--authorization-kubeconfig={kubeconfig}",
+            # The apiserver has no front-proxy (requestheader) CA; looking it up
+            # only yields a stream of "missing content for CA bundle" errors.
+            "--authentication-skip-lookup=true",
             f"--service-account-private-key-file={self.pki / 'sa.key'}",
             f"--root-ca-file={self.pki / 'ca.crt'}",
             # Lets the CSR signer work, so CertificateSigningRequests behave too.
@@ -687,8 +696,10 @@ def _raise_keyboard_interrupt(signum: int, frame: object) -> None:
 def _cmd_up(workdir: Path, timeout: float) -> int:
     control_plane = ControlPlane(workdir)
     started = time.monotonic()
-    # SIGTERM takes the same clean shutdown path as Ctrl-C.
-    signal.signal(signal.SIGTERM, _raise_keyboard_interrupt)
+    # SIGTERM takes the same clean shutdown path as Ctrl-C; SIGINT is set
+    # explicitly because shells start background jobs with it ignored.
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, _raise_keyboard_interrupt)
     try:
         control_plane.start(timeout=timeout)
         _say(f"control plane up in {time.monotonic() - started:.1f}s at {control_plane.server}; "

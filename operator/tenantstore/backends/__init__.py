@@ -67,6 +67,9 @@ class RelationalStore(Protocol):
     async def residue(self, store: DesiredStore) -> list[str]:
         """What of the tenant still exists (empty after a complete teardown)."""
 
+    async def preflight(self) -> list[Step]:
+        """The StoreClass prerequisites this backend finds missing (reason, message); empty when usable."""
+
 
 class VectorStore(Protocol):
     backend: str
@@ -78,4 +81,7 @@ class VectorStore(Protocol):
         ...
 
     async def residue(self, store: DesiredStore) -> list[str]:
+        ...
+
+    async def preflight(self) -> list[Step]:
         ...

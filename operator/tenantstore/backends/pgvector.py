@@ -41,6 +41,17 @@ class PgvectorStore:
     def __init__(self, server: PostgresServer):
         self.server = server
 
+    async def preflight(self) -> list[Step]:
+        problems = []
+        # Tenant databases are copies of template1, so it needs the extension as much as the shared database.
+        for database in (self.server.shared_database, "template1"):
+            async with self.server.connect(database) as conn:
+                if not await fetch_one(conn, "SELECT 1 FROM pg_extension WHERE extname = 'vector'"):
+                    problems.append(Step("VectorExtensionMissing", f"the vector extension is not installed in "
+                                                                   f"database {database} (a superuser must run "
+                                                                   f"CREATE EXTENSION vector there)"))
+        return problems
+
     async def ensure(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
         if store.vector is VectorIsolation.NAMESPACE:
             return await self._ensure_namespace(store)

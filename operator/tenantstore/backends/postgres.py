@@ -111,6 +111,23 @@ class PostgresRelationalStore:
     def __init__(self, server: PostgresServer):
         self.server = server
 
+    async def preflight(self) -> list[Step]:
+        async with self.server.connect() as conn:
+            row = await fetch_one(conn, """
+                SELECT current_user AS admin, rolsuper, rolcreaterole, rolcreatedb,
+                       has_database_privilege(current_database(), 'CREATE') AS can_create_schemas
+                  FROM pg_roles WHERE rolname = current_user""")
+        problems = []
+        if row["rolsuper"]:
+            problems.append(Step("AdminRoleIsSuperuser", f"admin role {row['admin']} is a superuser; give the "
+                                                         f"operator a role with only CREATEROLE and CREATEDB"))
+        if not (row["rolcreaterole"] and row["rolcreatedb"]):
+            problems.append(Step("AdminRoleLacksPrivileges", f"admin role {row['admin']} needs CREATEROLE and CREATEDB"))
+        if not row["can_create_schemas"]:
+            problems.append(Step("AdminRoleLacksPrivileges", f"admin role {row['admin']} cannot create schemas in "
+                                                             f"database {self.server.shared_database}"))
+        return problems
+
     async def owner_of(self, store: DesiredStore) -> str | None:
         async with self.server.connect() as conn:
             role = await self._inspect_role(conn, store.role)

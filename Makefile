@@ -1,0 +1,30 @@
+# The two commands: `make demo` (everything, locally) and `make test` (what CI runs).
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: install controlplane demo test test-unit clean
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $@
+
+install: $(VENV)/.installed
+
+# Builds etcd, kube-apiserver and kube-controller-manager from Go modules once (cached in ~/.cache/tenantstore).
+controlplane: install
+	$(BIN)/python -m tenantstore.devcluster build
+
+demo: controlplane
+	$(BIN)/tenantstore demo
+
+test: controlplane
+	$(BIN)/pytest
+
+test-unit: install
+	$(BIN)/pytest tests/unit tests/backends
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,3 @@
+from tenantstore.cli import main
+
+raise SystemExit(main())

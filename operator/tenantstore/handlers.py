@@ -1,0 +1,111 @@
+"""Kopf registrations only: each handler turns an event into one reconcile and writes what it returns."""
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import kopf
+
+from tenantstore import conditions, kube, reconcile
+from tenantstore.errors import ReconcileError
+from tenantstore.models import FINALIZER, GROUP, VERSION, InvalidResource, Phase, StoreClass
+from tenantstore.reconcile import ClaimRef, Outcome
+from tenantstore.registry import BackendRegistry
+from tenantstore.storeclass import check_store_class
+
+STORECLASSES = (GROUP, VERSION, "storeclasses")
+TENANTSTORES = (GROUP, VERSION, "tenantstores")
+STORECLASS_CHECK_INTERVAL_SECONDS = 60.0
+
+
+@kopf.on.startup()
+async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
+    settings.persistence.finalizer = FINALIZER
+    settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix="kopf.tenancy.dev")
+    settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
+        prefix="kopf.tenancy.dev", key="last-handled-configuration")
+    settings.watching.server_timeout = 300
+    memo.api = await kube.api_client()
+    memo.secrets = kube.Secrets(memo.api)
+    memo.backends = BackendRegistry(memo.secrets)
+
+
+@kopf.on.cleanup()
+async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await memo.backends.close()
+    await memo.api.close()
+
+
+@kopf.index(*STORECLASSES)
+def store_class_index(body: kopf.Body, name: str, **_: Any) -> dict[str, StoreClass | InvalidResource]:
+    try:
+        return {name: StoreClass.from_body(body)}
+    except (InvalidResource, KeyError, ValueError) as error:
+        return {name: InvalidResource(str(error))}
+
+
+@kopf.index(*TENANTSTORES)
+def tenant_id_index(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[str, ClaimRef]:
+    return {spec.get("tenantId", ""): reconcile.claim_ref(body)}
+
+
+def latest_classes(index: kopf.Index[str, Any]) -> dict[str, StoreClass | InvalidResource]:
+    return {name: next(iter(store), None) for name, store in index.items() if store}
+
+
+@kopf.on.resume(*TENANTSTORES)
+@kopf.on.create(*TENANTSTORES)
+@kopf.on.update(*TENANTSTORES, field="spec")
+async def reconcile_tenantstore(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
+                                patch: kopf.Patch, memo: kopf.Memo, reason: kopf.Reason,
+                                store_class_index: kopf.Index[str, Any], tenant_id_index: kopf.Index[str, ClaimRef],
+                                **_: Any) -> None:
+    if reason == kopf.Reason.RESUME and is_converged(meta, status):
+        return  # a restart must not touch the backends of tenants that need nothing
+    others = [ref for ref in tenant_id_index.get(spec.get("tenantId", ""), ()) if ref.uid != meta["uid"]]
+    outcome = await reconcile.reconcile_tenant(body, latest_classes(store_class_index), others, memo.backends,
+                                               memo.secrets)
+    write(body, patch, outcome)
+
+
+@kopf.on.delete(*TENANTSTORES)
+async def delete_tenantstore(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
+                             store_class_index: kopf.Index[str, Any], **_: Any) -> None:
+    try:
+        outcome = await reconcile.teardown_tenant(body, latest_classes(store_class_index), memo.backends, memo.secrets)
+    except ReconcileError as error:
+        patch.status["phase"] = Phase.DELETING.value
+        kopf.warn(body, reason=error.reason, message=f"teardown will be retried: {error}")
+        # A temporary error keeps the finalizer; a permanent one would release it and leak the tenant's data.
+        raise kopf.TemporaryError(str(error), delay=error.retry_after or 30) from error
+    for step in outcome.events:
+        kopf.info(body, reason=step.reason, message=step.message)
+
+
+@kopf.on.resume(*STORECLASSES)
+@kopf.on.create(*STORECLASSES)
+@kopf.on.update(*STORECLASSES)
+@kopf.timer(*STORECLASSES, interval=STORECLASS_CHECK_INTERVAL_SECONDS, initial_delay=STORECLASS_CHECK_INTERVAL_SECONDS)
+async def check_storeclass(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
+                           **_: Any) -> None:
+    """Ready when the class's Postgres is reachable and meets the prerequisites (the README lists them)."""
+    new_status = await check_store_class(body, status, memo.backends)
+    patch.status.update(conditions.status_changes(status, new_status))
+
+
+def is_converged(meta: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
+    return status.get("observedGeneration") == meta.get("generation") and \
+        status.get("phase") in (Phase.READY, Phase.SUSPENDED)
+
+
+def write(body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> None:
+    for step in outcome.events:
+        kopf.info(body, reason=step.reason, message=step.message)
+    patch.status.update(conditions.status_changes(body.get("status"), outcome.status))
+    if outcome.warning is not None:
+        previous = conditions.find(body.get("status", {}).get("conditions"), "Ready") or {}
+        if previous.get("reason") != outcome.warning.reason:  # one event per transition, not per retry
+            kopf.warn(body, reason=outcome.warning.reason, message=str(outcome.warning))
+    if outcome.retry_after is not None:
+        raise kopf.TemporaryError(str(outcome.warning or "retrying"), delay=outcome.retry_after)

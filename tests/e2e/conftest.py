@@ -1,0 +1,44 @@
+"""End-to-end fixtures: a real control plane, a real Postgres, and the operator as its own process."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from e2e_kit import DEFAULT_CLASS, store_class
+
+from tenantstore.devenv import Kubectl, LocalEnvironment, OperatorProcess
+
+@pytest.fixture(scope="session")
+def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvironment]:
+    environment = LocalEnvironment(Path(tmp_path_factory.mktemp("e2e")))
+    environment.start()
+    yield environment
+    environment.stop()
+
+
+@pytest.fixture(scope="session")
+def kubectl(env: LocalEnvironment) -> Kubectl:
+    assert env.kubectl is not None
+    return env.kubectl
+
+
+@pytest.fixture(scope="session")
+def default_class(kubectl: Kubectl) -> str:
+    kubectl.apply(store_class(DEFAULT_CLASS, default=True))
+    return DEFAULT_CLASS
+
+
+@pytest.fixture(scope="session")
+def operator(env: LocalEnvironment, default_class: str) -> Iterator[OperatorProcess]:
+    process = env.operator()
+    process.start()
+    yield process
+    process.stop()
+
+
+@pytest.fixture
+def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> str:
+    name = request.node.name.replace("_", "-").lower()[:50].strip("-")
+    kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
+    return name

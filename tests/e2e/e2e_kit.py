@@ -1,0 +1,63 @@
+"""Helpers for the end-to-end tests: manifests, Postgres access and waiting on conditions with deadlines."""
+from __future__ import annotations
+
+import base64
+from typing import Any
+
+import psycopg
+
+from tenantstore.devenv import ADMIN_SECRET, OPERATOR_NAMESPACE, Kubectl, LocalEnvironment, wait_for
+
+DEFAULT_CLASS = "standard"
+
+def store_class(name: str, default: bool = False, **spec_overrides: Any) -> dict[str, Any]:
+    annotations = {"storeclass.tenancy.dev/is-default-class": "true"} if default else {}
+    spec: dict[str, Any] = {
+        "postgres": {"adminSecretRef": {"name": ADMIN_SECRET, "namespace": OPERATOR_NAMESPACE, "key": "uri"},
+                     "database": "tenants"},
+        "vector": {"backend": "pgvector"},
+    }
+    spec.update(spec_overrides)
+    return {"apiVersion": "tenancy.dev/v1alpha1", "kind": "StoreClass",
+            "metadata": {"name": name, "annotations": annotations}, "spec": spec}
+
+
+def tenant_store(name: str, namespace: str, tenant_id: str, tier: str = "free", dimension: int = 3,
+                 **spec_overrides: Any) -> dict[str, Any]:
+    spec = {"tenantId": tenant_id, "tier": tier, "vector": {"dimension": dimension, "metric": "cosine"}}
+    spec.update(spec_overrides)
+    return {"apiVersion": "tenancy.dev/v1alpha1", "kind": "TenantStore",
+            "metadata": {"name": name, "namespace": namespace}, "spec": spec}
+
+
+def superuser(env: LocalEnvironment, database: str = "tenants") -> psycopg.Connection[Any]:
+    return psycopg.connect(env.postgres.superuser_uri(database), autocommit=True)
+
+
+def tenant_secret(kubectl: Kubectl, namespace: str, name: str) -> dict[str, str]:
+    body = kubectl.get("secret", name, namespace)
+    assert body is not None, f"Secret {namespace}/{name} is missing"
+    return {key: base64.b64decode(value).decode() for key, value in body["data"].items()}
+
+
+def condition(body: dict[str, Any] | None, type_: str) -> dict[str, Any]:
+    for entry in ((body or {}).get("status") or {}).get("conditions") or ():
+        if entry["type"] == type_:
+            return entry
+    return {}
+
+
+def wait_for_condition(kubectl: Kubectl, namespace: str, name: str, type_: str, status: str,
+                       reason: str | None = None, timeout: float = 90) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        body = kubectl.get("tenantstore", name, namespace)
+        found = condition(body, type_)
+        if found.get("status") == status and (reason is None or found.get("reason") == reason):
+            return body
+        return None
+    return wait_for(f"TenantStore {namespace}/{name} {type_}={status} {reason or ''}", probe, timeout)
+
+
+def wait_until_gone(kubectl: Kubectl, kind: str, name: str, namespace: str | None = None,
+                    timeout: float = 90) -> None:
+    wait_for(f"{kind} {namespace}/{name} to be deleted", lambda: kubectl.get(kind, name, namespace) is None, timeout)
