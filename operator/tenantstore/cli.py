@@ -11,7 +11,7 @@ def run(args: argparse.Namespace) -> int:
 
     import tenantstore.handlers  # noqa: F401,PLC0415 (registers the handlers)
 
-    kopf.configure(verbose=args.verbose, log_refkey=True)
+    kopf.configure(verbose=args.verbose, log_prefix=True)
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
     kopf.run(clusterwide=not args.namespace, namespaces=args.namespace, standalone=True,
              liveness_endpoint=args.liveness or None)

@@ -261,6 +261,7 @@ class DesiredStore:
 
     tenant_id: str
     uid: str
+    owner: str  # "<namespace>/<name>" of the TenantStore, for messages
     dimension: int
     metric: Metric
     relational: RelationalIsolation
@@ -288,11 +289,12 @@ class DesiredStore:
         return self.quotas.max_connections or -1
 
 
-def desired_store(spec: TenantStoreSpec, store_class: StoreClass, uid: str) -> DesiredStore:
+def desired_store(spec: TenantStoreSpec, store_class: StoreClass, uid: str, owner: str = "") -> DesiredStore:
     policy = store_class.tiers[spec.tier]
     return DesiredStore(
         tenant_id=spec.tenant_id,
         uid=uid,
+        owner=owner,
         dimension=spec.dimension,
         metric=spec.metric,
         relational=policy.relational,

@@ -41,6 +41,7 @@ class ClaimRef:
     uid: str
     namespace: str
     name: str
+    provisioned: bool = False
 
 
 @dataclasses.dataclass
@@ -68,8 +69,12 @@ def resolve_store_class(name: str, classes: Mapping[str, StoreClass | InvalidRes
 
 
 def check_claim(tenant_id: str, me: ClaimRef, claims: Sequence[ClaimRef]) -> None:
-    """The first TenantStore (oldest, then lowest uid) to name a tenantId owns it; later ones wait."""
-    first = min([*claims, me], key=lambda ref: (ref.created, ref.uid))
+    """The first TenantStore to name a tenantId owns it; later ones wait.
+
+    Provisioned stores come first (creation times tie within a second); the role's claim in Postgres
+    is the final arbiter when two are created at once.
+    """
+    first = min([*claims, me], key=lambda ref: (not ref.provisioned, ref.created, ref.uid))
     if first.uid != me.uid:
         raise TenantIdConflict(f"tenantId {tenant_id} is already claimed by TenantStore "
                                f"{first.namespace}/{first.name}")
@@ -104,7 +109,7 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         spec = TenantStoreSpec.from_body(body)
         store_class = resolve_store_class(spec.store_class_name, classes)
         check_claim(spec.tenant_id, claim_ref(body), claims)
-        store = desired_store(spec, store_class, meta["uid"])
+        store = desired_store(spec, store_class, meta["uid"], f"{meta['namespace']}/{meta['name']}")
         backends = await registry.for_class(store_class)
 
         password = await secrets.tenant_password(meta["namespace"], spec.secret_name, body)
@@ -165,12 +170,13 @@ def failed_outcome(current: Mapping[str, Any], generation: int, reason: str, mes
 def claim_ref(body: Mapping[str, Any]) -> ClaimRef:
     meta = body["metadata"]
     return ClaimRef(created=meta.get("creationTimestamp", ""), uid=meta["uid"], namespace=meta.get("namespace", ""),
-                    name=meta["name"])
+                    name=meta["name"], provisioned=bool((body.get("status") or {}).get("relational")))
 
 
 def store_as_provisioned(spec: TenantStoreSpec, store_class: StoreClass, body: Mapping[str, Any]) -> DesiredStore:
     """What teardown must remove: the isolation recorded in status (what was made), else what the spec asks."""
-    store = desired_store(spec, store_class, body["metadata"]["uid"])
+    meta = body["metadata"]
+    store = desired_store(spec, store_class, meta["uid"], f"{meta.get('namespace')}/{meta['name']}")
     recorded = (body.get("status") or {}).get("isolation") or {}
     return dataclasses.replace(
         store,

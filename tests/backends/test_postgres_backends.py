@@ -14,7 +14,7 @@ from tenantstore.models import DesiredStore, Metric, Quotas, RelationalIsolation
 
 def tenant(tenant_id: str, relational=RelationalIsolation.SCHEMA, vector=VectorIsolation.NAMESPACE,
            uid: str | None = None, dimension: int = 3, capacity: int = 100) -> DesiredStore:
-    return DesiredStore(tenant_id=tenant_id, uid=uid or str(uuid.uuid4()), dimension=dimension, metric=Metric.COSINE,
+    return DesiredStore(tenant_id=tenant_id, uid=uid or str(uuid.uuid4()), owner=f"test/{tenant_id}", dimension=dimension, metric=Metric.COSINE,
                         relational=relational, vector=vector, quotas=Quotas(0, 0, 5, 0), suspended=False,
                         shared_database="tenants", shared_index_capacity=capacity)
 

@@ -95,8 +95,9 @@ async def fetch_one(conn: psycopg.AsyncConnection[Any], query: sql.Composable | 
     return await cursor.fetchone()
 
 
-def role_claim(store: DesiredStore, owner: str | None) -> str:
-    return json.dumps({"managedBy": "tenantstore", "tenantId": store.tenant_id, "owner": owner}, sort_keys=True)
+def role_claim(store: DesiredStore, claimed: bool) -> str:
+    owner = {"owner": store.uid, "ownerName": store.owner} if claimed else {"owner": None}
+    return json.dumps({"managedBy": "tenantstore", "tenantId": store.tenant_id, **owner}, sort_keys=True)
 
 
 def parse_claim(comment: str | None) -> dict[str, Any] | None:
@@ -167,7 +168,7 @@ class PostgresRelationalStore:
                         role, sql.SQL("NOLOGIN" if store.suspended else "LOGIN"),
                         sql.Literal(store.connection_limit), sql.Literal(scram_sha256_verifier(password))))
                     await conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                        role, sql.Literal(role_claim(store, store.uid))))
+                        role, sql.Literal(role_claim(store, claimed=True))))
                     # Membership (with inherit) lets the admin act as the tenant's owner: terminate, drop, grant.
                     await conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
                 return [Step("RoleCreated", f"Postgres role {store.role} created (connection limit "
@@ -182,9 +183,9 @@ class PostgresRelationalStore:
         steps: list[Step] = []
         if claim.get("owner") != store.uid:
             if claim.get("owner") is not None:
-                raise TenantIdConflict(f"tenantId {store.tenant_id} is claimed by another TenantStore "
-                                       f"(uid {claim['owner']})")
-            await conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(role_claim(store, store.uid))))
+                raise TenantIdConflict(f"tenantId {store.tenant_id} is already claimed by TenantStore "
+                                       f"{claim.get('ownerName') or claim['owner']}")
+            await conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(role_claim(store, claimed=True))))
             steps.append(Step("RoleAdopted", f"retained Postgres role {store.role} adopted by this TenantStore"))
         if not existing["admin_has_privileges"]:
             await conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
@@ -265,7 +266,7 @@ class PostgresRelationalStore:
             if await self._inspect_role(conn, store.role) is None:
                 return []
             await conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                sql.Identifier(store.role), sql.Literal(role_claim(store, None))))
+                sql.Identifier(store.role), sql.Literal(role_claim(store, claimed=False))))
         where = (f"schema {store.schema} in database {store.database}" if store.relational is RelationalIsolation.SCHEMA
                  else f"database {store.database}")
         return [Step("Retained", f"kept Postgres role {store.role} and {where}; a new TenantStore with "
