@@ -107,3 +107,28 @@ async def test_full_shared_index_rolls_over_to_the_next(server: PostgresServer) 
     for store in stores:
         await PgvectorStore(server).teardown(store)
         await PostgresRelationalStore(server).teardown(store)
+
+
+async def test_records_page_out_and_upsert_back_without_duplicates(server: PostgresServer) -> None:
+    from tenantstore.backends import VectorRecord
+
+    source, vectors = tenant("mover"), PgvectorStore(server)
+    await PostgresRelationalStore(server).ensure(source, "pw", password_is_new=True)
+    namespace_placement, _ = await vectors.ensure(source)
+    target = tenant("mover", vector=VectorIsolation.DEDICATED, uid=source.uid)
+    dedicated_placement, _ = await vectors.ensure(target)
+    records = [VectorRecord(f"id-{i:03}", [float(i), 1.0, 0.5], {"n": i}) for i in range(25)]
+    await vectors.write_batch(source, namespace_placement, records)
+
+    copied, after = [], None
+    while batch := await vectors.read_batch(source, namespace_placement, after, limit=10):
+        await vectors.write_batch(target, dedicated_placement, batch)
+        await vectors.write_batch(target, dedicated_placement, batch)  # a resumed copy rewrites a batch
+        copied += batch
+        after = batch[-1].id
+    assert copied == records
+    assert await vectors.count(target, dedicated_placement) == await vectors.count(source, namespace_placement) == 25
+    assert await vectors.read_batch(target, dedicated_placement, "id-023", 10) == records[24:]
+
+    await vectors.teardown(source)
+    await PostgresRelationalStore(server).teardown(source)

@@ -7,6 +7,7 @@ backend is one new module here plus one line in `vector_store_for`.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from typing import Any, Protocol
 
 from tenantstore.models import DesiredStore
@@ -50,6 +51,13 @@ class VectorPlacement:
         return cls(**{field.name: raw.get(field.name, "") for field in dataclasses.fields(cls)})
 
 
+@dataclasses.dataclass(frozen=True)
+class VectorRecord:
+    id: str
+    values: list[float]
+    metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
 class RelationalStore(Protocol):
     async def ensure(self, store: DesiredStore, password: str, password_is_new: bool
                      ) -> tuple[RelationalPlacement, list[Step]]:
@@ -72,6 +80,12 @@ class RelationalStore(Protocol):
 
 
 class VectorStore(Protocol):
+    """Lifecycle of a tenant's vector namespace or dedicated index, plus the data access migrations need.
+
+    `store.vector` says which isolation to act on, so a migration can ensure the target and tear down
+    the source of one tenant by passing the same store with a different isolation.
+    """
+
     backend: str
 
     async def ensure(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
@@ -79,6 +93,17 @@ class VectorStore(Protocol):
 
     async def teardown(self, store: DesiredStore) -> list[Step]:
         ...
+
+    async def count(self, store: DesiredStore, placement: VectorPlacement) -> int:
+        """Vectors the tenant has there (eventually consistent on some backends)."""
+
+    async def read_batch(self, store: DesiredStore, placement: VectorPlacement, after_id: str | None,
+                         limit: int) -> list[VectorRecord]:
+        """Up to `limit` records with ids greater than `after_id`, in id order (resumable paging)."""
+
+    async def write_batch(self, store: DesiredStore, placement: VectorPlacement,
+                          records: Sequence[VectorRecord]) -> None:
+        """Upsert: writing the same records twice leaves one copy of each."""
 
     async def residue(self, store: DesiredStore) -> list[str]:
         ...

@@ -8,12 +8,14 @@ dedicated isolation: a `vectors` table in the tenant's own schema (or its own da
 """
 from __future__ import annotations
 
+import json
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from tenantstore.backends import Step, VectorPlacement
+from tenantstore.backends import Step, VectorPlacement, VectorRecord
 from tenantstore.backends.postgres import PostgresServer, fetch_one
 from tenantstore.models import DesiredStore, Metric, VectorIsolation, dedicated_index_name, shared_index_name
 
@@ -191,6 +193,49 @@ class PgvectorStore:
         row = await fetch_one(conn, "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL AS present",
                               store.schema, DEDICATED_TABLE)
         return bool(row and row["present"])
+
+    # --- data (admin access: the table owner is not subject to row-level security) ---
+
+    def _data_target(self, store: DesiredStore, placement: VectorPlacement) -> tuple[str, sql.Composable, sql.Composable]:
+        """(database, table, namespace filter) where this placement's vectors live."""
+        schema, table = placement.table.split(".", 1)
+        if placement.namespace:
+            return (self.server.shared_database, sql.Identifier(schema, table),
+                    sql.SQL("namespace = {}").format(sql.Literal(placement.namespace)))
+        return store.database, sql.Identifier(schema, table), sql.SQL("true")
+
+    async def count(self, store: DesiredStore, placement: VectorPlacement) -> int:
+        database, table, where = self._data_target(store, placement)
+        async with self.server.connect(database) as conn:
+            row = await fetch_one(conn, sql.SQL("SELECT count(*) AS n FROM {} WHERE {}").format(table, where))
+        return int(row["n"])
+
+    async def read_batch(self, store: DesiredStore, placement: VectorPlacement, after_id: str | None,
+                         limit: int) -> list[VectorRecord]:
+        database, table, where = self._data_target(store, placement)
+        query = sql.SQL("SELECT id, embedding::text AS embedding, metadata FROM {} WHERE {} AND id COLLATE \"C\" > %s "
+                        "ORDER BY id COLLATE \"C\" LIMIT %s").format(table, where)
+        async with self.server.connect(database) as conn:
+            rows = await (await conn.execute(query, (after_id or "", limit))).fetchall()
+        return [VectorRecord(id=row["id"], values=json.loads(row["embedding"]), metadata=row["metadata"] or {})
+                for row in rows]
+
+    async def write_batch(self, store: DesiredStore, placement: VectorPlacement,
+                          records: Sequence[VectorRecord]) -> None:
+        database, table, _ = self._data_target(store, placement)
+        rows = [(record.id, json.dumps(record.values), json.dumps(record.metadata)) for record in records]
+        async with self.server.connect(database) as conn:
+            async with conn.transaction(), conn.cursor() as cursor:
+                if placement.namespace:
+                    await cursor.executemany(sql.SQL(
+                        "INSERT INTO {} (namespace, id, embedding, metadata) VALUES ({}, %s, %s::vector, %s::jsonb) "
+                        "ON CONFLICT (namespace, id) DO UPDATE SET embedding = EXCLUDED.embedding, "
+                        "metadata = EXCLUDED.metadata").format(table, sql.Literal(placement.namespace)), rows)
+                else:
+                    await cursor.executemany(sql.SQL(
+                        "INSERT INTO {} (id, embedding, metadata) VALUES (%s, %s::vector, %s::jsonb) "
+                        "ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, "
+                        "metadata = EXCLUDED.metadata").format(table), rows)
 
     # --- teardown ---
 
