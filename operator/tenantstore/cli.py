@@ -7,15 +7,35 @@ import sys
 
 
 def run(args: argparse.Namespace) -> int:
+    import os  # noqa: PLC0415
+
     import kopf  # noqa: PLC0415 (keep `tenantstore demo` light)
+
+    if args.usage_interval:
+        os.environ["TENANTSTORE_USAGE_INTERVAL"] = str(args.usage_interval)  # read when handlers register
 
     import tenantstore.handlers  # noqa: F401,PLC0415 (registers the handlers)
 
     kopf.configure(verbose=args.verbose, log_prefix=True)
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
-    kopf.run(clusterwide=not args.namespace, namespaces=args.namespace, standalone=True,
-             liveness_endpoint=args.liveness or None)
-    return 0
+    options = dict(clusterwide=not args.namespace, namespaces=args.namespace, standalone=True,
+                   liveness_endpoint=args.liveness or None)
+    if not args.leader_elect:
+        kopf.run(**options)
+        return 0
+
+    import asyncio  # noqa: PLC0415
+
+    from tenantstore import leader  # noqa: PLC0415
+
+    config = leader.ElectionConfig(
+        namespace=args.leader_elect_namespace or leader.default_namespace(), name=args.leader_elect_lease,
+        lease_duration=args.lease_duration, renew_deadline=args.renew_deadline, retry_period=args.retry_period)
+
+    async def run_operator(stop: asyncio.Event) -> None:
+        await kopf.operator(**options, stop_flag=stop)
+
+    return asyncio.run(leader.run_elected(config, run_operator, args.liveness or None))
 
 
 def demo(args: argparse.Namespace) -> int:
@@ -32,6 +52,24 @@ def main(argv: list[str] | None = None) -> int:
                             help="watch only this namespace (repeatable); default: the whole cluster")
     run_parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                             help="liveness endpoint URL, empty to disable (default: %(default)s)")
+    run_parser.add_argument("--metrics-port", type=int, default=9090,
+                            help="port of the Prometheus metrics endpoint (default: %(default)s; reserved: the "
+                                 "metrics server is not wired yet, the chart already passes it)")
+    election = run_parser.add_argument_group(
+        "leader election", "active/standby replicas: only the holder of a coordination.k8s.io Lease reconciles")
+    election.add_argument("--leader-elect", action="store_true", help="stand by until this replica holds the Lease")
+    election.add_argument("--leader-elect-namespace", default="",
+                          help="namespace of the Lease (default: $POD_NAMESPACE, the service account's "
+                               "namespace, else tenantstore-system)")
+    election.add_argument("--leader-elect-lease", default="tenantstore-operator", help="name of the Lease")
+    election.add_argument("--lease-duration", type=float, default=15.0,
+                          help="seconds a standby waits after the last renewal before taking over")
+    election.add_argument("--renew-deadline", type=float, default=10.0,
+                          help="seconds the leader keeps retrying a renewal before it stops leading")
+    election.add_argument("--retry-period", type=float, default=2.0, help="seconds between Lease attempts")
+    run_parser.add_argument("--usage-interval", type=float, default=None,
+                            help="seconds between usage measurements of each StoreClass's tenants "
+                                 "(default: $TENANTSTORE_USAGE_INTERVAL or 60)")
     run_parser.add_argument("--verbose", action="store_true")
     run_parser.set_defaults(func=run)
     demo_parser = commands.add_parser("demo", help="start a local control plane, Postgres and the operator, "

@@ -73,8 +73,10 @@ __all__ = [
     "STAGING_VERSION",
     "ControlPlane",
     "ControlPlaneError",
+    "HELM_VERSION",
     "cache_dir",
     "ensure_binaries",
+    "ensure_helm",
 ]
 
 KUBERNETES_VERSION = "1.33.13"
@@ -96,6 +98,9 @@ STAGING_MODULES = (
 )
 
 BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
+
+# The chart tests' helm, built from its own Go module like the control plane.
+HELM_VERSION = "3.22.0"
 
 # Controllers that need nodes, volumes or a cloud provider; without a kubelet
 # they would only produce noise.
@@ -141,10 +146,18 @@ def _has_binaries(directory: Path) -> bool:
                for name in BINARIES)
 
 
+def _cache_root() -> Path:
+    return Path(os.environ.get("TENANTSTORE_CACHE", "~/.cache/tenantstore")).expanduser()
+
+
 def cache_dir() -> Path:
     """Per-version cache directory holding ``bin/``, ``src/`` and the build log."""
-    root = Path(os.environ.get("TENANTSTORE_CACHE", "~/.cache/tenantstore")).expanduser()
-    return root / f"kubernetes-v{KUBERNETES_VERSION}"
+    return _cache_root() / f"kubernetes-v{KUBERNETES_VERSION}"
+
+
+def helm_cache_dir() -> Path:
+    """Per-version cache directory of helm: ``bin/helm``, ``src/`` and the build log."""
+    return _cache_root() / f"helm-v{HELM_VERSION}"
 
 
 def ensure_binaries() -> Path:
@@ -171,6 +184,31 @@ def ensure_binaries() -> Path:
         if not _has_binaries(bin_dir):
             _build(cache)
     return bin_dir
+
+
+def ensure_helm() -> Path:
+    """Return the path of a helm binary.
+
+    ``$HELM`` (an existing executable) wins; otherwise helm v``HELM_VERSION`` is
+    built once from its Go module into :func:`helm_cache_dir` (a few minutes cold),
+    under the same kind of file lock as the control plane build.
+    """
+    override = os.environ.get("HELM")
+    if override:
+        path = Path(override).expanduser()
+        if path.is_file() and os.access(path, os.X_OK):
+            return path
+        raise ControlPlaneError(f"HELM={override} is not an executable file")
+
+    cache = helm_cache_dir()
+    binary = cache / "bin" / "helm"
+    if binary.is_file() and os.access(binary, os.X_OK):
+        return binary
+    cache.mkdir(parents=True, exist_ok=True)
+    with _file_lock(cache / ".lock"):
+        if not (binary.is_file() and os.access(binary, os.X_OK)):
+            _build_helm(cache)
+    return binary
 
 
 @contextlib.contextmanager
@@ -290,6 +328,57 @@ def _build(cache: Path) -> None:
         finally:
             shutil.rmtree(tmp_bin, ignore_errors=True)
     _say(f"binaries ready in {cache / 'bin'} after {_minutes(started)}")
+
+
+_HELM_TOOLS_GO = """\
+//go:build tools
+
+package tools
+
+import _ "helm.sh/helm/v3/cmd/helm"
+"""
+
+
+def _helm_ldflags(go: str, src: Path, env: dict[str, str]) -> str:
+    """What helm's Makefile stamps: its version, and the Kubernetes version of its client-go.
+
+    Without the latter, `helm template` and `helm lint` assume Kubernetes 1.20.
+    """
+    client_go = subprocess.run([go, "list", "-m", "-f", "{{.Version}}", "k8s.io/client-go"], cwd=src, env=env,
+                               capture_output=True, text=True, check=True).stdout.strip()  # v0.MINOR.PATCH
+    kube_minor = client_go.lstrip("v").split(".")[1]
+    flags = [f"-X helm.sh/helm/v3/internal/version.version=v{HELM_VERSION}",
+             "-X helm.sh/helm/v3/internal/version.gitTreeState=clean"]
+    flags += [f"-X helm.sh/helm/v3/pkg/{package}.k8sVersion{part}={value}"
+              for package in ("lint/rules", "chartutil") for part, value in (("Major", "1"), ("Minor", kube_minor))]
+    return "-ldflags=-s -w " + " ".join(flags)
+
+
+def _build_helm(cache: Path) -> None:
+    go = _find_go()
+    src = cache / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    (src / "go.mod").write_text(f"module tenantstore.local/helm\n\ngo 1.24\n\n"
+                                f"require helm.sh/helm/v3 v{HELM_VERSION}\n")
+    (src / "tools.go").write_text(_HELM_TOOLS_GO)
+    log_path = cache / "build.log"
+    env = {**os.environ, "CGO_ENABLED": "0"}
+    started = time.monotonic()
+    _say(f"building helm v{HELM_VERSION} from source in {src} (cold: a few minutes); log: {log_path}")
+    with open(log_path, "w") as log:
+        _run_logged([go, "mod", "tidy"], src, env, log, log_path, "go mod tidy", started)
+        tmp_bin = Path(tempfile.mkdtemp(prefix="bin.", dir=cache))
+        try:
+            _run_logged([go, "build", "-trimpath", _helm_ldflags(go, src, env), "-o", f"{tmp_bin}/helm",
+                         "helm.sh/helm/v3/cmd/helm"], src, env, log, log_path, "go build helm", started)
+            tmp_bin.chmod(0o755)
+            bin_dir = cache / "bin"
+            if bin_dir.exists():
+                shutil.rmtree(bin_dir)
+            os.rename(tmp_bin, bin_dir)  # publish atomically: readers see a complete binary or none
+        finally:
+            shutil.rmtree(tmp_bin, ignore_errors=True)
+    _say(f"helm ready in {cache / 'bin'} after {_minutes(started)}")
 
 
 def _run_logged(cmd: Sequence[str], cwd: Path, env: dict[str, str], log: IO[str],
@@ -720,6 +809,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                      description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("build", help="build or locate the binaries and print their directory")
+    commands.add_parser("helm", help="build or locate helm and print its path")
     up = commands.add_parser("up", help="start a control plane and run until SIGINT/SIGTERM")
     up.add_argument("workdir", type=Path)
     up.add_argument("--timeout", type=float, default=120, help="start-up timeout in seconds")
@@ -727,6 +817,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         if args.command == "build":
             print(ensure_binaries())
+            return 0
+        if args.command == "helm":
+            print(ensure_helm())
             return 0
         return _cmd_up(args.workdir, args.timeout)
     except ControlPlaneError as error:

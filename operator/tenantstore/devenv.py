@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -88,9 +88,10 @@ def free_port() -> int:
 class OperatorProcess:
     """The operator as its own process, so tests can kill it (SIGKILL) like a crashed pod."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path):
+    def __init__(self, kubeconfig: Path, log_path: Path, extra_args: Sequence[str] = ()):
         self.kubeconfig = kubeconfig
         self.log_path = log_path
+        self.extra_args = list(extra_args)  # e.g. --namespace, --leader-elect
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.log_offset = 0
@@ -101,7 +102,8 @@ class OperatorProcess:
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "tenantstore", "run", "--liveness", f"http://127.0.0.1:{self.port}/healthz"],
+            [sys.executable, "-m", "tenantstore", "run", "--liveness", f"http://127.0.0.1:{self.port}/healthz",
+             *self.extra_args],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         wait_for("the operator's liveness endpoint", self._alive, timeout)
@@ -109,11 +111,15 @@ class OperatorProcess:
     def _alive(self) -> bool:
         if self.process is None or self.process.poll() is not None:
             raise RuntimeError(f"the operator exited; see {self.log_path}:\n{self.log_tail()}")
+        return self.health() is not None
+
+    def health(self) -> Any:
+        """The liveness endpoint's JSON answer, or None while it does not answer 200."""
         try:
             with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/healthz", timeout=2) as response:
-                return response.status == 200
-        except OSError:
-            return False
+                return json.loads(response.read() or b"{}") if response.status == 200 else None
+        except (OSError, ValueError):
+            return None
 
     def log_since_start(self) -> str:
         """What this run of the operator has logged so far."""
@@ -165,8 +171,9 @@ class LocalEnvironment:
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
                      "crd/tenantstores.tenancy.dev", "crd/storeclasses.tenancy.dev")
 
-    def operator(self, log_name: str = "operator.log") -> OperatorProcess:
-        return OperatorProcess(self.control_plane.kubeconfig, self.workdir / log_name)
+    def operator(self, log_name: str = "operator.log", extra_args: Sequence[str] = (),
+                 kubeconfig: Path | None = None) -> OperatorProcess:
+        return OperatorProcess(kubeconfig or self.control_plane.kubeconfig, self.workdir / log_name, extra_args)
 
     def stop(self) -> None:
         try:

@@ -3,8 +3,8 @@
 It listens on a loopback TCP port with password (SCRAM) authentication, so tenant roles' passwords and
 isolation are exercised exactly as on a real server. `prepare_for_tenantstore` does, once, what the
 README asks of whoever runs a production Postgres: an admin role with CREATEROLE and CREATEDB (not a
-superuser), the shared database owned by it, and the `vector` extension in that database and in
-template1 (pgvector is not a trusted extension, so only a superuser can create it).
+superuser), the shared database owned by it, the `vector` extension in that database and in template1
+(pgvector is not a trusted extension, so only a superuser can create it), and pg_stat_statements.
 
     python -m tenantstore.devpostgres up DIR   # start (initialising DIR on first use); Ctrl-C stops
 """
@@ -113,7 +113,8 @@ class EmbeddedPostgres:
         socket_dir.mkdir(exist_ok=True)
         if self._run_as():
             shutil.chown(socket_dir, SERVICE_USER)
-        options = f"-h 127.0.0.1 -p {self.port} -k {socket_dir} -c max_connections=300 -c fsync=off"
+        options = (f"-h 127.0.0.1 -p {self.port} -k {socket_dir} -c max_connections=300 -c fsync=off "
+                   "-c shared_preload_libraries=pg_stat_statements")
         self._pg("pg_ctl", "-D", str(self.datadir), "-l", str(self.workdir / "postgres.log"), "-o", options,
                  "-w", "-t", str(int(timeout)), "start", timeout=timeout + 10)
 
@@ -154,6 +155,9 @@ class EmbeddedPostgres:
         for database in ("template1", shared_database):
             with psycopg.connect(self.superuser_uri(database), autocommit=True) as conn:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
+        with psycopg.connect(self.superuser_uri(shared_database), autocommit=True) as conn:
+            # Optional: lets the operator count each tenant's daily queries.
+            conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
         return f"postgresql://{admin_role}:{admin_password}@127.0.0.1:{self.port}/{shared_database}"
 
 

@@ -37,3 +37,10 @@ class SecretConflict(ReconcileError):
 class BackendUnavailable(ReconcileError):
     reason = "BackendUnavailable"
     retry_after = 5.0
+
+
+class VectorQuotaExceeded(ReconcileError):
+    """The vector service refused to create an index or a namespace: a plan limit is reached."""
+
+    reason = "VectorQuotaExceeded"
+    retry_after = 60.0

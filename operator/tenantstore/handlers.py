@@ -1,13 +1,16 @@
 """Kopf registrations only: each handler turns an event into one reconcile and writes what it returns."""
 from __future__ import annotations
 
-import logging
+import asyncio
+import copy
+import os
+import random
 from collections.abc import Mapping
 from typing import Any
 
 import kopf
 
-from tenantstore import conditions, kube, reconcile
+from tenantstore import conditions, fleet, kube, reconcile
 from tenantstore.errors import ReconcileError
 from tenantstore.models import FINALIZER, GROUP, VERSION, InvalidResource, Phase, StoreClass
 from tenantstore.reconcile import ClaimRef, Outcome
@@ -17,6 +20,8 @@ from tenantstore.storeclass import check_store_class
 STORECLASSES = (GROUP, VERSION, "storeclasses")
 TENANTSTORES = (GROUP, VERSION, "tenantstores")
 STORECLASS_CHECK_INTERVAL_SECONDS = 60.0
+# How often each StoreClass's tenants are measured (tenantstore run --usage-interval).
+USAGE_INTERVAL_SECONDS = float(os.environ.get("TENANTSTORE_USAGE_INTERVAL", "60"))
 
 
 @kopf.on.startup()
@@ -28,6 +33,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     memo.api = await kube.api_client()
     memo.secrets = kube.Secrets(memo.api)
+    memo.statuses = kube.TenantStatuses(memo.api)
     memo.backends = BackendRegistry(memo.secrets)
 
 
@@ -48,6 +54,15 @@ def store_class_index(body: kopf.Body, name: str, **_: Any) -> dict[str, StoreCl
 @kopf.index(*TENANTSTORES)
 def tenant_id_index(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[str, ClaimRef]:
     return {spec.get("tenantId", ""): reconcile.claim_ref(body)}
+
+
+@kopf.index(*TENANTSTORES)
+def tenants_by_class(body: kopf.Body, status: kopf.Status, **_: Any) -> dict[str, dict[str, Any]] | None:
+    """Provisioned tenants per StoreClass, for the per-class measurement job."""
+    store_class = status.get("storeClassName")
+    if not store_class:
+        return None
+    return {store_class: {key: copy.deepcopy(body[key]) for key in ("apiVersion", "kind", "metadata", "spec", "status")}}
 
 
 def latest_classes(index: kopf.Index[str, Any]) -> dict[str, StoreClass | InvalidResource]:
@@ -94,14 +109,49 @@ async def check_storeclass(body: kopf.Body, status: kopf.Status, patch: kopf.Pat
     patch.status.update(conditions.status_changes(status, new_status))
 
 
+@kopf.timer(*STORECLASSES, interval=USAGE_INTERVAL_SECONDS, initial_delay=1.0)
+async def measure_tenants(body: kopf.Body, name: str, memo: kopf.Memo, store_class_index: kopf.Index[str, Any],
+                          tenant_id_index: kopf.Index[str, ClaimRef],
+                          tenants_by_class: kopf.Index[str, dict[str, Any]], **_: Any) -> None:
+    """Per StoreClass: re-reconcile tenants the class changed under, then measure usage and enforce quotas."""
+    await asyncio.sleep(random.uniform(0, USAGE_INTERVAL_SECONDS / 10))  # jitter: classes don't all fire at once
+    classes = latest_classes(store_class_index)
+    store_class = classes.get(name)
+    if not isinstance(store_class, StoreClass):
+        return
+    tenants = list(tenants_by_class.get(name, ()))
+    for tenant in tenants:
+        if fleet.needs_reconcile(store_class, tenant) and not tenant["metadata"].get("deletionTimestamp"):
+            others = [ref for ref in tenant_id_index.get(tenant["spec"].get("tenantId", ""), ())
+                      if ref.uid != tenant["metadata"]["uid"]]
+            outcome = await reconcile.reconcile_tenant(tenant, classes, others, memo.backends, memo.secrets)
+            post_events(tenant, outcome.events)
+            changes = conditions.status_changes(tenant.get("status"), outcome.status)
+            if changes:
+                await memo.statuses.patch(tenant, changes)
+    try:
+        measured = await fleet.measure_class(store_class, tenants, memo.backends, memo.statuses,
+                                             conditions.now_rfc3339())
+    except ReconcileError as error:
+        kopf.warn(body, reason=error.reason, message=f"usage not measured: {error}")
+        return
+    for result in measured:
+        post_events(result.body, result.events, warning=result.warning)
+
+
+def post_events(body: Mapping[str, Any], steps: list[Any], warning: bool = False) -> None:
+    for step in steps:
+        (kopf.warn if warning and step.reason in ("WritesBlocked", "LimitReached") else kopf.info)(
+            body, reason=step.reason, message=step.message)
+
+
 def is_converged(meta: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
     return status.get("observedGeneration") == meta.get("generation") and \
         status.get("phase") in (Phase.READY, Phase.SUSPENDED)
 
 
 def write(body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> None:
-    for step in outcome.events:
-        kopf.info(body, reason=step.reason, message=step.message)
+    post_events(body, outcome.events)
     patch.status.update(conditions.status_changes(body.get("status"), outcome.status))
     if outcome.warning is not None:
         previous = conditions.find(body.get("status", {}).get("conditions"), "Ready") or {}

@@ -14,7 +14,7 @@ from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
 from tenantstore.errors import BackendUnavailable, SecretConflict, StoreClassInvalid
-from tenantstore.models import API_VERSION, TENANT_ID_LABEL, SecretKeyRef
+from tenantstore.models import API_VERSION, GROUP, TENANT_ID_LABEL, VERSION, SecretKeyRef
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "tenantstore-operator"
@@ -129,6 +129,23 @@ class Secrets:
         if not self._is_ours(secret, owner):
             raise SecretConflict(f"Secret {secret.metadata.namespace}/{secret.metadata.name} exists and is not "
                                  f"managed for this TenantStore; set spec.secretName to another name")
+
+
+class TenantStatuses:
+    """Status writes made outside a Kopf handler's own patch (the per-class measurement job)."""
+
+    def __init__(self, api: client.ApiClient):
+        self.custom = client.CustomObjectsApi(api)
+
+    async def patch(self, body: Mapping[str, Any], changes: Mapping[str, Any]) -> None:
+        meta = body["metadata"]
+        try:
+            await self.custom.patch_namespaced_custom_object_status(
+                GROUP, VERSION, meta["namespace"], "tenantstores", meta["name"], {"status": dict(changes)},
+                _content_type="application/merge-patch+json")
+        except ApiException as error:
+            if error.status != 404:  # deleted meanwhile: nothing left to report on
+                raise
 
 
 def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:

@@ -131,11 +131,29 @@ class Quotas:
         return {key: value for key, value in status.items() if value is not None}
 
 
+    def capped_by(self, ceilings: Quotas) -> tuple[Quotas, list[str]]:
+        """Each field at most its ceiling (0 = unlimited counts as above any ceiling); the names capped."""
+        capped: dict[str, int | None] = {}
+        over: list[str] = []
+        for field in dataclasses.fields(self):
+            value, ceiling = getattr(self, field.name), getattr(ceilings, field.name)
+            if ceiling and value is not None and (value == 0 or value > ceiling):
+                value = ceiling
+                over.append(field.name)
+            capped[field.name] = value
+        return Quotas(**capped), over
+
+
+QUOTA_FIELD_NAMES = {"max_documents": "maxDocuments", "max_storage_bytes": "maxStorageBytes",
+                     "max_connections": "maxConnections", "max_daily_queries": "maxDailyQueries"}
+
+
 @dataclasses.dataclass(frozen=True)
 class TierPolicy:
     relational: RelationalIsolation
     vector: VectorIsolation
     quotas: Quotas
+    max_quotas: Quotas = Quotas()  # ceilings for a TenantStore's overrides; unset = no ceiling
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], fallback: TierPolicy) -> TierPolicy:
@@ -143,6 +161,7 @@ class TierPolicy:
             relational=RelationalIsolation(raw.get("relational", fallback.relational)),
             vector=VectorIsolation(raw.get("vector", fallback.vector)),
             quotas=fallback.quotas.overridden_by(Quotas.from_dict(raw.get("quotas"))),
+            max_quotas=Quotas.from_dict(raw.get("maxQuotas")),
         )
 
 
@@ -171,6 +190,27 @@ class SecretKeyRef:
 
 
 @dataclasses.dataclass(frozen=True)
+class PineconeSettings:
+    """spec.vector.pinecone: the Pinecone project a class's vectors live in."""
+
+    api_key_secret: SecretKeyRef
+    cloud: str = "aws"
+    region: str = "us-east-1"
+    host: str = ""  # control-plane endpoint override; empty means the SDK's default
+    expose_api_key: bool = False
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> PineconeSettings:
+        raw = raw or {}
+        try:
+            secret = SecretKeyRef.from_dict(raw.get("apiKeySecretRef"), default_key="apiKey")
+        except InvalidResource as error:
+            raise InvalidResource(f"spec.vector.pinecone.apiKeySecretRef: {error}") from None
+        return cls(api_key_secret=secret, cloud=raw.get("cloud") or "aws", region=raw.get("region") or "us-east-1",
+                   host=raw.get("host") or "", expose_api_key=bool(raw.get("exposeApiKey", False)))
+
+
+@dataclasses.dataclass(frozen=True)
 class StoreClass:
     name: str
     generation: int
@@ -181,6 +221,7 @@ class StoreClass:
     shared_index_capacity: int
     shared_index_alert_threshold: float
     tiers: Mapping[Tier, TierPolicy]
+    pinecone: PineconeSettings | None = None  # set when vector_backend is "pinecone"
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> StoreClass:
@@ -189,17 +230,19 @@ class StoreClass:
         shared_index = vector.get("sharedIndex", {})
         tiers_raw = spec.get("tiers", {})
         annotations = meta.get("annotations") or {}
+        vector_backend = vector.get("backend") or "pgvector"
         return cls(
             name=meta["name"],
             generation=meta.get("generation", 0),
             is_default=annotations.get(DEFAULT_CLASS_ANNOTATION) == "true",
             admin_secret=SecretKeyRef.from_dict(postgres.get("adminSecretRef"), default_key="uri"),
             shared_database=postgres.get("database") or "tenants",
-            vector_backend=vector.get("backend") or "pgvector",
+            vector_backend=vector_backend,
             shared_index_capacity=int(shared_index.get("capacity", 100)),
             shared_index_alert_threshold=float(shared_index.get("alertThreshold", 0.8)),
             tiers={tier: TierPolicy.from_dict(tiers_raw.get(tier.value) or {}, DEFAULT_TIERS[tier])
                    for tier in Tier},
+            pinecone=PineconeSettings.from_dict(vector.get("pinecone")) if vector_backend == "pinecone" else None,
         )
 
 
@@ -270,6 +313,8 @@ class DesiredStore:
     suspended: bool
     shared_database: str
     shared_index_capacity: int
+    writes_allowed: bool = True  # False while a Block quota is exceeded
+    quotas_capped: tuple[str, ...] = ()  # spec.quotas fields the class's ceilings lowered
 
     @property
     def role(self) -> str:
@@ -289,8 +334,17 @@ class DesiredStore:
         return self.quotas.max_connections or -1
 
 
-def desired_store(spec: TenantStoreSpec, store_class: StoreClass, uid: str, owner: str = "") -> DesiredStore:
+def effective_quotas(spec: TenantStoreSpec, store_class: StoreClass) -> tuple[Quotas, list[str]]:
+    """The tier's quotas overridden field by field by spec.quotas, overrides capped at the tier's ceilings."""
     policy = store_class.tiers[spec.tier]
+    overrides, capped = spec.quota_overrides.capped_by(policy.max_quotas)
+    return policy.quotas.overridden_by(overrides), [QUOTA_FIELD_NAMES[name] for name in capped]
+
+
+def desired_store(spec: TenantStoreSpec, store_class: StoreClass, uid: str, owner: str = "",
+                  writes_allowed: bool = True) -> DesiredStore:
+    policy = store_class.tiers[spec.tier]
+    quotas, capped = effective_quotas(spec, store_class)
     return DesiredStore(
         tenant_id=spec.tenant_id,
         uid=uid,
@@ -299,8 +353,10 @@ def desired_store(spec: TenantStoreSpec, store_class: StoreClass, uid: str, owne
         metric=spec.metric,
         relational=policy.relational,
         vector=policy.vector,
-        quotas=policy.quotas.overridden_by(spec.quota_overrides),
+        quotas=quotas,
         suspended=spec.suspended,
         shared_database=store_class.shared_database,
         shared_index_capacity=store_class.shared_index_capacity,
+        writes_allowed=writes_allowed,
+        quotas_capped=tuple(capped),
     )

@@ -19,7 +19,8 @@ from tenantstore.errors import (BackendUnavailable, ReconcileError, SecretConfli
                                 StoreClassNotFound, TenantIdConflict)
 from tenantstore.kube import Secrets
 from tenantstore.models import (DeletionPolicy, DesiredStore, InvalidResource, Phase, RelationalIsolation,
-                                StoreClass, TenantStoreSpec, VectorIsolation, desired_store)
+                                StoreClass, TenantStoreSpec, VectorIsolation, desired_store, effective_quotas)
+from tenantstore.quota import Usage, judge
 from tenantstore.registry import BackendRegistry
 
 logger = logging.getLogger(__name__)
@@ -109,7 +110,11 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         spec = TenantStoreSpec.from_body(body)
         store_class = resolve_store_class(spec.store_class_name, classes)
         check_claim(spec.tenant_id, claim_ref(body), claims)
-        store = desired_store(spec, store_class, meta["uid"], f"{meta['namespace']}/{meta['name']}")
+        # Writes stay blocked while the last measured usage is over a Block quota (the measurement job decides).
+        verdict = judge(Usage.from_status(current.get("usage")), effective_quotas(spec, store_class)[0],
+                        spec.quota_action)
+        store = desired_store(spec, store_class, meta["uid"], f"{meta['namespace']}/{meta['name']}",
+                              writes_allowed=not verdict.blocks_writes)
         backends = await registry.for_class(store_class)
 
         password = await secrets.tenant_password(meta["namespace"], spec.secret_name, body)
@@ -135,8 +140,10 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
     status = {
         "phase": phase.value,
         "observedGeneration": generation,
-        "conditions": conditions.merge_conditions(current.get("conditions"), [ready], generation),
+        "conditions": conditions.merge_conditions(
+            current.get("conditions"), [ready, verdict.condition(), capped_condition(spec, store)], generation),
         "storeClassName": store_class.name,
+        "observedStoreClassGeneration": store_class.generation,
         "isolation": {"relational": store.relational.value, "vector": store.vector.value},
         "relational": relational.to_status(),
         "vectorStore": vector.to_status(),
@@ -144,6 +151,15 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         "quotas": store.quotas.to_status(),
     }
     return Outcome(status=status, events=steps)
+
+
+def capped_condition(spec: TenantStoreSpec, store: DesiredStore) -> Condition:
+    if not store.quotas_capped:
+        return Condition("QuotasCapped", False, "WithinCeilings", "spec.quotas is within the tier's ceilings")
+    fields = ", ".join(f"spec.quotas.{name}" for name in store.quotas_capped)
+    return Condition("QuotasCapped", True, "AboveTierCeiling",
+                     f"{fields} asks for more than the {spec.tier.value} tier allows; the tier's ceiling applies "
+                     f"(see status.quotas)")
 
 
 def ready_message(store: DesiredStore, relational: RelationalPlacement, vector: VectorPlacement) -> str:

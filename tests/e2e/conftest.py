@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from e2e_kit import DEFAULT_CLASS, store_class
+from e2e_kit import DEFAULT_CLASS, ISOLATED_PREFIX, store_class
 
 from tenantstore.devenv import Kubectl, LocalEnvironment, OperatorProcess
 
@@ -31,7 +31,10 @@ def default_class(kubectl: Kubectl) -> str:
 
 @pytest.fixture(scope="session")
 def operator(env: LocalEnvironment, default_class: str) -> Iterator[OperatorProcess]:
-    process = env.operator()
+    # Every namespace but the isolated ones, where tests run operators of their own (leader election, the
+    # chart's RBAC): two operators reconciling the same TenantStore would fight.
+    # Usage is measured every second so quota tests see enforcement quickly (the default is 60 s).
+    process = env.operator(extra_args=["--namespace", f"!{ISOLATED_PREFIX}*", "--usage-interval", "1"])
     process.start()
     yield process
     process.stop()

@@ -9,6 +9,8 @@ import psycopg
 from tenantstore.devenv import ADMIN_SECRET, OPERATOR_NAMESPACE, Kubectl, LocalEnvironment, wait_for
 
 DEFAULT_CLASS = "standard"
+# Namespaces the shared `operator` fixture leaves alone, for tests that run operators of their own.
+ISOLATED_PREFIX = "isolated-"
 
 def store_class(name: str, default: bool = False, **spec_overrides: Any) -> dict[str, Any]:
     annotations = {"storeclass.tenancy.dev/is-default-class": "true"} if default else {}

@@ -58,6 +58,19 @@ class VectorRecord:
     metadata: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
+@dataclasses.dataclass(frozen=True)
+class RelationalUsage:
+    storage_bytes: int = 0
+    connections: int = 0
+    daily_queries: int | None = None  # None where the server cannot tell (no pg_stat_statements)
+
+
+@dataclasses.dataclass(frozen=True)
+class VectorUsage:
+    documents: int = 0
+    storage_bytes: int = 0  # only what the relational figure does not already include
+
+
 class RelationalStore(Protocol):
     async def ensure(self, store: DesiredStore, password: str, password_is_new: bool
                      ) -> tuple[RelationalPlacement, list[Step]]:
@@ -78,6 +91,12 @@ class RelationalStore(Protocol):
     async def preflight(self) -> list[Step]:
         """The StoreClass prerequisites this backend finds missing (reason, message); empty when usable."""
 
+    async def ensure_write_access(self, store: DesiredStore) -> list[Step]:
+        """Let the tenant write its schema or database, or (store.writes_allowed False) only read and delete."""
+
+    async def measure(self, stores: Sequence[DesiredStore]) -> dict[str, RelationalUsage]:
+        """Usage per tenant id, measured in a few queries for all of them."""
+
 
 class VectorStore(Protocol):
     """Lifecycle of a tenant's vector namespace or dedicated index, plus the data access migrations need.
@@ -93,6 +112,12 @@ class VectorStore(Protocol):
 
     async def teardown(self, store: DesiredStore) -> list[Step]:
         ...
+
+    async def ensure_write_access(self, store: DesiredStore, placement: VectorPlacement) -> list[Step]:
+        """Allow or refuse the tenant's vector writes (store.writes_allowed); reads and deletes stay."""
+
+    async def measure(self, tenants: Sequence[tuple[DesiredStore, VectorPlacement]]) -> dict[str, VectorUsage]:
+        """Documents (and storage not counted by the relational store) per tenant id."""
 
     async def count(self, store: DesiredStore, placement: VectorPlacement) -> int:
         """Vectors the tenant has there (eventually consistent on some backends)."""

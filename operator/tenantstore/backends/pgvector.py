@@ -8,6 +8,7 @@ dedicated isolation: a `vectors` table in the tenant's own schema (or its own da
 """
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Sequence
 from typing import Any
@@ -15,13 +16,15 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tenantstore.backends import Step, VectorPlacement, VectorRecord
+from tenantstore.backends import Step, VectorPlacement, VectorRecord, VectorUsage
 from tenantstore.backends.postgres import PostgresServer, fetch_one
 from tenantstore.models import DesiredStore, Metric, VectorIsolation, dedicated_index_name, shared_index_name
 
 SHARED_SCHEMA = "tenantstore_vectors"
 DEDICATED_TABLE = "vectors"
-TENANT_PRIVILEGES = ("SELECT", "INSERT", "UPDATE", "DELETE")
+# Reads and deletes stay while a quota blocks writes, so a tenant can always clean up to get back under it.
+READ_PRIVILEGES = ("SELECT", "DELETE")
+WRITE_PRIVILEGES = ("INSERT", "UPDATE")
 # HNSW indexes on the `vector` type stop at 2,000 dimensions; larger vectors are stored unindexed.
 HNSW_MAX_DIMENSIONS = 2000
 OPERATOR_CLASSES = {Metric.COSINE: "vector_cosine_ops", Metric.EUCLIDEAN: "vector_l2_ops",
@@ -153,19 +156,37 @@ class PgvectorStore:
     async def _ensure_grants(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore, schema: str,
                              table: str) -> list[Step]:
         cursor = await conn.execute("""
-            SELECT has_schema_privilege(%(role)s, %(schema)s, 'USAGE') AS usage,
-                   bool_and(has_table_privilege(%(role)s, format('%%I.%%I', %(schema)s::text, %(table)s::text), privilege)) AS dml
-              FROM unnest(%(privileges)s::text[]) AS privilege""",
-            {"role": store.role, "schema": schema, "table": table, "privileges": list(TENANT_PRIVILEGES)})
-        held = await cursor.fetchone()
-        if held["usage"] and held["dml"]:
-            return []
-        role = sql.Identifier(store.role)
-        if not held["usage"]:
+            SELECT privilege, has_table_privilege(%(role)s, format('%%I.%%I', %(schema)s::text, %(table)s::text),
+                                                  privilege) AS held
+              FROM unnest(%(privileges)s::text[]) AS privilege
+            UNION ALL SELECT 'USAGE', has_schema_privilege(%(role)s, %(schema)s, 'USAGE')""",
+            {"role": store.role, "schema": schema, "table": table,
+             "privileges": list(READ_PRIVILEGES + WRITE_PRIVILEGES)})
+        held = {row["privilege"] for row in await cursor.fetchall() if row["held"]}
+        wanted = {"USAGE", *READ_PRIVILEGES, *(WRITE_PRIVILEGES if store.writes_allowed else ())}
+        missing, extra = wanted - held, held & set(WRITE_PRIVILEGES) - wanted
+        role, qualified = sql.Identifier(store.role), sql.Identifier(schema, table)
+        if "USAGE" in missing:
             await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
-        await conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(
-            sql.SQL(", ").join(sql.SQL(p) for p in TENANT_PRIVILEGES), sql.Identifier(schema, table), role))
-        return [Step("VectorAccessGranted", f"{store.role} may read and write its vectors in {schema}.{table}")]
+        if missing - {"USAGE"}:
+            await conn.execute(sql.SQL("GRANT {} ON {} TO {}").format(
+                sql.SQL(", ").join(sql.SQL(p) for p in sorted(missing - {"USAGE"})), qualified, role))
+        if extra:
+            await conn.execute(sql.SQL("REVOKE {} ON {} FROM {}").format(
+                sql.SQL(", ").join(sql.SQL(p) for p in sorted(extra)), qualified, role))
+            return [Step("VectorWritesBlocked", f"{store.role} can read and delete its vectors in {schema}.{table} "
+                                                f"but not write them until it is under quota")]
+        if set(WRITE_PRIVILEGES) & missing and held & set(READ_PRIVILEGES):
+            return [Step("VectorWritesRestored", f"{store.role} may write its vectors in {schema}.{table} again")]
+        if missing:
+            return [Step("VectorAccessGranted", f"{store.role} may read and write its vectors in {schema}.{table}")]
+        return []
+
+    async def ensure_write_access(self, store: DesiredStore, placement: VectorPlacement) -> list[Step]:
+        """Grant or revoke INSERT and UPDATE on the tenant's vectors (quota Block)."""
+        schema, table = placement.table.split(".", 1)
+        async with self.server.connect(store.database if not placement.namespace else None) as conn:
+            return await self._ensure_grants(conn, store, schema, table)
 
     # --- dedicated isolation: the tenant's own table ---
 
@@ -203,6 +224,33 @@ class PgvectorStore:
             return (self.server.shared_database, sql.Identifier(schema, table),
                     sql.SQL("namespace = {}").format(sql.Literal(placement.namespace)))
         return store.database, sql.Identifier(schema, table), sql.SQL("true")
+
+    async def measure(self, tenants: Sequence[tuple[DesiredStore, VectorPlacement]]) -> dict[str, VectorUsage]:
+        usage: dict[str, VectorUsage] = {}
+        shared = [(store, placement) for store, placement in tenants if placement.namespace]
+        if shared:
+            async with self.server.connect() as conn:
+                # One grouped scan per shared table, and the size of each tenant's own partition.
+                for table in sorted({placement.table for _, placement in shared}):
+                    schema, name = table.split(".", 1)
+                    cursor = await conn.execute(sql.SQL("SELECT namespace, count(*) AS documents FROM {} "
+                                                        "GROUP BY namespace").format(sql.Identifier(schema, name)))
+                    counts = {row["namespace"]: int(row["documents"]) for row in await cursor.fetchall()}
+                    for store, placement in shared:
+                        if placement.table == table:
+                            usage[store.tenant_id] = VectorUsage(documents=counts.get(placement.namespace, 0))
+                cursor = await conn.execute("""
+                    SELECT c.relname, pg_total_relation_size(c.oid) AS bytes FROM pg_class c
+                      JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = ANY(%s)""",
+                    (SHARED_SCHEMA, [partition_name(store) for store, _ in shared]))
+                sizes = {row["relname"]: int(row["bytes"]) for row in await cursor.fetchall()}
+                for store, _ in shared:
+                    usage[store.tenant_id] = dataclasses.replace(usage[store.tenant_id],
+                                                                 storage_bytes=sizes.get(partition_name(store), 0))
+        for store, placement in tenants:
+            if not placement.namespace:  # dedicated: its bytes are in the tenant's schema or database already
+                usage[store.tenant_id] = VectorUsage(documents=await self.count(store, placement))
+        return usage
 
     async def count(self, store: DesiredStore, placement: VectorPlacement) -> int:
         database, table, where = self._data_target(store, placement)

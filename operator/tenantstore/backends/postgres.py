@@ -13,7 +13,7 @@ import hashlib
 import hmac
 import json
 import os
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psycopg
@@ -22,11 +22,19 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
-from tenantstore.backends import RelationalPlacement, Step
+from tenantstore.backends import RelationalPlacement, RelationalUsage, Step
 from tenantstore.errors import BackendUnavailable, TenantIdConflict
 from tenantstore.models import DesiredStore, RelationalIsolation
 
 CONNECT_TIMEOUT_SECONDS = 5
+# The operator's own dedicated vector table lives in the tenant's schema and stays the admin's.
+OPERATOR_VECTOR_TABLE = "vectors"
+# The operator's own bookkeeping in the shared database (the admin role owns it).
+OPERATOR_SCHEMA = "tenantstore"
+BASELINE_TABLE_NAME = "daily_query_baseline"
+BASELINE_TABLE = sql.Identifier(OPERATOR_SCHEMA, BASELINE_TABLE_NAME)
+RELATION_KEYWORDS = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW", "S": "SEQUENCE",
+                     "f": "FOREIGN TABLE"}
 
 
 def scram_sha256_verifier(password: str, iterations: int = 4096) -> str:
@@ -50,6 +58,7 @@ class PostgresServer:
         self.admin_uri = admin_uri
         self.shared_database = shared_database
         params = conninfo_to_dict(admin_uri)
+        self.admin_role = str(params.get("user") or "")
         self.host = str(params.get("host") or "localhost")
         self.port = int(params.get("port") or 5432)
         self._pool = psycopg_pool.AsyncConnectionPool(
@@ -146,6 +155,7 @@ class PostgresRelationalStore:
                 steps += await self._ensure_schema(conn, store)
             else:
                 steps += await self._ensure_database(conn, store)
+        steps += await self.ensure_write_access(store)
         placement = RelationalPlacement(host=self.server.host, port=self.server.port, database=store.database,
                                         schema=store.schema, role=store.role)
         return placement, steps
@@ -209,7 +219,7 @@ class PostgresRelationalStore:
             await conn.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
                 sql.Identifier(store.schema), sql.Identifier(store.role)))
             return [Step("SchemaCreated", f"schema {store.schema} in database {store.database} created, owned by {store.role}")]
-        if row["owner"] != store.role:
+        if row["owner"] not in (store.role, self.server.admin_role):  # the admin holds it while writes are blocked
             raise TenantIdConflict(f"schema {store.schema} exists and belongs to role {row['owner']}")
         return []
 
@@ -226,12 +236,91 @@ class PostgresRelationalStore:
                 sql.Identifier(store.database), sql.Identifier(store.role)))
             steps.append(Step("DatabaseCreated", f"database {store.database} created, owned by {store.role}"))
             row = await fetch_one(conn, query, store.database)
-        if row["owner"] != store.role:
+        if row["owner"] not in (store.role, self.server.admin_role):
             raise TenantIdConflict(f"database {store.database} exists and belongs to role {row['owner']}")
         if row["public_can_connect"]:
             # Only the tenant (and, through it, the operator) may connect to a tenant's database.
             await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(store.database)))
         return steps
+
+    # --- write access (quota Block) ---
+    #
+    # The tenant owns its schema or database, and Postgres cannot refuse an owner's writes. So while writes
+    # are blocked the admin role takes ownership of the tenant's schemas and relations and grants the tenant
+    # USAGE, SELECT, DELETE and TRUNCATE: reads and clean-up work, INSERT, UPDATE and DDL are refused.
+    # Unblocking hands everything back.
+
+    async def ensure_write_access(self, store: DesiredStore) -> list[Step]:
+        async with self.server.connect(store.database) as conn:
+            if store.relational is RelationalIsolation.SCHEMA:
+                row = await fetch_one(conn, "SELECT pg_get_userbyid(nspowner) AS owner FROM pg_namespace "
+                                            "WHERE nspname = %s", store.schema)
+            else:
+                row = await fetch_one(conn, "SELECT pg_get_userbyid(datdba) AS owner FROM pg_database "
+                                            "WHERE datname = current_database()")
+            blocked = row is not None and row["owner"] != store.role
+            if row is None or blocked == (not store.writes_allowed):
+                return []
+            async with conn.transaction():
+                if store.writes_allowed:
+                    await self._hand_back(conn, store)
+                    return [Step("WritesRestored", f"{store.role} owns its {store.relational.value} again")]
+                await self._take_over(conn, store)
+                return [Step("WritesBlocked", f"{store.role} can read and delete but not write its "
+                                              f"{store.relational.value} until it is under quota")]
+
+    async def _take_over(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> None:
+        role = sql.Identifier(store.role)
+        if store.relational is RelationalIsolation.DATABASE:
+            await conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO CURRENT_USER").format(sql.Identifier(store.database)))
+            await conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
+                sql.Identifier(store.database), role))
+        schemas = await self._tenant_schemas(conn, store, owner=store.role)
+        for schema in schemas:
+            await conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO CURRENT_USER").format(sql.Identifier(schema)))
+        await self._reassign_relations(conn, schemas, from_role=store.role, to_role=self.server.admin_role, store=store)
+        for schema in schemas:
+            await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
+            await conn.execute(sql.SQL("GRANT SELECT, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA {} TO {}").format(
+                sql.Identifier(schema), role))
+            await conn.execute(sql.SQL("GRANT SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(
+                sql.Identifier(schema), role))
+
+    async def _hand_back(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> None:
+        if store.relational is RelationalIsolation.DATABASE:
+            await conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
+                sql.Identifier(store.database), sql.Identifier(store.role)))
+        schemas = await self._tenant_schemas(conn, store, owner=self.server.admin_role)
+        for schema in schemas:
+            await conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(
+                sql.Identifier(schema), sql.Identifier(store.role)))
+        await self._reassign_relations(conn, schemas, from_role=self.server.admin_role, to_role=store.role, store=store)
+
+    async def _tenant_schemas(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore, owner: str) -> list[str]:
+        if store.relational is RelationalIsolation.SCHEMA:
+            return [store.schema]
+        # In its own database the tenant may have made schemas of its own; public belongs to the database owner.
+        cursor = await conn.execute("""
+            SELECT nspname FROM pg_namespace
+             WHERE (pg_get_userbyid(nspowner) = %s OR nspname = 'public')
+               AND NOT starts_with(nspname, 'pg_') AND nspname <> 'information_schema' ORDER BY nspname""", (owner,))
+        return [row["nspname"] for row in await cursor.fetchall()]
+
+    async def _reassign_relations(self, conn: psycopg.AsyncConnection[Any], schemas: list[str], from_role: str,
+                                  to_role: str, store: DesiredStore) -> None:
+        # Tables first: their ownership carries the sequences their columns own.
+        for kinds in (("r", "p"), ("v", "m", "S", "f")):
+            cursor = await conn.execute("""
+                SELECT n.nspname, c.relname, c.relkind FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = ANY(%s) AND pg_get_userbyid(c.relowner) = %s AND c.relkind = ANY(%s)
+                   AND NOT (n.nspname = %s AND c.relname = %s)
+                   AND NOT EXISTS (SELECT 1 FROM pg_depend d WHERE d.objid = c.oid AND d.deptype IN ('a', 'i')
+                                   AND d.classid = 'pg_class'::regclass AND c.relkind = 'S')""",
+                (schemas, from_role, list(kinds), store.schema, OPERATOR_VECTOR_TABLE))
+            for row in await cursor.fetchall():
+                await conn.execute(sql.SQL("ALTER {} {} OWNER TO {}").format(
+                    sql.SQL(RELATION_KEYWORDS[row["relkind"]]), sql.Identifier(row["nspname"], row["relname"]),
+                    sql.Identifier(to_role)))
 
     async def _terminate_sessions(self, conn: psycopg.AsyncConnection[Any], role: str) -> int:
         row = await fetch_one(conn, """
@@ -271,6 +360,66 @@ class PostgresRelationalStore:
                  else f"database {store.database}")
         return [Step("Retained", f"kept Postgres role {store.role} and {where}; a new TenantStore with "
                                  f"tenantId {store.tenant_id} adopts them")]
+
+    async def measure(self, stores: Sequence[DesiredStore]) -> dict[str, RelationalUsage]:
+        roles = [store.role for store in stores]
+        schemas = {store.schema: store for store in stores if store.relational is RelationalIsolation.SCHEMA}
+        databases = {store.database: store for store in stores if store.relational is RelationalIsolation.DATABASE}
+        async with self.server.connect() as conn:
+            connections = await self._rows_by(conn, "SELECT usename AS key, count(*) AS value FROM pg_stat_activity "
+                                                    "WHERE usename = ANY(%s) GROUP BY usename", roles)
+            schema_bytes = await self._rows_by(conn, """
+                SELECT n.nspname AS key, sum(pg_total_relation_size(c.oid)) AS value
+                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                 WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'm') GROUP BY n.nspname""", list(schemas))
+            database_bytes = await self._rows_by(conn, "SELECT datname AS key, pg_database_size(datname) AS value "
+                                                       "FROM pg_database WHERE datname = ANY(%s)", list(databases))
+            queries = await self._daily_queries(conn, roles)
+        return {store.tenant_id: RelationalUsage(
+            storage_bytes=int(schema_bytes.get(store.schema, 0) if store.relational is RelationalIsolation.SCHEMA
+                              else database_bytes.get(store.database, 0)),
+            connections=int(connections.get(store.role, 0)),
+            daily_queries=None if queries is None else int(queries.get(store.role, 0)),
+        ) for store in stores}
+
+    @staticmethod
+    async def _rows_by(conn: psycopg.AsyncConnection[Any], query: str, keys: list[str]) -> dict[str, Any]:
+        if not keys:
+            return {}
+        cursor = await conn.execute(query, (keys,))
+        return {row["key"]: row["value"] for row in await cursor.fetchall()}
+
+    async def _daily_queries(self, conn: psycopg.AsyncConnection[Any], roles: list[str]) -> dict[str, int] | None:
+        """Statements per role since the first measurement of the current UTC day (needs pg_stat_statements)."""
+        if not roles or not (await fetch_one(conn, "SELECT to_regclass('pg_stat_statements') IS NOT NULL AS present"))["present"]:
+            return None
+        await self._ensure_baseline_table(conn)
+        async with conn.transaction():
+            cursor = await conn.execute(sql.SQL("""
+                WITH totals AS (
+                    SELECT r.rolname AS role, coalesce(sum(s.calls), 0)::bigint AS calls
+                      FROM pg_roles r LEFT JOIN pg_stat_statements s ON s.userid = r.oid
+                     WHERE r.rolname = ANY(%s) GROUP BY r.rolname),
+                today AS (SELECT (now() AT TIME ZONE 'UTC')::date AS day),
+                rebased AS (
+                    INSERT INTO {baseline} AS old (role, day, calls)
+                    SELECT t.role, today.day, t.calls FROM totals t, today
+                    ON CONFLICT (role) DO UPDATE SET day = EXCLUDED.day, calls = EXCLUDED.calls
+                     WHERE old.day <> EXCLUDED.day OR old.calls > EXCLUDED.calls
+                    RETURNING role, calls)
+                SELECT t.role AS key, t.calls - coalesce(r.calls, kept.calls) AS value
+                  FROM totals t LEFT JOIN rebased r ON r.role = t.role
+                  LEFT JOIN {baseline} kept ON kept.role = t.role""").format(baseline=BASELINE_TABLE), (roles,))
+            return {row["key"]: max(int(row["value"] or 0), 0) for row in await cursor.fetchall()}
+
+    async def _ensure_baseline_table(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        present = await fetch_one(conn, "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL AS present",
+                                  OPERATOR_SCHEMA, BASELINE_TABLE_NAME)
+        if present["present"]:
+            return
+        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(OPERATOR_SCHEMA)))
+        await conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (role name PRIMARY KEY, day date NOT NULL, "
+                                   "calls bigint NOT NULL)").format(BASELINE_TABLE))
 
     async def residue(self, store: DesiredStore) -> list[str]:
         left: list[str] = []

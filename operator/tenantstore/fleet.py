@@ -1,0 +1,94 @@
+"""Work done for all tenants of a StoreClass at once, on a schedule: measure usage and enforce quotas.
+
+One periodic job per StoreClass (not a timer per tenant) keeps this cheap with thousands of tenants: the
+backends measure every tenant of the class in a few grouped queries, and only tenants whose figures or
+verdict changed cost an API write.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from tenantstore import conditions
+from tenantstore.backends import Step, VectorPlacement
+from tenantstore.kube import TenantStatuses
+from tenantstore.models import InvalidResource, StoreClass, TenantStoreSpec, effective_quotas
+from tenantstore.quota import Usage, Verdict, judge
+from tenantstore.reconcile import store_as_provisioned
+from tenantstore.registry import BackendRegistry
+
+logger = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class Measured:
+    """One tenant after a measurement: what to tell the user."""
+
+    body: Mapping[str, Any]
+    usage: Usage
+    verdict: Verdict
+    events: list[Step]
+    warning: bool  # the quota verdict turned to exceeded
+
+
+def provisioned_tenants(tenants: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [body for body in tenants
+            if not body["metadata"].get("deletionTimestamp") and (body.get("status") or {}).get("relational")
+            and VectorPlacement.from_status((body.get("status") or {}).get("vectorStore"))]
+
+
+def needs_reconcile(store_class: StoreClass, body: Mapping[str, Any]) -> bool:
+    """The class changed since this tenant was reconciled (its quotas or isolation may follow)."""
+    return (body.get("status") or {}).get("observedStoreClassGeneration") != store_class.generation
+
+
+async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, Any]], registry: BackendRegistry,
+                        statuses: TenantStatuses, now: str) -> list[Measured]:
+    parsed = []
+    for body in provisioned_tenants(tenants):
+        try:
+            spec = TenantStoreSpec.from_body(body)
+        except InvalidResource:
+            continue
+        parsed.append((body, spec, store_as_provisioned(spec, store_class, body),
+                       VectorPlacement.from_status(body["status"]["vectorStore"])))
+    if not parsed:
+        return []
+    backends = await registry.for_class(store_class)
+    relational = await backends.relational.measure([store for _, _, store, _ in parsed])
+    vector = await backends.vector.measure([(store, placement) for _, _, store, placement in parsed])
+
+    results = []
+    for body, spec, store, placement in parsed:
+        rel, vec = relational[store.tenant_id], vector.get(store.tenant_id)
+        usage = Usage(documents=vec.documents if vec else 0,
+                      storage_bytes=rel.storage_bytes + (vec.storage_bytes if vec else 0),
+                      connections=rel.connections, daily_queries=rel.daily_queries)
+        verdict = judge(usage, effective_quotas(spec, store_class)[0], spec.quota_action)
+        status = body.get("status") or {}
+        previous = conditions.find(status.get("conditions"), "QuotaExceeded") or {}
+        events: list[Step] = []
+        if (previous.get("reason") == "WritesBlocked") != verdict.blocks_writes:
+            store = dataclasses.replace(store, writes_allowed=not verdict.blocks_writes)
+            events += await backends.relational.ensure_write_access(store)
+            events += await backends.vector.ensure_write_access(store, placement)
+        quota_condition = verdict.condition()
+        changes: dict[str, Any] = {}
+        if not usage.same_figures(status.get("usage")):
+            changes["usage"] = usage.to_status(now)
+        merged = conditions.merge_conditions(status.get("conditions"), [quota_condition],
+                                             body["metadata"].get("generation", 0))
+        if merged != status.get("conditions"):
+            changes["conditions"] = merged
+        if changes:
+            await statuses.patch(body, changes)
+        transition = previous.get("status") != ("True" if quota_condition.status else "False") \
+            or previous.get("reason") != quota_condition.reason
+        if transition and (previous or verdict.exceeded):
+            events.append(Step(quota_condition.reason if verdict.exceeded else "QuotaWithinLimits",
+                               quota_condition.message))
+        results.append(Measured(body=body, usage=usage, verdict=verdict, events=events,
+                                warning=transition and verdict.exceeded))
+    return results
