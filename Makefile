@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install controlplane demo test test-unit clean
+.PHONY: install controlplane helm sync-crds demo test test-unit clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -17,10 +17,19 @@ install: $(VENV)/.installed
 controlplane: install
 	$(BIN)/python -m tenantstore.devcluster build
 
+# Builds helm from its Go module once (cached beside the control plane); $$HELM points at another helm.
+helm: install
+	$(BIN)/python -m tenantstore.devcluster helm
+
+# crds/ is the source; the chart and the kustomize base carry copies (tests fail when they drift).
+sync-crds:
+	cp crds/*.yaml charts/tenantstore-operator/crds/
+	cp crds/*.yaml manifests/base/crds/
+
 demo: controlplane
 	$(BIN)/tenantstore demo
 
-test: controlplane
+test: controlplane helm
 	$(BIN)/pytest
 
 test-unit: install

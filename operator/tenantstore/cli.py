@@ -16,8 +16,14 @@ def run(args: argparse.Namespace) -> int:
 
     import tenantstore.handlers  # noqa: F401,PLC0415 (registers the handlers)
 
+    from tenantstore import metrics, tracing  # noqa: PLC0415
+
     kopf.configure(verbose=args.verbose, log_prefix=True)
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
+    tracing.configure()
+    tracing.install_log_filter()
+    if args.metrics_port:
+        metrics.serve(args.metrics_port)  # a standby replica serves it too (its tenant series are empty)
     options = dict(clusterwide=not args.namespace, namespaces=args.namespace, standalone=True,
                    liveness_endpoint=args.liveness or None)
     if not args.leader_elect:
@@ -53,8 +59,7 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--liveness", default="http://0.0.0.0:8080/healthz",
                             help="liveness endpoint URL, empty to disable (default: %(default)s)")
     run_parser.add_argument("--metrics-port", type=int, default=9090,
-                            help="port of the Prometheus metrics endpoint (default: %(default)s; reserved: the "
-                                 "metrics server is not wired yet, the chart already passes it)")
+                            help="port of the Prometheus /metrics endpoint, 0 to disable (default: %(default)s)")
     election = run_parser.add_argument_group(
         "leader election", "active/standby replicas: only the holder of a coordination.k8s.io Lease reconciles")
     election.add_argument("--leader-elect", action="store_true", help="stand by until this replica holds the Lease")

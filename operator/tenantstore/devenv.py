@@ -94,16 +94,21 @@ class OperatorProcess:
         self.extra_args = list(extra_args)  # e.g. --namespace, --leader-elect
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
+        self.metrics_url = ""
         self.log_offset = 0
 
     def start(self, timeout: float = 60) -> None:
         self.port = free_port()
+        args = list(self.extra_args)
+        if "--metrics-port" not in args:  # several operators on one machine each need a port of their own
+            args += ["--metrics-port", str(free_port())]
+        self.metrics_url = f"http://127.0.0.1:{args[args.index('--metrics-port') + 1]}/metrics"
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
         env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tenantstore", "run", "--liveness", f"http://127.0.0.1:{self.port}/healthz",
-             *self.extra_args],
+             *args],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
         log.close()
         wait_for("the operator's liveness endpoint", self._alive, timeout)

@@ -44,3 +44,10 @@ class VectorQuotaExceeded(ReconcileError):
 
     reason = "VectorQuotaExceeded"
     retry_after = 60.0
+
+
+class IsolationBroken(ReconcileError):
+    """The tenant could see rows of another namespace: never report such a tenant Ready."""
+
+    reason = "IsolationBroken"
+    retry_after = 60.0

@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from tenantstore import conditions, fleet, kube, reconcile
+from tenantstore import conditions, fleet, kube, metrics, reconcile, tracing
 from tenantstore.errors import ReconcileError
 from tenantstore.models import FINALIZER, GROUP, VERSION, InvalidResource, Phase, StoreClass
 from tenantstore.reconcile import ClaimRef, Outcome
@@ -79,17 +79,23 @@ async def reconcile_tenantstore(body: kopf.Body, spec: kopf.Spec, status: kopf.S
     if reason == kopf.Reason.RESUME and is_converged(meta, status):
         return  # a restart must not touch the backends of tenants that need nothing
     others = [ref for ref in tenant_id_index.get(spec.get("tenantId", ""), ()) if ref.uid != meta["uid"]]
-    outcome = await reconcile.reconcile_tenant(body, latest_classes(store_class_index), others, memo.backends,
-                                               memo.secrets)
-    write(body, patch, outcome)
+    with tracing.lifecycle(tracing.CREATE if reason == kopf.Reason.CREATE else tracing.UPDATE, body) as span:
+        outcome = await reconcile.reconcile_tenant(body, latest_classes(store_class_index), others, memo.backends,
+                                                   memo.secrets)
+        if outcome.warning is not None:
+            span.set_status(tracing.Status(tracing.StatusCode.ERROR, outcome.warning.reason))
+        write(body, patch, outcome)
 
 
 @kopf.on.delete(*TENANTSTORES)
 async def delete_tenantstore(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
                              store_class_index: kopf.Index[str, Any], **_: Any) -> None:
     try:
-        outcome = await reconcile.teardown_tenant(body, latest_classes(store_class_index), memo.backends, memo.secrets)
+        with tracing.lifecycle(tracing.DELETE, body):
+            outcome = await reconcile.teardown_tenant(body, latest_classes(store_class_index), memo.backends,
+                                                      memo.secrets)
     except ReconcileError as error:
+        metrics.RECONCILE_ERRORS.labels(error.reason).inc()
         patch.status["phase"] = Phase.DELETING.value
         kopf.warn(body, reason=error.reason, message=f"teardown will be retried: {error}")
         # A temporary error keeps the finalizer; a permanent one would release it and leak the tenant's data.
@@ -150,10 +156,21 @@ def is_converged(meta: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
         status.get("phase") in (Phase.READY, Phase.SUSPENDED)
 
 
+@kopf.on.event(*TENANTSTORES)
+def observe_tenantstore(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A002 (Kopf's name)
+    metrics.SERIES.observe_tenant(body, deleted=type == "DELETED")
+
+
+@kopf.on.event(*STORECLASSES)
+def observe_storeclass(body: kopf.Body, type: str | None, **_: Any) -> None:  # noqa: A002
+    metrics.SERIES.observe_store_class(body, deleted=type == "DELETED")
+
+
 def write(body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> None:
     post_events(body, outcome.events)
     patch.status.update(conditions.status_changes(body.get("status"), outcome.status))
     if outcome.warning is not None:
+        metrics.RECONCILE_ERRORS.labels(outcome.warning.reason).inc()
         previous = conditions.find(body.get("status", {}).get("conditions"), "Ready") or {}
         if previous.get("reason") != outcome.warning.reason:  # one event per transition, not per retry
             kopf.warn(body, reason=outcome.warning.reason, message=str(outcome.warning))

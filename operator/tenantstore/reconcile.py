@@ -12,11 +12,11 @@ import secrets as token_source
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tenantstore import conditions
-from tenantstore.backends import RelationalPlacement, Step, VectorPlacement
+from tenantstore import conditions, tracing
+from tenantstore.backends import RelationalPlacement, Step, VectorPlacement, VectorStore
 from tenantstore.conditions import Condition
-from tenantstore.errors import (BackendUnavailable, ReconcileError, SecretConflict, StoreClassInvalid,
-                                StoreClassNotFound, TenantIdConflict)
+from tenantstore.errors import (BackendUnavailable, IsolationBroken, ReconcileError, SecretConflict,
+                                StoreClassInvalid, StoreClassNotFound, TenantIdConflict)
 from tenantstore.kube import Secrets
 from tenantstore.models import (DeletionPolicy, DesiredStore, InvalidResource, Phase, RelationalIsolation,
                                 StoreClass, TenantStoreSpec, VectorIsolation, desired_store, effective_quotas)
@@ -116,15 +116,24 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         store = desired_store(spec, store_class, meta["uid"], f"{meta['namespace']}/{meta['name']}",
                               writes_allowed=not verdict.blocks_writes)
         backends = await registry.for_class(store_class)
+        tracing.annotate({"gen_ai.provider.name": backends.vector.backend})
 
-        password = await secrets.tenant_password(meta["namespace"], spec.secret_name, body)
+        with tracing.backend_call("kubernetes", "read_secret"):
+            password = await secrets.tenant_password(meta["namespace"], spec.secret_name, body)
         password_is_new = password is None
-        relational, steps = await backends.relational.ensure(store, password or (password := new_password()),
-                                                              password_is_new)
-        vector, vector_steps = await backends.vector.ensure(store)
+        with tracing.backend_call("postgres", "ensure"):
+            relational, steps = await backends.relational.ensure(store, password or (password := new_password()),
+                                                                  password_is_new)
+        with tracing.backend_call(backends.vector.backend, "ensure"):
+            vector, vector_steps = await backends.vector.ensure(store)
+        tracing.annotate({"gen_ai.memory.namespace": vector.namespace or vector.index})
         steps += vector_steps
-        if await secrets.apply_tenant_secret(meta["namespace"], spec.secret_name, body,
-                                             secret_data(spec, relational, vector, password)):
+        if any(step.reason == "NamespaceCreated" for step in vector_steps):
+            steps += await probe_isolation(backends.vector, store, vector)
+        with tracing.backend_call("kubernetes", "apply_secret"):
+            written = await secrets.apply_tenant_secret(meta["namespace"], spec.secret_name, body,
+                                                        secret_data(spec, relational, vector, password))
+        if written:
             steps.append(Step("SecretWritten", f"credentials written to Secret {spec.secret_name}"))
     except InvalidResource as error:
         return failed_outcome(current, generation, "InvalidSpec", str(error), Phase.FAILED, retry_after=None)
@@ -151,6 +160,19 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         "quotas": store.quotas.to_status(),
     }
     return Outcome(status=status, events=steps)
+
+
+async def probe_isolation(vectors: VectorStore, store: DesiredStore, placement: VectorPlacement) -> list[Step]:
+    """Once, when a tenant joins a shared index: look through its eyes and make sure it sees only its own rows."""
+    with tracing.TRACER.start_as_current_span(tracing.SEARCH, attributes={
+            "gen_ai.operation.name": tracing.SEARCH, "gen_ai.provider.name": vectors.backend,
+            "gen_ai.memory.store.id": store.tenant_id, "gen_ai.memory.namespace": placement.namespace,
+            "gen_ai.memory.scope": "tenant", "gen_ai.memory.type": "long_term", "tenancy.tenant_id": store.tenant_id}):
+        problem = await vectors.probe_isolation(store, placement)
+    if problem:
+        raise IsolationBroken(problem)
+    return [Step("IsolationVerified", f"as {store.role}, shared index {placement.index} shows only namespace "
+                                      f"{placement.namespace}")]
 
 
 def capped_condition(spec: TenantStoreSpec, store: DesiredStore) -> Condition:
@@ -233,8 +255,10 @@ async def teardown_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreCl
             events.append(Step("SecretRetained", f"Secret {spec.secret_name} kept (owner reference removed)"))
         return Outcome(status={}, events=events)
 
-    events += await backends.vector.teardown(store)
-    events += await backends.relational.teardown(store)
+    with tracing.backend_call(backends.vector.backend, "teardown"):
+        events += await backends.vector.teardown(store)
+    with tracing.backend_call("postgres", "teardown"):
+        events += await backends.relational.teardown(store)
     if await secrets.delete_tenant_secret(namespace, spec.secret_name, body):
         events.append(Step("SecretDeleted", f"Secret {spec.secret_name} deleted"))
     residue = await backends.vector.residue(store) + await backends.relational.residue(store)

@@ -5,6 +5,7 @@ import dataclasses
 
 from tenantstore.backends import RelationalStore, VectorStore
 from tenantstore.backends.pgvector import PgvectorStore
+from tenantstore.backends.pinecone import PineconeClient, PineconeStore
 from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServer
 from tenantstore.errors import StoreClassInvalid
 from tenantstore.kube import Secrets
@@ -22,6 +23,7 @@ class BackendRegistry:
     def __init__(self, secrets: Secrets):
         self.secrets = secrets
         self._servers: dict[tuple[str, str], PostgresServer] = {}
+        self._pinecone: dict[tuple[str, str], PineconeClient] = {}
 
     async def for_class(self, store_class: StoreClass) -> Backends:
         admin_uri = await self.secrets.value(store_class.admin_secret)
@@ -31,15 +33,26 @@ class BackendRegistry:
             # A rotated admin Secret yields a new key; the old pool is closed at shutdown.
             server = self._servers[key] = PostgresServer(admin_uri, store_class.shared_database)
         return Backends(server=server, relational=PostgresRelationalStore(server),
-                        vector=self._vector_store(store_class, server))
+                        vector=await self._vector_store(store_class, server))
 
-    @staticmethod
-    def _vector_store(store_class: StoreClass, server: PostgresServer) -> VectorStore:
+    async def _vector_store(self, store_class: StoreClass, server: PostgresServer) -> VectorStore:
         if store_class.vector_backend == "pgvector":
             return PgvectorStore(server)
+        if store_class.vector_backend == "pinecone" and store_class.pinecone is not None:
+            settings = store_class.pinecone
+            api_key = await self.secrets.value(settings.api_key_secret)
+            key = (api_key, settings.host)
+            client = self._pinecone.get(key)
+            if client is None:
+                # A rotated API key yields a new client; the old one is closed at shutdown.
+                client = self._pinecone[key] = PineconeClient(api_key, settings.host)
+            return PineconeStore(client, server, settings)
         raise StoreClassInvalid(f"vector backend {store_class.vector_backend!r} is not available in this operator")
 
     async def close(self) -> None:
+        for client in self._pinecone.values():
+            await client.close()
+        self._pinecone.clear()
         for server in self._servers.values():
             await server.close()
         self._servers.clear()

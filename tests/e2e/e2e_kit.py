@@ -36,10 +36,16 @@ def superuser(env: LocalEnvironment, database: str = "tenants") -> psycopg.Conne
     return psycopg.connect(env.postgres.superuser_uri(database), autocommit=True)
 
 
+# Every tenant password a test has seen, for the final check that none leaked into logs, events or status.
+SEEN_PASSWORDS: set[str] = set()
+
+
 def tenant_secret(kubectl: Kubectl, namespace: str, name: str) -> dict[str, str]:
     body = kubectl.get("secret", name, namespace)
     assert body is not None, f"Secret {namespace}/{name} is missing"
-    return {key: base64.b64decode(value).decode() for key, value in body["data"].items()}
+    secret = {key: base64.b64decode(value).decode() for key, value in body["data"].items()}
+    SEEN_PASSWORDS.add(secret["password"])
+    return secret
 
 
 def condition(body: dict[str, Any] | None, type_: str) -> dict[str, Any]:

@@ -119,6 +119,9 @@ class VectorStore(Protocol):
     async def measure(self, tenants: Sequence[tuple[DesiredStore, VectorPlacement]]) -> dict[str, VectorUsage]:
         """Documents (and storage not counted by the relational store) per tenant id."""
 
+    async def probe_isolation(self, store: DesiredStore, placement: VectorPlacement) -> str | None:
+        """Look as the tenant: a description of what it can see beyond its namespace, None when isolated."""
+
     async def count(self, store: DesiredStore, placement: VectorPlacement) -> int:
         """Vectors the tenant has there (eventually consistent on some backends)."""
 

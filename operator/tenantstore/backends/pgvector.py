@@ -252,6 +252,19 @@ class PgvectorStore:
                 usage[store.tenant_id] = VectorUsage(documents=await self.count(store, placement))
         return usage
 
+    async def probe_isolation(self, store: DesiredStore, placement: VectorPlacement) -> str | None:
+        if not placement.namespace:
+            return None  # a dedicated table holds nobody else's rows
+        schema, table = placement.table.split(".", 1)
+        async with self.server.connect() as conn:
+            async with conn.transaction():
+                await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(store.role)))
+                row = await fetch_one(conn, sql.SQL("SELECT count(*) AS foreign_rows FROM {} WHERE namespace <> {}").format(
+                    sql.Identifier(schema, table), sql.Literal(placement.namespace)))
+        if row["foreign_rows"]:
+            return f"{store.role} sees {row['foreign_rows']} rows of other namespaces in {placement.table}"
+        return None
+
     async def count(self, store: DesiredStore, placement: VectorPlacement) -> int:
         database, table, where = self._data_target(store, placement)
         async with self.server.connect(database) as conn:

@@ -1,0 +1,530 @@
+"""VectorStore on Pinecone serverless indexes, through the official async SDK (API version 2026-07).
+
+namespace isolation: the tenant's namespace (named after its tenantId) in a shared serverless index
+`shared-<dim>-<metric>-<n>` of its dimension and metric. Indexes of a (dimension, metric) form a pool; a
+tenant joins the first one with fewer than `capacity` namespaces, else the next index is created. The
+decision is made under a Postgres advisory lock on the class's Postgres, so parallel reconciles and
+operator replicas never put more than `capacity` tenants in one index.
+dedicated isolation: the tenant's own serverless index `ts-<tenantId>`, deletion protection on while the
+tenant exists, tagged with the tenant.
+
+Pinecone API keys are project-wide: what separates tenants of a shared index is the namespace the operator
+gives each, and the key itself stays with the operator unless the class says otherwise.
+
+Errors: 429 and 5xx are retried with bounded exponential backoff (Retry-After honoured), then surface as
+BackendUnavailable; 401 as StoreClassInvalid; 403 on creating an index or namespace (a plan limit) as
+VectorQuotaExceeded; connection failures as BackendUnavailable.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
+import random
+import re
+import time
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from pinecone import (ApiError, AsyncPinecone, ConflictError, ForbiddenError, NotFoundError, PineconeConnectionError,
+                      PineconeError, PineconeTimeoutError, RateLimitError, RetryConfig, ServiceError, UnauthorizedError)
+
+from tenantstore.backends import Step, VectorPlacement, VectorRecord, VectorUsage
+from tenantstore.backends.postgres import PostgresServer
+from tenantstore.errors import (BackendUnavailable, ReconcileError, StoreClassInvalid, TenantIdConflict,
+                                VectorQuotaExceeded)
+from tenantstore.models import (DesiredStore, Metric, PineconeSettings, VectorIsolation, dedicated_index_name,
+                                shared_index_name)
+
+if TYPE_CHECKING:
+    from pinecone.async_client.async_index import AsyncIndex
+
+logger = logging.getLogger(__name__)
+
+T = TypeVar("T")
+MANAGED_BY = {"managed-by": "tenantstore"}
+DEFAULT_NAMESPACE = "__default__"
+# The reserved schema field of a classic index, served by the vectors API (upsert, query, fetch, list).
+VALUES_FIELD = "_values"
+LIST_PAGE_MAX = 100  # list vector ids / list namespaces page size limit
+FETCH_MAX_IDS = 100  # ids per fetch: they travel in the query string...
+FETCH_MAX_ID_CHARS = 4000  # ...which servers cap in length
+UPSERT_MAX_RECORDS = 1000
+UPSERT_MAX_BYTES = 1_500_000  # below Pinecone's 2 MB per request, leaving room for the envelope
+CURSOR_CACHE_SIZE = 256
+
+
+@dataclasses.dataclass(frozen=True)
+class RetryPolicy:
+    """How long one Pinecone call may keep trying, and how long to wait for an index to change state."""
+
+    attempts: int = 6
+    first_delay: float = 0.5
+    max_delay: float = 20.0
+    deadline: float = 60.0  # seconds for one call, retries included
+    index_timeout: float = 300.0  # an index becoming Ready, or gone after delete
+    poll_first: float = 0.1
+    poll_max: float = 5.0
+
+    def backoff(self, attempt: int, retry_after: float | None) -> float:
+        """Exponential with jitter, never shorter than the server's Retry-After."""
+        ceiling = min(self.max_delay, self.first_delay * 2 ** (attempt - 1))
+        delay = random.uniform(ceiling / 2, ceiling)
+        return max(delay, retry_after or 0.0)
+
+
+class PineconeClient:
+    """One API key and control-plane endpoint: the SDK's control-plane client plus one data-plane client per
+    index host, reused across reconciles and closed with the registry."""
+
+    def __init__(self, api_key: str, host: str = "", policy: RetryPolicy | None = None):
+        self.policy = policy or RetryPolicy()
+        # The SDK's own control-plane retries are off so that `call` alone decides (and bounds) them.
+        self.control = AsyncPinecone(api_key=api_key, host=host or None, retry_config=RetryConfig(max_retries=0))
+        self._indexes: dict[str, AsyncIndex] = {}
+        # (host, namespace, last id) -> the list page token that continues after it, for resumable paging.
+        self.cursors: collections.OrderedDict[tuple[str, str, str], str] = collections.OrderedDict()
+
+    async def index(self, host: str) -> AsyncIndex:
+        if host not in self._indexes:
+            index = await self.control.index(host=host)
+            if host in self._indexes:  # another coroutine made one meanwhile
+                await index.close()
+            else:
+                self._indexes[host] = index
+        return self._indexes[host]
+
+    async def close(self) -> None:
+        for index in self._indexes.values():
+            await index.close()
+        self._indexes.clear()
+        await self.control.close()
+
+    async def call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
+        """Run one Pinecone request, retrying 429, 5xx and connection failures within the policy."""
+        deadline = time.monotonic() + self.policy.deadline
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                return await operation()
+            except UnauthorizedError as error:
+                raise StoreClassInvalid(f"Pinecone rejected the API key while {what} (HTTP 401); check the Secret "
+                                        f"named by spec.vector.pinecone.apiKeySecretRef") from error
+            except (RateLimitError, ServiceError, PineconeConnectionError, PineconeTimeoutError) as error:
+                delay = self.policy.backoff(attempt, getattr(error, "retry_after", None))
+                if attempt >= self.policy.attempts or time.monotonic() + delay > deadline:
+                    raise BackendUnavailable(f"Pinecone did not answer while {what}: {describe(error)} "
+                                             f"(gave up after {attempt} attempts)",
+                                             retry_after=max(delay, 5.0)) from error
+                logger.info("Pinecone %s while %s; retrying in %.1fs", describe(error), what, delay)
+                await asyncio.sleep(delay)
+
+
+def describe(error: BaseException) -> str:
+    if isinstance(error, ApiError):
+        return f"HTTP {error.status_code} {error.message}".strip()
+    return str(error) or type(error).__name__
+
+
+@contextlib.contextmanager
+def pinecone_errors(what: str) -> Iterator[None]:
+    """What the SDK still raises after `call` becomes a ReconcileError that names the operation."""
+    try:
+        yield
+    except ForbiddenError as error:
+        raise StoreClassInvalid(f"Pinecone refused {what}: {error.message}") from error
+    except ApiError as error:
+        raise ReconcileError(f"Pinecone refused {what}: {describe(error)}") from error
+    except PineconeError as error:
+        raise ReconcileError(f"Pinecone client error while {what}: {error}") from error
+
+
+def shared_pattern(dimension: int, metric: Metric) -> re.Pattern[str]:
+    return re.compile(rf"^{re.escape(shared_index_name(dimension, metric, 0)[:-1])}(\d+)$")
+
+
+def index_schema(store: DesiredStore) -> dict[str, Any]:
+    return {"fields": {VALUES_FIELD: {"type": "dense_vector", "dimension": store.dimension,
+                                      "metric": store.metric.value}}}
+
+
+def is_ours(model: Any, tenant_id: str) -> bool:
+    tags = dict(model.tags or {})
+    return tags.get("tenant") == tenant_id and tags.get("managed-by") == MANAGED_BY["managed-by"]
+
+
+class PineconeStore:
+    backend = "pinecone"
+
+    def __init__(self, client: PineconeClient, server: PostgresServer, settings: PineconeSettings):
+        self.client = client
+        self.server = server  # the class's Postgres: its advisory locks serialize placement
+        self.settings = settings
+
+    @property
+    def indexes(self) -> Any:
+        return self.client.control.indexes
+
+    async def preflight(self) -> list[Step]:
+        try:
+            await self.client.call("listing indexes", lambda: self.indexes.list().to_list())
+        except StoreClassInvalid as error:
+            return [Step("PineconeApiKeyRejected", str(error))]
+        except BackendUnavailable as error:
+            return [Step("PineconeUnreachable", str(error))]
+        except PineconeError as error:
+            return [Step("PineconeRefused", f"Pinecone refused to list indexes: {describe(error)}")]
+        return []
+
+    async def ensure(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
+        if store.vector is VectorIsolation.NAMESPACE:
+            with pinecone_errors(f"placing namespace {store.tenant_id}"):
+                return await self._ensure_namespace(store)
+        with pinecone_errors(f"making dedicated index {dedicated_index_name(store.tenant_id)}"):
+            return await self._ensure_dedicated(store)
+
+    # --- indexes: describe, create, wait ---
+
+    async def _describe(self, name: str) -> Any | None:
+        try:
+            return await self.client.call(f"describing index {name}", lambda: self.indexes.describe(name))
+        except NotFoundError:
+            return None
+
+    async def _create_index(self, name: str, store: DesiredStore, tags: dict[str, str]) -> bool:
+        """Create a serverless index (deletion protection on); False when the name is already taken."""
+        try:
+            await self.client.call(f"creating index {name}", lambda: self.indexes.create(
+                name=name, schema=index_schema(store), tags=tags, deletion_protection="enabled",
+                deployment={"deployment_type": "managed", "cloud": self.settings.cloud,
+                            "region": self.settings.region},
+                timeout=-1))  # return at once: `_wait_ready` polls with our own deadline
+        except ConflictError:
+            return False
+        except ForbiddenError as error:
+            raise VectorQuotaExceeded(f"Pinecone refused to create index {name}: {error.message}") from error
+        return True
+
+    async def _wait_ready(self, name: str) -> Any:
+        deadline = time.monotonic() + self.client.policy.index_timeout
+        interval = self.client.policy.poll_first
+        while True:
+            model = await self._describe(name)
+            state = model.status.state if model else "absent"
+            if model is not None and model.status.ready:
+                return model
+            if state in ("InitializationFailed", "Failed", "Terminating", "absent"):
+                raise BackendUnavailable(f"Pinecone index {name} cannot be used: it is {state}", retry_after=30.0)
+            if time.monotonic() + interval > deadline:
+                raise BackendUnavailable(f"Pinecone index {name} is still {state} after "
+                                         f"{self.client.policy.index_timeout:.0f}s", retry_after=15.0)
+            await asyncio.sleep(interval)
+            interval = min(interval * 2, self.client.policy.poll_max)
+
+    async def _wait_gone(self, name: str) -> None:
+        deadline = time.monotonic() + self.client.policy.index_timeout
+        interval = self.client.policy.poll_first
+        while (model := await self._describe(name)) is not None:
+            if time.monotonic() + interval > deadline:
+                raise BackendUnavailable(f"Pinecone index {name} is still {model.status.state} after "
+                                         f"{self.client.policy.index_timeout:.0f}s", retry_after=15.0)
+            await asyncio.sleep(interval)
+            interval = min(interval * 2, self.client.policy.poll_max)
+
+    # --- namespace isolation: a namespace of a shared index ---
+
+    async def _pool(self, store: DesiredStore) -> list[tuple[int, Any]]:
+        """The shared indexes of the tenant's (dimension, metric): (number, model), oldest first."""
+        pattern = shared_pattern(store.dimension, store.metric)
+        models = await self.client.call("listing indexes", lambda: self.indexes.list().to_list())
+        pool = [(int(match.group(1)), model) for model in models if (match := pattern.match(model.name))]
+        return sorted(pool, key=lambda entry: entry[0])
+
+    async def _namespaces(self, host: str, prefix: str | None = None) -> dict[str, Any]:
+        """Every namespace of an index (name -> description), page by page."""
+        index = await self.client.index(host)
+        found: dict[str, Any] = {}
+        token: str | None = None
+        while True:
+            page = await self.client.call(f"listing namespaces of {host}", lambda: index.list_namespaces_paginated(
+                prefix=prefix, limit=LIST_PAGE_MAX, pagination_token=token))
+            found.update({namespace.name: namespace for namespace in page.namespaces})
+            token = page.pagination.next if page.pagination else None
+            if not token:
+                return found
+
+    async def _tenants_in(self, host: str) -> set[str]:
+        return {name for name in await self._namespaces(host) if name not in (DEFAULT_NAMESPACE, "")}
+
+    async def _ensure_namespace(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
+        async with self.server.connect() as conn:
+            async with conn.transaction():
+                # One placement at a time per (dimension, metric), across reconciles and operator replicas.
+                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                                   (f"tenantstore:pinecone-placement:{store.dimension}:{store.metric.value}",))
+                return await self._place(store)
+
+    async def _place(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
+        steps: list[Step] = []
+        pool = await self._pool(store)
+        usable = [model if model.status.ready else await self._wait_ready(model.name)
+                  for _, model in pool if model.status.state != "Terminating"]
+        occupants = {model.name: await self._tenants_in(model.host) for model in usable}
+        for model in usable:
+            if store.tenant_id in occupants[model.name]:
+                return self._shared_placement(store, model), steps  # placed before: it stays there
+        chosen = next((model for model in usable if len(occupants[model.name]) < store.shared_index_capacity), None)
+        if chosen is None:
+            number = max((number for number, _ in pool), default=0) + 1
+            name = shared_index_name(store.dimension, store.metric, number)
+            tags = {**MANAGED_BY, "pool": f"{store.dimension}-{store.metric.value}"}
+            if not await self._create_index(name, store, tags):
+                raise BackendUnavailable(f"Pinecone index {name} appeared while placing {store.tenant_id}; "
+                                         f"placement will be retried")
+            chosen = await self._wait_ready(name)
+            steps.append(Step("SharedIndexCreated", f"shared index {name} created"))
+        await self._create_namespace(chosen, store.tenant_id)
+        steps.append(Step("NamespaceCreated", f"namespace {store.tenant_id} placed in shared index {chosen.name}"))
+        return self._shared_placement(store, chosen), steps
+
+    async def _create_namespace(self, model: Any, namespace: str) -> None:
+        index = await self.client.index(model.host)
+        try:
+            await self.client.call(f"creating namespace {namespace} in {model.name}",
+                                   lambda: index.create_namespace(name=namespace))
+        except ConflictError:
+            pass  # made by an earlier attempt that did not finish
+        except ForbiddenError as error:
+            raise VectorQuotaExceeded(f"Pinecone refused to create namespace {namespace} in shared index "
+                                      f"{model.name}: {error.message} (a plan limit: lower "
+                                      f"spec.vector.sharedIndex.capacity or upgrade the Pinecone plan)") from error
+
+    def _shared_placement(self, store: DesiredStore, model: Any) -> VectorPlacement:
+        return VectorPlacement(backend=self.backend, index=model.name, namespace=store.tenant_id, host=model.host)
+
+    # --- dedicated isolation: the tenant's own index ---
+
+    async def _ensure_dedicated(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
+        name, steps = dedicated_index_name(store.tenant_id), []
+        tags = {**MANAGED_BY, "tenant": store.tenant_id}
+        model = await self._describe(name)
+        if model is None:
+            if await self._create_index(name, store, tags):
+                steps.append(Step("DedicatedIndexCreated", f"dedicated index {name} created (deletion protection on)"))
+        else:
+            self._check_dedicated(model, store)
+            if model.status.state == "Terminating":
+                raise BackendUnavailable(f"Pinecone index {name} is still being deleted; it is made again once gone")
+        model = await self._wait_ready(name)
+        self._check_dedicated(model, store)  # also when a racing create won: it must be ours all the same
+        steps += await self._repair_dedicated(model, tags)
+        return VectorPlacement(backend=self.backend, index=name, host=model.host), steps
+
+    @staticmethod
+    def _check_dedicated(model: Any, store: DesiredStore) -> None:
+        if not is_ours(model, store.tenant_id):
+            raise TenantIdConflict(f"Pinecone index {model.name} exists and was not made by tenantstore for "
+                                   f"tenant {store.tenant_id}")
+        if (model.dimension, model.metric) != (store.dimension, store.metric.value):
+            raise TenantIdConflict(f"Pinecone index {model.name} holds {model.dimension}-dimensional {model.metric} "
+                                   f"vectors, not {store.dimension}-dimensional {store.metric.value}")
+
+    async def _repair_dedicated(self, model: Any, tags: dict[str, str]) -> list[Step]:
+        missing_tags = {key: value for key, value in tags.items() if (model.tags or {}).get(key) != value}
+        if model.deletion_protection == "enabled" and not missing_tags:
+            return []
+        await self.client.call(f"configuring index {model.name}", lambda: self.indexes.configure(
+            model.name, deletion_protection="enabled", tags=missing_tags or None))
+        return [Step("DeletionProtectionEnabled", f"dedicated index {model.name} is protected from deletion again")]
+
+    # --- teardown ---
+
+    async def teardown(self, store: DesiredStore) -> list[Step]:
+        if store.vector is VectorIsolation.NAMESPACE:
+            with pinecone_errors(f"deleting namespace {store.tenant_id}"):
+                return await self._teardown_namespace(store)
+        with pinecone_errors(f"deleting dedicated index {dedicated_index_name(store.tenant_id)}"):
+            return await self._teardown_dedicated(store)
+
+    async def _placed_in(self, store: DesiredStore) -> list[Any]:
+        """Shared indexes of the tenant's group that hold its namespace (one, unless something went wrong)."""
+        found = []
+        for _, model in await self._pool(store):
+            if model.status.state != "Terminating" and model.host and \
+                    store.tenant_id in await self._namespaces(model.host, prefix=store.tenant_id):
+                found.append(model)
+        return found
+
+    async def _teardown_namespace(self, store: DesiredStore) -> list[Step]:
+        steps = []
+        for model in await self._placed_in(store):
+            index = await self.client.index(model.host)
+            try:
+                await self.client.call(f"deleting namespace {store.tenant_id} from {model.name}",
+                                       lambda: index.delete_namespace(name=store.tenant_id))
+            except NotFoundError:
+                pass  # already gone: that is what we wanted
+            steps.append(Step("NamespaceDeleted", f"namespace {store.tenant_id} and its vectors removed from "
+                                                  f"shared index {model.name}"))
+        return steps
+
+    async def _teardown_dedicated(self, store: DesiredStore) -> list[Step]:
+        name, steps = dedicated_index_name(store.tenant_id), []
+        model = await self._describe(name)
+        if model is None or not is_ours(model, store.tenant_id):
+            return steps  # never made, already gone, or someone else's: touch nothing
+        if model.status.state != "Terminating":
+            if model.deletion_protection == "enabled":
+                await self.client.call(f"configuring index {name}",
+                                       lambda: self.indexes.configure(name, deletion_protection="disabled"))
+                steps.append(Step("DeletionProtectionDisabled", f"deletion protection of index {name} turned off"))
+            try:
+                await self.client.call(f"deleting index {name}", lambda: self.indexes.delete(name, timeout=-1))
+            except NotFoundError:
+                pass
+            except ForbiddenError as error:  # protection turned on again in between: next reconcile retries
+                raise BackendUnavailable(f"Pinecone refused to delete index {name}: {error.message}") from error
+            steps.append(Step("DedicatedIndexDeleted", f"dedicated index {name} and its vectors deleted"))
+        await self._wait_gone(name)
+        return steps
+
+    async def residue(self, store: DesiredStore) -> list[str]:
+        with pinecone_errors(f"looking for what is left of tenant {store.tenant_id}"):
+            if store.vector is VectorIsolation.NAMESPACE:
+                return [f"namespace {store.tenant_id} in shared index {model.name}"
+                        for model in await self._placed_in(store)]
+            model = await self._describe(dedicated_index_name(store.tenant_id))
+            if model is not None and is_ours(model, store.tenant_id):
+                return [f"dedicated index {model.name} ({model.status.state})"]
+            return []
+
+    # --- quotas ---
+
+    async def ensure_write_access(self, store: DesiredStore, placement: VectorPlacement) -> list[Step]:
+        # Pinecone has no per-namespace or per-index permissions (keys are project-wide) and the tenant holds
+        # no key of its own: there is nothing to take away here.
+        return []
+
+    async def measure(self, tenants: Sequence[tuple[DesiredStore, VectorPlacement]]) -> dict[str, VectorUsage]:
+        """Records and bytes per tenant, from one namespace listing per index."""
+        by_host: dict[str, dict[str, Any]] = {}
+        usage: dict[str, VectorUsage] = {}
+        with pinecone_errors("measuring vector usage"):
+            for store, placement in tenants:
+                host = await self._host_of(placement)
+                if host not in by_host:
+                    by_host[host] = await self._namespaces(host)
+                namespaces = [by_host[host].get(placement.namespace)] if placement.namespace \
+                    else list(by_host[host].values())
+                usage[store.tenant_id] = VectorUsage(
+                    documents=sum(int(ns.record_count) for ns in namespaces if ns is not None),
+                    storage_bytes=sum(int(ns.size_bytes) for ns in namespaces if ns is not None))
+        return usage
+
+    # --- data (migrations) ---
+
+    async def _host_of(self, placement: VectorPlacement) -> str:
+        if placement.host:
+            return placement.host
+        model = await self._describe(placement.index)
+        if model is None or not model.host:
+            raise BackendUnavailable(f"Pinecone index {placement.index} does not exist (or has no host yet)")
+        return model.host
+
+    async def _data(self, placement: VectorPlacement) -> tuple[str, Any]:
+        host = await self._host_of(placement)
+        return host, await self.client.index(host)
+
+    async def count(self, store: DesiredStore, placement: VectorPlacement) -> int:
+        with pinecone_errors(f"counting vectors of {store.tenant_id}"):
+            host, index = await self._data(placement)
+            stats = await self.client.call(f"describing index stats of {placement.index}", index.describe_index_stats)
+        if not placement.namespace:
+            return int(stats.total_vector_count)
+        summary = stats.namespaces.get(placement.namespace)
+        return int(summary.vector_count) if summary else 0
+
+    async def read_batch(self, store: DesiredStore, placement: VectorPlacement, after_id: str | None,
+                         limit: int) -> list[VectorRecord]:
+        with pinecone_errors(f"reading vectors of {store.tenant_id}"):
+            host, index = await self._data(placement)
+            ids = await self._ids_after(host, index, placement.namespace, after_id, limit)
+            records: list[VectorRecord] = []
+            for chunk in fetch_chunks(ids):
+                fetched = await self.client.call(f"fetching vectors from {placement.index}", lambda: index.fetch(
+                    ids=chunk, namespace=placement.namespace))
+                records += [VectorRecord(id=vector_id, values=list(fetched.vectors[vector_id].values),
+                                         metadata=dict(fetched.vectors[vector_id].metadata or {}))
+                            for vector_id in chunk if vector_id in fetched.vectors]
+        return records
+
+    async def _ids_after(self, host: str, index: Any, namespace: str, after_id: str | None, limit: int) -> list[str]:
+        """Up to `limit` ids greater than `after_id` in Pinecone's (bytewise) order.
+
+        Pinecone pages ids with opaque tokens, not "start after"; the token that followed a batch is kept,
+        so a copy that asks for the next batch continues where it stopped instead of rescanning.
+        """
+        token = self.client.cursors.pop((host, namespace, after_id), None) if after_id else None
+        skip = after_id if after_id and token is None else None
+        page_size = max(1, min(limit, LIST_PAGE_MAX))
+        ids: list[str] = []
+        while len(ids) < limit:
+            page = await self.client.call(f"listing vector ids of {host}", lambda: index.list_paginated(
+                namespace=namespace, limit=page_size, pagination_token=token))
+            ids += [item.id for item in page.vectors if skip is None or item.id > skip]
+            token = page.pagination.next if page.pagination else None
+            if not token:
+                break
+        if len(ids) == limit and token:
+            self._remember_cursor((host, namespace, ids[-1]), token)
+        return ids[:limit]
+
+    def _remember_cursor(self, key: tuple[str, str, str], token: str) -> None:
+        self.client.cursors[key] = token
+        while len(self.client.cursors) > CURSOR_CACHE_SIZE:
+            self.client.cursors.popitem(last=False)
+
+    async def write_batch(self, store: DesiredStore, placement: VectorPlacement,
+                          records: Sequence[VectorRecord]) -> None:
+        with pinecone_errors(f"writing vectors of {store.tenant_id}"):
+            _, index = await self._data(placement)
+            for chunk in upsert_chunks(records):
+                await self.client.call(f"upserting vectors into {placement.index}", lambda: index.upsert(
+                    vectors=chunk, namespace=placement.namespace))
+
+
+def chunked(items: Iterable[T], size_of: Callable[[T], int], max_count: int, max_size: int) -> Iterator[list[T]]:
+    """Consecutive groups of at most `max_count` items and (unless one item alone is bigger) `max_size`."""
+    chunk: list[T] = []
+    size = 0
+    for item in items:
+        item_size = size_of(item)
+        if chunk and (len(chunk) >= max_count or size + item_size > max_size):
+            yield chunk
+            chunk, size = [], 0
+        chunk.append(item)
+        size += item_size
+    if chunk:
+        yield chunk
+
+
+def fetch_chunks(ids: Sequence[str]) -> Iterator[list[str]]:
+    """Ids in groups small enough for one fetch request's query string."""
+    return chunked(ids, len, FETCH_MAX_IDS, FETCH_MAX_ID_CHARS)
+
+
+def upsert_chunks(records: Sequence[VectorRecord]) -> Iterator[list[dict[str, Any]]]:
+    """Records as upsert payloads within Pinecone's per-request limits (1,000 records, 2 MB)."""
+    return chunked((wire_vector(record) for record in records), lambda vector: len(json.dumps(vector)),
+                   UPSERT_MAX_RECORDS, UPSERT_MAX_BYTES)
+
+
+def wire_vector(record: VectorRecord) -> dict[str, Any]:
+    vector: dict[str, Any] = {"id": record.id, "values": list(record.values)}
+    if record.metadata:
+        vector["metadata"] = dict(record.metadata)
+    return vector

@@ -1,0 +1,171 @@
+"""Prometheus metrics, served by the operator at /metrics.
+
+Per-tenant and per-shared-index series are generated at scrape time from the TenantStores' and
+StoreClasses' status as the operator last saw them (Kopf's watch events feed `TenantSeries`), so a scrape
+never queries a backend, a deleted TenantStore's series disappear with it, and a restarted operator
+rebuilds every series from status during its initial listing.
+"""
+from __future__ import annotations
+
+import dataclasses
+import threading
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.registry import Collector
+
+from tenantstore.models import Phase, Tier, parse_quantity
+
+TENANT_LABELS = ("tenant", "namespace", "tier", "storeclass")
+QUOTA_RESOURCES = {"documents": ("documents", "maxDocuments"), "storage_bytes": ("storageBytes", "maxStorageBytes"),
+                   "connections": ("connections", "maxConnections"),
+                   "daily_queries": ("dailyQueries", "maxDailyQueries")}
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+REGISTRY = CollectorRegistry()
+RECONCILE_DURATION = Histogram(
+    "tenantstore_reconcile_duration_seconds", "Time to reconcile one TenantStore, by operation and result.",
+    ("operation", "result"), buckets=LATENCY_BUCKETS, registry=REGISTRY)
+RECONCILE_ERRORS = Counter(
+    "tenantstore_reconcile_errors_total", "Reconciles that ended short of the desired state, by condition reason.",
+    ("reason",), registry=REGISTRY)
+BACKEND_DURATION = Histogram(
+    "tenantstore_backend_operation_duration_seconds", "Latency of backend operations, by backend and operation.",
+    ("backend", "operation"), buckets=LATENCY_BUCKETS, registry=REGISTRY)
+
+
+@dataclasses.dataclass(frozen=True)
+class TenantSnapshot:
+    labels: tuple[str, str, str, str]
+    phase: str
+    ready: bool
+    quota_exceeded: bool
+    usage: Mapping[str, Any]
+    quotas: Mapping[str, Any]
+
+    @classmethod
+    def from_body(cls, body: Mapping[str, Any]) -> TenantSnapshot:
+        spec, status = body.get("spec") or {}, body.get("status") or {}
+        conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or ()}
+        return cls(
+            labels=(spec.get("tenantId", ""), body["metadata"].get("namespace", ""), spec.get("tier", "free"),
+                    status.get("storeClassName") or spec.get("storeClassName") or ""),
+            phase=status.get("phase") or Phase.PENDING.value,
+            ready=conditions.get("Ready") == "True",
+            quota_exceeded=conditions.get("QuotaExceeded") == "True",
+            usage=dict(status.get("usage") or {}),
+            quotas=dict(status.get("quotas") or {}),
+        )
+
+    def used_and_limit(self, resource: str) -> tuple[float | None, float | None]:
+        usage_key, quota_key = QUOTA_RESOURCES[resource]
+        used, limit = self.usage.get(usage_key), self.quotas.get(quota_key)
+        return (None if used is None else float(used),
+                None if limit is None else float(parse_quantity(limit)))
+
+
+@dataclasses.dataclass(frozen=True)
+class SharedIndexSnapshot:
+    storeclass: str
+    index: str
+    tenants: int
+    capacity: int
+
+
+class TenantSeries(Collector):
+    """What the operator knows from status, turned into gauges on each scrape."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()  # watch events arrive on the event loop, scrapes on the server's thread
+        self._tenants: dict[tuple[str, str], TenantSnapshot] = {}
+        self._indexes: dict[str, list[SharedIndexSnapshot]] = {}
+
+    def observe_tenant(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        key = (body["metadata"].get("namespace", ""), body["metadata"]["name"])
+        with self._lock:
+            if deleted:
+                self._tenants.pop(key, None)
+            else:
+                self._tenants[key] = TenantSnapshot.from_body(body)
+
+    def observe_store_class(self, body: Mapping[str, Any], deleted: bool = False) -> None:
+        name = body["metadata"]["name"]
+        pool = [SharedIndexSnapshot(name, row.get("name", ""), int(row.get("tenants", 0)), int(row.get("capacity", 0)))
+                for row in (body.get("status") or {}).get("sharedIndexes") or ()]
+        with self._lock:
+            if deleted:
+                self._indexes.pop(name, None)
+            else:
+                self._indexes[name] = pool
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        return iter(())  # series come and go with tenants; nothing to pre-register
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            tenants = list(self._tenants.values())
+            indexes = [row for pool in self._indexes.values() for row in pool]
+        yield from self._tenant_families(tenants)
+        yield from self._index_families(indexes)
+
+    @staticmethod
+    def _tenant_families(tenants: list[TenantSnapshot]) -> Iterator[GaugeMetricFamily]:
+        def family(name: str, documentation: str, extra: tuple[str, ...] = ()) -> GaugeMetricFamily:
+            return GaugeMetricFamily(name, documentation, labels=(*TENANT_LABELS, *extra))
+
+        ready = family("tenantstore_tenant_ready", "1 when the TenantStore's Ready condition is True.")
+        phase = family("tenantstore_tenant_phase", "1 for the TenantStore's current phase, 0 for the others.", ("phase",))
+        exceeded = family("tenantstore_tenant_quota_exceeded", "1 while a quota limit is reached.")
+        usage = {
+            "documents": family("tenantstore_tenant_documents", "Vectors stored by the tenant."),
+            "storage_bytes": family("tenantstore_tenant_storage_bytes",
+                                    "Bytes used by the tenant's schema or database and vector partition."),
+            "connections": family("tenantstore_tenant_connections", "Open sessions of the tenant's role."),
+            "daily_queries": family("tenantstore_tenant_daily_queries",
+                                    "Statements run by the tenant's role since 00:00 UTC."),
+        }
+        limit = family("tenantstore_tenant_quota_limit", "Effective quota limit (0 = unlimited).", ("resource",))
+        ratio = family("tenantstore_tenant_quota_usage_ratio", "Used / limit per quota resource (limited quotas only).",
+                       ("resource",))
+        by_phase: dict[tuple[str, str], int] = {}
+        for tenant in tenants:
+            ready.add_metric(tenant.labels, 1.0 if tenant.ready else 0.0)
+            exceeded.add_metric(tenant.labels, 1.0 if tenant.quota_exceeded else 0.0)
+            for candidate in Phase:
+                phase.add_metric((*tenant.labels, candidate.value), 1.0 if tenant.phase == candidate.value else 0.0)
+            for resource, gauge in usage.items():
+                used, quota = tenant.used_and_limit(resource)
+                if used is not None:
+                    gauge.add_metric(tenant.labels, used)
+                if quota is not None:
+                    limit.add_metric((*tenant.labels, resource), quota)
+                if used is not None and quota:
+                    ratio.add_metric((*tenant.labels, resource), used / quota)
+            by_phase[(tenant.phase, tenant.labels[2])] = by_phase.get((tenant.phase, tenant.labels[2]), 0) + 1
+        totals = GaugeMetricFamily("tenantstore_tenants", "TenantStores by phase and tier.", labels=("phase", "tier"))
+        for candidate in Phase:
+            for tier in Tier:
+                totals.add_metric((candidate.value, tier.value), float(by_phase.get((candidate.value, tier.value), 0)))
+        yield from (ready, phase, exceeded, *usage.values(), limit, ratio, totals)
+
+    @staticmethod
+    def _index_families(indexes: list[SharedIndexSnapshot]) -> Iterator[GaugeMetricFamily]:
+        tenants = GaugeMetricFamily("tenantstore_shared_index_tenants", "Tenants placed in a shared index.",
+                                    labels=("storeclass", "index"))
+        capacity = GaugeMetricFamily("tenantstore_shared_index_capacity", "Tenants a shared index may hold.",
+                                     labels=("storeclass", "index"))
+        for row in indexes:
+            tenants.add_metric((row.storeclass, row.index), float(row.tenants))
+            capacity.add_metric((row.storeclass, row.index), float(row.capacity))
+        yield from (tenants, capacity)
+
+
+SERIES = TenantSeries()
+REGISTRY.register(SERIES)
+
+
+def serve(port: int, address: str = "0.0.0.0") -> None:
+    """Serve /metrics from a thread of prometheus-client's own, off the event loop."""
+    start_http_server(port, addr=address, registry=REGISTRY)
