@@ -15,7 +15,7 @@ from tenantstore.errors import ReconcileError
 from tenantstore.models import FINALIZER, GROUP, VERSION, InvalidResource, Phase, StoreClass
 from tenantstore.reconcile import ClaimRef, Outcome
 from tenantstore.registry import BackendRegistry
-from tenantstore.storeclass import check_store_class
+from tenantstore.storeclass import check_store_class, pool_status
 
 STORECLASSES = (GROUP, VERSION, "storeclasses")
 TENANTSTORES = (GROUP, VERSION, "tenantstores")
@@ -116,7 +116,8 @@ async def check_storeclass(body: kopf.Body, status: kopf.Status, patch: kopf.Pat
 
 
 @kopf.timer(*STORECLASSES, interval=USAGE_INTERVAL_SECONDS, initial_delay=1.0)
-async def measure_tenants(body: kopf.Body, name: str, memo: kopf.Memo, store_class_index: kopf.Index[str, Any],
+async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
+                          store_class_index: kopf.Index[str, Any],
                           tenant_id_index: kopf.Index[str, ClaimRef],
                           tenants_by_class: kopf.Index[str, dict[str, Any]], **_: Any) -> None:
     """Per StoreClass: re-reconcile tenants the class changed under, then measure usage and enforce quotas."""
@@ -138,9 +139,13 @@ async def measure_tenants(body: kopf.Body, name: str, memo: kopf.Memo, store_cla
     try:
         measured = await fleet.measure_class(store_class, tenants, memo.backends, memo.statuses,
                                              conditions.now_rfc3339())
+        pool, flipped = await pool_status(store_class, status, memo.backends)
     except ReconcileError as error:
         kopf.warn(body, reason=error.reason, message=f"usage not measured: {error}")
         return
+    patch.status.update(conditions.status_changes(status, pool))
+    if flipped is not None:
+        (kopf.warn if flipped.status else kopf.info)(body, reason=flipped.reason, message=flipped.message)
     for result in measured:
         post_events(result.body, result.events, warning=result.warning)
 

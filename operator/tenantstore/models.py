@@ -220,6 +220,7 @@ class StoreClass:
     vector_backend: str
     shared_index_capacity: int
     shared_index_alert_threshold: float
+    shared_index_keep_empty: bool
     tiers: Mapping[Tier, TierPolicy]
     pinecone: PineconeSettings | None = None  # set when vector_backend is "pinecone"
 
@@ -240,6 +241,7 @@ class StoreClass:
             vector_backend=vector_backend,
             shared_index_capacity=int(shared_index.get("capacity", 100)),
             shared_index_alert_threshold=float(shared_index.get("alertThreshold", 0.8)),
+            shared_index_keep_empty=bool(shared_index.get("keepEmpty", True)),
             tiers={tier: TierPolicy.from_dict(tiers_raw.get(tier.value) or {}, DEFAULT_TIERS[tier])
                    for tier in Tier},
             pinecone=PineconeSettings.from_dict(vector.get("pinecone")) if vector_backend == "pinecone" else None,
@@ -313,6 +315,7 @@ class DesiredStore:
     suspended: bool
     shared_database: str
     shared_index_capacity: int
+    shared_index_keep_empty: bool = True
     writes_allowed: bool = True  # False while a Block quota is exceeded
     quotas_capped: tuple[str, ...] = ()  # spec.quotas fields the class's ceilings lowered
 
@@ -357,6 +360,7 @@ def desired_store(spec: TenantStoreSpec, store_class: StoreClass, uid: str, owne
         suspended=spec.suspended,
         shared_database=store_class.shared_database,
         shared_index_capacity=store_class.shared_index_capacity,
+        shared_index_keep_empty=store_class.shared_index_keep_empty,
         writes_allowed=writes_allowed,
         quotas_capped=tuple(capped),
     )

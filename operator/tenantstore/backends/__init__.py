@@ -71,6 +71,20 @@ class VectorUsage:
     storage_bytes: int = 0  # only what the relational figure does not already include
 
 
+@dataclasses.dataclass(frozen=True)
+class SharedIndex:
+    """One shared index of a StoreClass's pool, as StoreClass.status.sharedIndexes reports it."""
+
+    name: str
+    dimension: int
+    metric: str
+    tenants: int
+
+    def to_status(self, capacity: int) -> dict[str, Any]:
+        return {"name": self.name, "dimension": self.dimension, "metric": self.metric, "tenants": self.tenants,
+                "capacity": capacity}
+
+
 class RelationalStore(Protocol):
     async def ensure(self, store: DesiredStore, password: str, password_is_new: bool
                      ) -> tuple[RelationalPlacement, list[Step]]:
@@ -118,6 +132,9 @@ class VectorStore(Protocol):
 
     async def measure(self, tenants: Sequence[tuple[DesiredStore, VectorPlacement]]) -> dict[str, VectorUsage]:
         """Documents (and storage not counted by the relational store) per tenant id."""
+
+    async def shared_pool(self) -> list[SharedIndex]:
+        """Every shared index this backend holds for the class, with the tenants placed in each."""
 
     async def probe_isolation(self, store: DesiredStore, placement: VectorPlacement) -> str | None:
         """Look as the tenant: a description of what it can see beyond its namespace, None when isolated."""

@@ -16,7 +16,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tenantstore.backends import Step, VectorPlacement, VectorRecord, VectorUsage
+from tenantstore.backends import SharedIndex, Step, VectorPlacement, VectorRecord, VectorUsage
 from tenantstore.backends.postgres import PostgresServer, fetch_one
 from tenantstore.models import DesiredStore, Metric, VectorIsolation, dedicated_index_name, shared_index_name
 
@@ -252,6 +252,21 @@ class PgvectorStore:
                 usage[store.tenant_id] = VectorUsage(documents=await self.count(store, placement))
         return usage
 
+    async def shared_pool(self) -> list[SharedIndex]:
+        async with self.server.connect() as conn:
+            cursor = await conn.execute("""
+                SELECT parent.relname AS table, count(i.inhrelid) AS tenants FROM pg_class parent
+                  JOIN pg_namespace n ON n.oid = parent.relnamespace
+                  LEFT JOIN pg_inherits i ON i.inhparent = parent.oid
+                 WHERE n.nspname = %s AND parent.relkind = 'p' AND starts_with(parent.relname, 'shared_')
+                 GROUP BY parent.relname""", (SHARED_SCHEMA,))
+            rows = await cursor.fetchall()
+        pool = []
+        for row in rows:
+            _, dimension, metric, _ = row["table"].split("_")
+            pool.append(SharedIndex(index_name_of(row["table"]), int(dimension), metric, int(row["tenants"])))
+        return sorted(pool, key=lambda index: (index.dimension, index.metric, shared_table_number(index.name)))
+
     async def probe_isolation(self, store: DesiredStore, placement: VectorPlacement) -> str | None:
         if not placement.namespace:
             return None  # a dedicated table holds nobody else's rows
@@ -302,8 +317,7 @@ class PgvectorStore:
 
     async def teardown(self, store: DesiredStore) -> list[Step]:
         if store.vector is VectorIsolation.DEDICATED:
-            # The table lives in the tenant's schema or database and goes with it.
-            return []
+            return await self._drop_dedicated(store)
         steps: list[Step] = []
         async with self.server.connect() as conn:
             async with conn.transaction():
@@ -317,7 +331,33 @@ class PgvectorStore:
                         (SHARED_SCHEMA, store.role))).fetchall():
                     await conn.execute(sql.SQL("DROP POLICY {} ON {}").format(
                         sql.Identifier(store.role), sql.Identifier(SHARED_SCHEMA, row["tablename"])))
+                if table is not None and not store.shared_index_keep_empty:
+                    steps += await self._drop_if_empty(conn, table)
         return steps
+
+    async def _drop_if_empty(self, conn: psycopg.AsyncConnection[Any], table: str) -> list[Step]:
+        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                           (f"tenantstore:placement:{table.split('_')[1]}:{table.split('_')[2]}",))
+        if await fetch_one(conn, "SELECT 1 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent "
+                                 "JOIN pg_namespace n ON n.oid = p.relnamespace WHERE n.nspname = %s AND p.relname = %s",
+                           SHARED_SCHEMA, table):
+            return []
+        await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(SHARED_SCHEMA, table)))
+        return [Step("SharedIndexDropped", f"shared index {index_name_of(table)} was empty and the class does not "
+                                           f"keep empty indexes")]
+
+    async def _drop_dedicated(self, store: DesiredStore) -> list[Step]:
+        """Its own table (a tier change back to a shared index; a full teardown drops the schema anyway)."""
+        if store.database != self.server.shared_database:
+            async with self.server.connect() as conn:
+                if not await fetch_one(conn, "SELECT 1 FROM pg_database WHERE datname = %s", store.database):
+                    return []  # its database is already gone, and the table with it
+        async with self.server.connect(store.database) as conn:
+            if not await self._dedicated_table_exists(conn, store):
+                return []
+            await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(store.schema, DEDICATED_TABLE)))
+        return [Step("DedicatedIndexDropped", f"dedicated vector table {store.database}.{store.schema}."
+                                              f"{DEDICATED_TABLE} dropped")]
 
     async def residue(self, store: DesiredStore) -> list[str]:
         left: list[str] = []
@@ -335,4 +375,5 @@ def index_name_of(table: str) -> str:
 
 
 def shared_table_number(table: str) -> int:
-    return int(table.rsplit("_", 1)[-1])
+    """The n of shared_<dim>_<metric>_<n> (or of its index name shared-<dim>-<metric>-<n>)."""
+    return int(table.replace("-", "_").rsplit("_", 1)[-1])
