@@ -13,6 +13,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.usage_interval:
         os.environ["TENANTSTORE_USAGE_INTERVAL"] = str(args.usage_interval)  # read when handlers register
+    if args.migration_batch:
+        os.environ["TENANTSTORE_MIGRATION_BATCH"] = str(args.migration_batch)
 
     import tenantstore.handlers  # noqa: F401,PLC0415 (registers the handlers)
 
@@ -22,6 +24,8 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
     tracing.configure()
     tracing.install_log_filter()
+    # The metrics observers run on every watch event; their success lines would drown the log.
+    logging.getLogger("kopf.objects").addFilter(lambda record: "Handler 'observe_" not in record.getMessage())
     if args.metrics_port:
         metrics.serve(args.metrics_port)  # a standby replica serves it too (its tenant series are empty)
     options = dict(clusterwide=not args.namespace, namespaces=args.namespace, standalone=True,
@@ -75,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--usage-interval", type=float, default=None,
                             help="seconds between usage measurements of each StoreClass's tenants "
                                  "(default: $TENANTSTORE_USAGE_INTERVAL or 60)")
+    run_parser.add_argument("--migration-batch", type=int, default=None,
+                            help="vectors copied per batch when a tier change moves them (default 500)")
     run_parser.add_argument("--verbose", action="store_true")
     run_parser.set_defaults(func=run)
     demo_parser = commands.add_parser("demo", help="start a local control plane, Postgres and the operator, "

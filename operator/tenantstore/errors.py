@@ -51,3 +51,10 @@ class IsolationBroken(ReconcileError):
 
     reason = "IsolationBroken"
     retry_after = 60.0
+
+
+class TierChangeRefused(ReconcileError):
+    """A tier change the operator cannot carry out; the tenant stays as it is until the spec changes."""
+
+    reason = "RelationalMigrationUnsupported"
+    retry_after = None

@@ -81,7 +81,7 @@ async def reconcile_tenantstore(body: kopf.Body, spec: kopf.Spec, status: kopf.S
     others = [ref for ref in tenant_id_index.get(spec.get("tenantId", ""), ()) if ref.uid != meta["uid"]]
     with tracing.lifecycle(tracing.CREATE if reason == kopf.Reason.CREATE else tracing.UPDATE, body) as span:
         outcome = await reconcile.reconcile_tenant(body, latest_classes(store_class_index), others, memo.backends,
-                                                   memo.secrets)
+                                                   memo.secrets, report=status_reporter(memo, body))
         if outcome.warning is not None:
             span.set_status(tracing.Status(tracing.StatusCode.ERROR, outcome.warning.reason))
         write(body, patch, outcome)
@@ -131,9 +131,10 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
         if fleet.needs_reconcile(store_class, tenant) and not tenant["metadata"].get("deletionTimestamp"):
             others = [ref for ref in tenant_id_index.get(tenant["spec"].get("tenantId", ""), ())
                       if ref.uid != tenant["metadata"]["uid"]]
-            outcome = await reconcile.reconcile_tenant(tenant, classes, others, memo.backends, memo.secrets)
+            outcome = await reconcile.reconcile_tenant(tenant, classes, others, memo.backends, memo.secrets,
+                                                       report=status_reporter(memo, tenant))
             post_events(tenant, outcome.events)
-            changes = conditions.status_changes(tenant.get("status"), outcome.status)
+            changes = outcome.status_patch(tenant.get("status"))
             if changes:
                 await memo.statuses.patch(tenant, changes)
     try:
@@ -148,6 +149,12 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
         (kopf.warn if flipped.status else kopf.info)(body, reason=flipped.reason, message=flipped.message)
     for result in measured:
         post_events(result.body, result.events, warning=result.warning)
+
+
+def status_reporter(memo: kopf.Memo, body: Mapping[str, Any]) -> Any:
+    async def report(changes: dict[str, Any]) -> None:
+        await memo.statuses.patch(body, changes)
+    return report
 
 
 def post_events(body: Mapping[str, Any], steps: list[Any], warning: bool = False) -> None:
@@ -173,7 +180,7 @@ def observe_storeclass(body: kopf.Body, type: str | None, **_: Any) -> None:  # 
 
 def write(body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> None:
     post_events(body, outcome.events)
-    patch.status.update(conditions.status_changes(body.get("status"), outcome.status))
+    patch.status.update(outcome.status_patch(body.get("status")))
     if outcome.warning is not None:
         metrics.RECONCILE_ERRORS.labels(outcome.warning.reason).inc()
         previous = conditions.find(body.get("status", {}).get("conditions"), "Ready") or {}

@@ -9,14 +9,14 @@ from __future__ import annotations
 import dataclasses
 import logging
 import secrets as token_source
-from collections.abc import Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from tenantstore import conditions, tracing
+from tenantstore import conditions, migration, tracing
 from tenantstore.backends import RelationalPlacement, Step, VectorPlacement, VectorStore
 from tenantstore.conditions import Condition
 from tenantstore.errors import (BackendUnavailable, IsolationBroken, ReconcileError, SecretConflict,
-                                StoreClassInvalid, StoreClassNotFound, TenantIdConflict)
+                                StoreClassInvalid, StoreClassNotFound, TenantIdConflict, TierChangeRefused)
 from tenantstore.kube import Secrets
 from tenantstore.models import (DeletionPolicy, DesiredStore, InvalidResource, Phase, RelationalIsolation,
                                 StoreClass, TenantStoreSpec, VectorIsolation, desired_store, effective_quotas)
@@ -32,6 +32,10 @@ PHASE_BY_REASON = {
     TenantIdConflict.reason: Phase.FAILED,
     SecretConflict.reason: Phase.FAILED,
 }
+
+
+# A tenant that was serving and meets these keeps its phase: it still serves; Ready=False tells the rest.
+KEEPS_PHASE = (BackendUnavailable.reason, TierChangeRefused.reason)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -51,6 +55,9 @@ class Outcome:
     events: list[Step]
     retry_after: float | None = None
     warning: ReconcileError | None = None
+
+    def status_patch(self, current: Mapping[str, Any] | None) -> dict[str, Any]:
+        return conditions.status_changes(current, self.status)
 
 
 def resolve_store_class(name: str, classes: Mapping[str, StoreClass | InvalidResource]) -> StoreClass:
@@ -101,8 +108,14 @@ def new_password() -> str:
     return token_source.token_urlsafe(24)
 
 
+async def no_report(changes: dict[str, Any]) -> None:
+    del changes
+
+
 async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreClass | InvalidResource],
-                           claims: Sequence[ClaimRef], registry: BackendRegistry, secrets: Secrets) -> Outcome:
+                           claims: Sequence[ClaimRef], registry: BackendRegistry, secrets: Secrets,
+                           report: migration.Report = no_report) -> Outcome:
+    """`report` writes status while a long step (a migration) runs; the returned Outcome is the final word."""
     meta = body["metadata"]
     generation = meta.get("generation", 0)
     current = body.get("status") or {}
@@ -115,6 +128,7 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
                         spec.quota_action)
         store = desired_store(spec, store_class, meta["uid"], f"{meta['namespace']}/{meta['name']}",
                               writes_allowed=not verdict.blocks_writes)
+        refuse_relational_move(store, current)
         backends = await registry.for_class(store_class)
         tracing.annotate({"gen_ai.provider.name": backends.vector.backend})
 
@@ -124,8 +138,15 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         with tracing.backend_call("postgres", "ensure"):
             relational, steps = await backends.relational.ensure(store, password or (password := new_password()),
                                                                   password_is_new)
-        with tracing.backend_call(backends.vector.backend, "ensure"):
-            vector, vector_steps = await backends.vector.ensure(store)
+        move = migration.pending_move(store, current)
+        with tracing.backend_call(backends.vector.backend, "migrate" if move else "ensure"):
+            if move is None:
+                vector, vector_steps = await backends.vector.ensure(store)
+            else:
+                vector, vector_steps = await run_move(backends.vector, store, move, report, current, generation,
+                                                      lambda placement: secrets.apply_tenant_secret(
+                                                          meta["namespace"], spec.secret_name, body,
+                                                          secret_data(spec, relational, placement, password)))
         tracing.annotate({"gen_ai.memory.namespace": vector.namespace or vector.index})
         steps += vector_steps
         if any(step.reason == "NamespaceCreated" for step in vector_steps):
@@ -150,7 +171,10 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         "phase": phase.value,
         "observedGeneration": generation,
         "conditions": conditions.merge_conditions(
-            current.get("conditions"), [ready, verdict.condition(), capped_condition(spec, store)], generation),
+            current.get("conditions"), [ready, verdict.condition(), capped_condition(spec, store),
+                                        *([Condition("Migrating", False, "Done", f"vectors live in {vector.index}")]
+                                          if move or conditions.find(current.get("conditions"), "Migrating") else [])],
+            generation),
         "storeClassName": store_class.name,
         "observedStoreClassGeneration": store_class.generation,
         "isolation": {"relational": store.relational.value, "vector": store.vector.value},
@@ -159,7 +183,41 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         "secretName": spec.secret_name,
         "quotas": store.quotas.to_status(),
     }
+    if move is not None:
+        # Status was written while the move ran, so the body's copy is stale: state the end result in full.
+        await report(status)
     return Outcome(status=status, events=steps)
+
+
+def refuse_relational_move(store: DesiredStore, status: Mapping[str, Any]) -> None:
+    recorded = (status.get("isolation") or {}).get("relational")
+    if recorded and recorded != store.relational.value:
+        raise TierChangeRefused(
+            f"the new tier keeps relational data in a {store.relational.value}, the tenant's is in a {recorded}: "
+            f"moving tables between a schema and a database is not supported yet. The tenant keeps working as it "
+            f"is; revert spec.tier, or use a StoreClass whose tiers keep the relational isolation")
+
+
+async def run_move(vectors: VectorStore, store: DesiredStore, move: migration.Move, report: migration.Report,
+                   status: Mapping[str, Any], generation: int,
+                   write_secret: Callable[[VectorPlacement], Awaitable[bool]]) -> tuple[VectorPlacement, list[Step]]:
+    """Move, cut over (credentials, then status), delete the source, then let the tenant write again."""
+    steps: list[Step] = []
+    if (status.get("migration") or {}).get("state") != migration.SOURCE_PENDING_DELETION:
+        await report({"phase": Phase.MIGRATING.value, "conditions": conditions.merge_conditions(
+            status.get("conditions"), [Condition("Migrating", True, "Copying",
+                                                 f"moving vectors from {move.source.vector.value} to "
+                                                 f"{move.target.vector.value} isolation")], generation)})
+        target, steps = await migration.move_vectors(vectors, move, report)
+        await write_secret(target)
+        old = status.get("vectorStore") or {}
+        await report({"vectorStore": {**{key: None for key in old}, **target.to_status()},  # merge patch: drop old keys
+                      "isolation": {**(status.get("isolation") or {}), "vector": store.vector.value},
+                      "migration": move.record(migration.SOURCE_PENDING_DELETION)})
+    steps += await migration.finish(vectors, move)
+    await report({"migration": None})
+    placement, ensure_steps = await vectors.ensure(store)  # writes back on, on the target
+    return placement, steps + ensure_steps
 
 
 async def probe_isolation(vectors: VectorStore, store: DesiredStore, placement: VectorPlacement) -> list[Step]:
@@ -196,8 +254,7 @@ def failed_outcome(current: Mapping[str, Any], generation: int, reason: str, mes
                    retry_after: float | None) -> Outcome:
     ready = Condition("Ready", False, reason, message)
     status = {
-        # A tenant that was Ready and meets a passing backend failure keeps its phase; Ready=False tells the rest.
-        "phase": current.get("phase") if reason == BackendUnavailable.reason and current.get("phase") in
+        "phase": current.get("phase") if reason in KEEPS_PHASE and current.get("phase") in
         (Phase.READY, Phase.SUSPENDED) else phase.value,
         "observedGeneration": generation,
         "conditions": conditions.merge_conditions(current.get("conditions"), [ready], generation),

@@ -34,7 +34,9 @@ def operator(env: LocalEnvironment, default_class: str) -> Iterator[OperatorProc
     # Every namespace but the isolated ones, where tests run operators of their own (leader election, the
     # chart's RBAC): two operators reconciling the same TenantStore would fight.
     # Usage is measured every second so quota tests see enforcement quickly (the default is 60 s).
-    process = env.operator(extra_args=["--namespace", f"!{ISOLATED_PREFIX}*", "--usage-interval", "1"])
+    # Small migration batches make a copy long enough for the test that interrupts one.
+    process = env.operator(extra_args=["--namespace", f"!{ISOLATED_PREFIX}*", "--usage-interval", "1",
+                                       "--migration-batch", "100"])
     process.start()
     yield process
     process.stop()
