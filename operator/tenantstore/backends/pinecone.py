@@ -4,7 +4,9 @@ namespace isolation: the tenant's namespace (named after its tenantId) in a shar
 `shared-<dim>-<metric>-<n>` of its dimension and metric. Indexes of a (dimension, metric) form a pool; a
 tenant joins the first one with fewer than `capacity` namespaces, else the next index is created. The
 decision is made under a Postgres advisory lock on the class's Postgres, so parallel reconciles and
-operator replicas never put more than `capacity` tenants in one index.
+operator replicas never put more than `capacity` tenants in one index. Shared indexes hold many tenants'
+data, so they too are created with deletion protection; an empty one is deleted only when the class does
+not keep empty indexes.
 dedicated isolation: the tenant's own serverless index `ts-<tenantId>`, deletion protection on while the
 tenant exists, tagged with the tenant.
 
@@ -26,17 +28,17 @@ import logging
 import random
 import re
 import time
-from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pinecone import (ApiError, AsyncPinecone, ConflictError, ForbiddenError, NotFoundError, PineconeConnectionError,
                       PineconeError, PineconeTimeoutError, RateLimitError, RetryConfig, ServiceError, UnauthorizedError)
 
-from tenantstore.backends import Step, VectorPlacement, VectorRecord, VectorUsage
+from tenantstore.backends import SharedIndex, Step, VectorPlacement, VectorRecord, VectorUsage
 from tenantstore.backends.postgres import PostgresServer
 from tenantstore.errors import (BackendUnavailable, ReconcileError, StoreClassInvalid, TenantIdConflict,
                                 VectorQuotaExceeded)
-from tenantstore.models import (DesiredStore, Metric, PineconeSettings, VectorIsolation, dedicated_index_name,
+from tenantstore.models import (DesiredStore, PineconeSettings, VectorIsolation, dedicated_index_name,
                                 shared_index_name)
 
 if TYPE_CHECKING:
@@ -45,6 +47,7 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 T = TypeVar("T")
+SHARED_INDEX = re.compile(r"^shared-(?P<dimension>\d+)-(?P<metric>cosine|euclidean|dotproduct)-(?P<number>\d+)$")
 MANAGED_BY = {"managed-by": "tenantstore"}
 DEFAULT_NAMESPACE = "__default__"
 # The reserved schema field of a classic index, served by the vectors API (upsert, query, fetch, list).
@@ -97,31 +100,48 @@ class PineconeClient:
                 self._indexes[host] = index
         return self._indexes[host]
 
+    async def forget(self, host: str) -> None:
+        """Close the data-plane client of an index that was deleted."""
+        if (index := self._indexes.pop(host, None)) is not None:
+            await index.close()
+
     async def close(self) -> None:
         for index in self._indexes.values():
             await index.close()
         self._indexes.clear()
         await self.control.close()
 
-    async def call(self, what: str, operation: Callable[[], Awaitable[T]]) -> T:
-        """Run one Pinecone request, retrying 429, 5xx and connection failures within the policy."""
+    async def call(self, what: str, operation: Callable[..., Awaitable[T]], /, *args: Any, **kwargs: Any) -> T:
+        """Run `operation(*args, **kwargs)`, one Pinecone request, retrying 429, 5xx and connection failures
+        within the policy."""
         deadline = time.monotonic() + self.policy.deadline
         attempt = 0
         while True:
             attempt += 1
             try:
-                return await operation()
+                return await operation(*args, **kwargs)
             except UnauthorizedError as error:
                 raise StoreClassInvalid(f"Pinecone rejected the API key while {what} (HTTP 401); check the Secret "
                                         f"named by spec.vector.pinecone.apiKeySecretRef") from error
             except (RateLimitError, ServiceError, PineconeConnectionError, PineconeTimeoutError) as error:
-                delay = self.policy.backoff(attempt, getattr(error, "retry_after", None))
+                delay = self.policy.backoff(attempt, retry_after_of(error))
                 if attempt >= self.policy.attempts or time.monotonic() + delay > deadline:
                     raise BackendUnavailable(f"Pinecone did not answer while {what}: {describe(error)} "
                                              f"(gave up after {attempt} attempts)",
                                              retry_after=max(delay, 5.0)) from error
                 logger.info("Pinecone %s while %s; retrying in %.1fs", describe(error), what, delay)
                 await asyncio.sleep(delay)
+
+
+def retry_after_of(error: BaseException) -> float | None:
+    """Seconds the server asked us to wait (Retry-After on a 429, or on a 503 that sends one)."""
+    if isinstance(error, RateLimitError):
+        return error.retry_after
+    raw = (getattr(error, "headers", None) or {}).get("retry-after")
+    try:
+        return max(0.0, float(raw)) if raw is not None else None
+    except ValueError:
+        return None  # an HTTP date: the exponential backoff stands in for it
 
 
 def describe(error: BaseException) -> str:
@@ -143,8 +163,6 @@ def pinecone_errors(what: str) -> Iterator[None]:
         raise ReconcileError(f"Pinecone client error while {what}: {error}") from error
 
 
-def shared_pattern(dimension: int, metric: Metric) -> re.Pattern[str]:
-    return re.compile(rf"^{re.escape(shared_index_name(dimension, metric, 0)[:-1])}(\d+)$")
 
 
 def index_schema(store: DesiredStore) -> dict[str, Any]:
@@ -171,7 +189,7 @@ class PineconeStore:
 
     async def preflight(self) -> list[Step]:
         try:
-            await self.client.call("listing indexes", lambda: self.indexes.list().to_list())
+            await self._list_indexes()
         except StoreClassInvalid as error:
             return [Step("PineconeApiKeyRejected", str(error))]
         except BackendUnavailable as error:
@@ -189,20 +207,24 @@ class PineconeStore:
 
     # --- indexes: describe, create, wait ---
 
+    async def _list_indexes(self) -> list[Any]:
+        return await self.client.call("listing indexes", lambda: self.indexes.list().to_list())
+
     async def _describe(self, name: str) -> Any | None:
         try:
-            return await self.client.call(f"describing index {name}", lambda: self.indexes.describe(name))
+            return await self.client.call(f"describing index {name}", self.indexes.describe, name)
         except NotFoundError:
             return None
 
     async def _create_index(self, name: str, store: DesiredStore, tags: dict[str, str]) -> bool:
         """Create a serverless index (deletion protection on); False when the name is already taken."""
         try:
-            await self.client.call(f"creating index {name}", lambda: self.indexes.create(
+            await self.client.call(
+                f"creating index {name}", self.indexes.create,
                 name=name, schema=index_schema(store), tags=tags, deletion_protection="enabled",
                 deployment={"deployment_type": "managed", "cloud": self.settings.cloud,
                             "region": self.settings.region},
-                timeout=-1))  # return at once: `_wait_ready` polls with our own deadline
+                timeout=-1)  # return at once: `_wait_ready` polls with our own deadline
         except ConflictError:
             return False
         except ForbiddenError as error:
@@ -239,9 +261,9 @@ class PineconeStore:
 
     async def _pool(self, store: DesiredStore) -> list[tuple[int, Any]]:
         """The shared indexes of the tenant's (dimension, metric): (number, model), oldest first."""
-        pattern = shared_pattern(store.dimension, store.metric)
-        models = await self.client.call("listing indexes", lambda: self.indexes.list().to_list())
-        pool = [(int(match.group(1)), model) for model in models if (match := pattern.match(model.name))]
+        pool = [(int(match["number"]), model) for model in await self._list_indexes()
+                if (match := SHARED_INDEX.match(model.name))
+                and (int(match["dimension"]), match["metric"]) == (store.dimension, store.metric.value)]
         return sorted(pool, key=lambda entry: entry[0])
 
     async def _namespaces(self, host: str, prefix: str | None = None) -> dict[str, Any]:
@@ -250,8 +272,8 @@ class PineconeStore:
         found: dict[str, Any] = {}
         token: str | None = None
         while True:
-            page = await self.client.call(f"listing namespaces of {host}", lambda: index.list_namespaces_paginated(
-                prefix=prefix, limit=LIST_PAGE_MAX, pagination_token=token))
+            page = await self.client.call(f"listing namespaces of {host}", index.list_namespaces_paginated,
+                                          prefix=prefix, limit=LIST_PAGE_MAX, pagination_token=token)
             found.update({namespace.name: namespace for namespace in page.namespaces})
             token = page.pagination.next if page.pagination else None
             if not token:
@@ -260,13 +282,17 @@ class PineconeStore:
     async def _tenants_in(self, host: str) -> set[str]:
         return {name for name in await self._namespaces(host) if name not in (DEFAULT_NAMESPACE, "")}
 
+    @contextlib.asynccontextmanager
+    async def _placement_lock(self, store: DesiredStore) -> AsyncIterator[None]:
+        """One placement (or pool shrink) at a time per (dimension, metric), across reconciles and replicas."""
+        async with self.server.connect() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
+                               (f"tenantstore:pinecone-placement:{store.dimension}:{store.metric.value}",))
+            yield
+
     async def _ensure_namespace(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
-        async with self.server.connect() as conn:
-            async with conn.transaction():
-                # One placement at a time per (dimension, metric), across reconciles and operator replicas.
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                                   (f"tenantstore:pinecone-placement:{store.dimension}:{store.metric.value}",))
-                return await self._place(store)
+        async with self._placement_lock(store):
+            return await self._place(store)
 
     async def _place(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
         steps: list[Step] = []
@@ -294,8 +320,8 @@ class PineconeStore:
     async def _create_namespace(self, model: Any, namespace: str) -> None:
         index = await self.client.index(model.host)
         try:
-            await self.client.call(f"creating namespace {namespace} in {model.name}",
-                                   lambda: index.create_namespace(name=namespace))
+            await self.client.call(f"creating namespace {namespace} in {model.name}", index.create_namespace,
+                                   name=namespace)
         except ConflictError:
             pass  # made by an earlier attempt that did not finish
         except ForbiddenError as error:
@@ -337,8 +363,8 @@ class PineconeStore:
         missing_tags = {key: value for key, value in tags.items() if (model.tags or {}).get(key) != value}
         if model.deletion_protection == "enabled" and not missing_tags:
             return []
-        await self.client.call(f"configuring index {model.name}", lambda: self.indexes.configure(
-            model.name, deletion_protection="enabled", tags=missing_tags or None))
+        await self.client.call(f"configuring index {model.name}", self.indexes.configure, model.name,
+                               deletion_protection="enabled", tags=missing_tags or None)
         return [Step("DeletionProtectionEnabled", f"dedicated index {model.name} is protected from deletion again")]
 
     # --- teardown ---
@@ -363,14 +389,27 @@ class PineconeStore:
         steps = []
         for model in await self._placed_in(store):
             index = await self.client.index(model.host)
-            try:
+            with contextlib.suppress(NotFoundError):  # already gone: that is what we wanted
                 await self.client.call(f"deleting namespace {store.tenant_id} from {model.name}",
-                                       lambda: index.delete_namespace(name=store.tenant_id))
-            except NotFoundError:
-                pass  # already gone: that is what we wanted
+                                       index.delete_namespace, name=store.tenant_id)
             steps.append(Step("NamespaceDeleted", f"namespace {store.tenant_id} and its vectors removed from "
                                                   f"shared index {model.name}"))
+            if not store.shared_index_keep_empty:
+                steps += await self._drop_if_empty(store, model)
         return steps
+
+    async def _drop_if_empty(self, store: DesiredStore, model: Any) -> list[Step]:
+        """Delete a shared index nobody is placed in (the class does not keep empty ones)."""
+        async with self._placement_lock(store):  # no tenant is being placed into it meanwhile
+            if await self._namespaces(model.host):  # tenants, or vectors someone put in the default namespace
+                return []
+            await self.client.call(f"configuring index {model.name}", self.indexes.configure, model.name,
+                                   deletion_protection="disabled")
+            with contextlib.suppress(NotFoundError):
+                await self.client.call(f"deleting index {model.name}", self.indexes.delete, model.name, timeout=-1)
+        await self.client.forget(model.host)
+        return [Step("SharedIndexDropped", f"shared index {model.name} was empty and the class does not keep "
+                                           f"empty indexes")]
 
     async def _teardown_dedicated(self, store: DesiredStore) -> list[Step]:
         name, steps = dedicated_index_name(store.tenant_id), []
@@ -379,17 +418,19 @@ class PineconeStore:
             return steps  # never made, already gone, or someone else's: touch nothing
         if model.status.state != "Terminating":
             if model.deletion_protection == "enabled":
-                await self.client.call(f"configuring index {name}",
-                                       lambda: self.indexes.configure(name, deletion_protection="disabled"))
+                await self.client.call(f"configuring index {name}", self.indexes.configure, name,
+                                       deletion_protection="disabled")
                 steps.append(Step("DeletionProtectionDisabled", f"deletion protection of index {name} turned off"))
             try:
-                await self.client.call(f"deleting index {name}", lambda: self.indexes.delete(name, timeout=-1))
+                await self.client.call(f"deleting index {name}", self.indexes.delete, name, timeout=-1)
             except NotFoundError:
                 pass
             except ForbiddenError as error:  # protection turned on again in between: next reconcile retries
                 raise BackendUnavailable(f"Pinecone refused to delete index {name}: {error.message}") from error
             steps.append(Step("DedicatedIndexDeleted", f"dedicated index {name} and its vectors deleted"))
         await self._wait_gone(name)
+        if model.host:
+            await self.client.forget(model.host)
         return steps
 
     async def residue(self, store: DesiredStore) -> list[str]:
@@ -408,6 +449,27 @@ class PineconeStore:
         # Pinecone has no per-namespace or per-index permissions (keys are project-wide) and the tenant holds
         # no key of its own: there is nothing to take away here.
         return []
+
+    async def shared_pool(self) -> list[SharedIndex]:
+        """Every shared index of the project (all groups), with the tenant namespaces in each."""
+        pool = []
+        with pinecone_errors("listing the shared indexes"):
+            for model in await self._list_indexes():
+                match = SHARED_INDEX.match(model.name)
+                if match and model.status.state != "Terminating" and model.host:
+                    pool.append(SharedIndex(model.name, int(match["dimension"]), match["metric"],
+                                            len(await self._tenants_in(model.host))))
+        return sorted(pool, key=lambda index: (index.dimension, index.metric, int(index.name.rsplit("-", 1)[1])))
+
+    async def probe_isolation(self, store: DesiredStore, placement: VectorPlacement) -> str | None:
+        """The tenant's only handle on Pinecone is the index host and namespace in its Secret (queries are
+        namespace-scoped); a project-wide key handed to tenants would reach everyone's vectors."""
+        if self.settings.expose_api_key:
+            return ("tenant Secrets carry the project-wide Pinecone API key (spec.vector.pinecone.exposeApiKey): "
+                    "it reaches every namespace and index of the project")
+        if placement.namespace and placement.namespace != store.tenant_id:
+            return f"the tenant is pointed at namespace {placement.namespace}, not its own {store.tenant_id}"
+        return None
 
     async def measure(self, tenants: Sequence[tuple[DesiredStore, VectorPlacement]]) -> dict[str, VectorUsage]:
         """Records and bytes per tenant, from one namespace listing per index."""
@@ -441,7 +503,7 @@ class PineconeStore:
 
     async def count(self, store: DesiredStore, placement: VectorPlacement) -> int:
         with pinecone_errors(f"counting vectors of {store.tenant_id}"):
-            host, index = await self._data(placement)
+            _, index = await self._data(placement)
             stats = await self.client.call(f"describing index stats of {placement.index}", index.describe_index_stats)
         if not placement.namespace:
             return int(stats.total_vector_count)
@@ -455,8 +517,8 @@ class PineconeStore:
             ids = await self._ids_after(host, index, placement.namespace, after_id, limit)
             records: list[VectorRecord] = []
             for chunk in fetch_chunks(ids):
-                fetched = await self.client.call(f"fetching vectors from {placement.index}", lambda: index.fetch(
-                    ids=chunk, namespace=placement.namespace))
+                fetched = await self.client.call(f"fetching vectors from {placement.index}", index.fetch,
+                                                 ids=chunk, namespace=placement.namespace)
                 records += [VectorRecord(id=vector_id, values=list(fetched.vectors[vector_id].values),
                                          metadata=dict(fetched.vectors[vector_id].metadata or {}))
                             for vector_id in chunk if vector_id in fetched.vectors]
@@ -473,8 +535,8 @@ class PineconeStore:
         page_size = max(1, min(limit, LIST_PAGE_MAX))
         ids: list[str] = []
         while len(ids) < limit:
-            page = await self.client.call(f"listing vector ids of {host}", lambda: index.list_paginated(
-                namespace=namespace, limit=page_size, pagination_token=token))
+            page = await self.client.call(f"listing vector ids of {host}", index.list_paginated,
+                                          namespace=namespace, limit=page_size, pagination_token=token)
             ids += [item.id for item in page.vectors if skip is None or item.id > skip]
             token = page.pagination.next if page.pagination else None
             if not token:
@@ -493,8 +555,8 @@ class PineconeStore:
         with pinecone_errors(f"writing vectors of {store.tenant_id}"):
             _, index = await self._data(placement)
             for chunk in upsert_chunks(records):
-                await self.client.call(f"upserting vectors into {placement.index}", lambda: index.upsert(
-                    vectors=chunk, namespace=placement.namespace))
+                await self.client.call(f"upserting vectors into {placement.index}", index.upsert,
+                                       vectors=chunk, namespace=placement.namespace)
 
 
 def chunked(items: Iterable[T], size_of: Callable[[T], int], max_count: int, max_size: int) -> Iterator[list[T]]:
