@@ -195,7 +195,7 @@ def ensure_helm() -> Path:
     """
     override = os.environ.get("HELM")
     if override:
-        path = Path(override).expanduser()
+        path = Path(shutil.which(override) or override).expanduser()  # a path, or a name on $PATH
         if path.is_file() and os.access(path, os.X_OK):
             return path
         raise ControlPlaneError(f"HELM={override} is not an executable file")

@@ -43,7 +43,7 @@ class VectorQuotaExceeded(ReconcileError):
     """The vector service refused to create an index or a namespace: a plan limit is reached."""
 
     reason = "VectorQuotaExceeded"
-    retry_after = 60.0
+    retry_after = 30.0
 
 
 class IsolationBroken(ReconcileError):

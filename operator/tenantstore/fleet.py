@@ -42,8 +42,9 @@ def provisioned_tenants(tenants: Sequence[Mapping[str, Any]]) -> list[Mapping[st
 
 
 def needs_reconcile(store_class: StoreClass, body: Mapping[str, Any]) -> bool:
-    """The class changed since this tenant was reconciled (its quotas or isolation may follow)."""
-    return (body.get("status") or {}).get("observedStoreClassGeneration") != store_class.generation
+    """A provisioned tenant whose class changed since it was reconciled (its quotas or isolation may follow)."""
+    status = body.get("status") or {}
+    return bool(status.get("relational")) and status.get("observedStoreClassGeneration") != store_class.generation
 
 
 async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, Any]], registry: BackendRegistry,

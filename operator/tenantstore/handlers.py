@@ -57,12 +57,11 @@ def tenant_id_index(body: kopf.Body, spec: kopf.Spec, **_: Any) -> dict[str, Cla
 
 
 @kopf.index(*TENANTSTORES)
-def tenants_by_class(body: kopf.Body, status: kopf.Status, **_: Any) -> dict[str, dict[str, Any]] | None:
-    """Provisioned tenants per StoreClass, for the per-class measurement job."""
-    store_class = status.get("storeClassName")
-    if not store_class:
-        return None
-    return {store_class: {key: copy.deepcopy(body[key]) for key in ("apiVersion", "kind", "metadata", "spec", "status")}}
+def tenants_by_class(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, **_: Any) -> dict[str, dict[str, Any]]:
+    """Tenants per StoreClass (the one they were provisioned with, else the one they name; "" for the default)."""
+    store_class = status.get("storeClassName") or spec.get("storeClassName") or ""
+    return {store_class: {key: copy.deepcopy(body.get(key)) for key in ("apiVersion", "kind", "metadata", "spec",
+                                                                        "status")}}
 
 
 def latest_classes(index: kopf.Index[str, Any]) -> dict[str, StoreClass | InvalidResource]:
@@ -127,6 +126,7 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
     if not isinstance(store_class, StoreClass):
         return
     tenants = list(tenants_by_class.get(name, ()))
+    waiting = tenants + (list(tenants_by_class.get("", ())) if store_class.is_default else [])
     for tenant in tenants:
         if fleet.needs_reconcile(store_class, tenant) and not tenant["metadata"].get("deletionTimestamp"):
             others = [ref for ref in tenant_id_index.get(tenant["spec"].get("tenantId", ""), ())
@@ -140,13 +140,13 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
     try:
         measured = await fleet.measure_class(store_class, tenants, memo.backends, memo.statuses,
                                              conditions.now_rfc3339())
-        pool, flipped = await pool_status(store_class, status, memo.backends)
+        pool, flipped = await pool_status(store_class, status, memo.backends, waiting)
     except ReconcileError as error:
         kopf.warn(body, reason=error.reason, message=f"usage not measured: {error}")
         return
     patch.status.update(conditions.status_changes(status, pool))
-    if flipped is not None:
-        (kopf.warn if flipped.status else kopf.info)(body, reason=flipped.reason, message=flipped.message)
+    for condition in flipped:
+        (kopf.warn if condition.status else kopf.info)(body, reason=condition.reason, message=condition.message)
     for result in measured:
         post_events(result.body, result.events, warning=result.warning)
 

@@ -8,8 +8,10 @@ copy runs, so nothing written meanwhile is left behind.
 """
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import os
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -19,6 +21,7 @@ from tenantstore.models import DesiredStore, VectorIsolation
 
 Report = Callable[[dict[str, Any]], Awaitable[None]]
 SAMPLE_SIZE = 100
+COUNT_SETTLE_SECONDS = 60.0
 COPYING, SOURCE_PENDING_DELETION = "Copying", "SourcePendingDeletion"
 
 
@@ -79,7 +82,10 @@ async def move_vectors(vectors: VectorStore, move: Move, report: Report) -> tupl
 
 
 async def verify(vectors: VectorStore, move: Move, target_placement: VectorPlacement, total: int) -> None:
-    copied = await vectors.count(move.target, target_placement)
+    # Some backends (Pinecone) count eventually: give the target's count a bounded time to catch up.
+    deadline = time.monotonic() + COUNT_SETTLE_SECONDS
+    while (copied := await vectors.count(move.target, target_placement)) != total and time.monotonic() < deadline:
+        await asyncio.sleep(1.0)
     if copied != total:
         raise MigrationVerificationFailed(f"the target holds {copied} vectors, the source {total}; copying again")
     first_source = await vectors.read_batch(move.source, move.source_placement, None, SAMPLE_SIZE)

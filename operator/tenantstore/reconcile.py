@@ -16,7 +16,8 @@ from tenantstore import conditions, migration, tracing
 from tenantstore.backends import RelationalPlacement, Step, VectorPlacement, VectorStore
 from tenantstore.conditions import Condition
 from tenantstore.errors import (BackendUnavailable, IsolationBroken, ReconcileError, SecretConflict,
-                                StoreClassInvalid, StoreClassNotFound, TenantIdConflict, TierChangeRefused)
+                                StoreClassInvalid, StoreClassNotFound, TenantIdConflict, TierChangeRefused,
+                                VectorQuotaExceeded)
 from tenantstore.kube import Secrets
 from tenantstore.models import (DeletionPolicy, DesiredStore, InvalidResource, Phase, RelationalIsolation,
                                 StoreClass, TenantStoreSpec, VectorIsolation, desired_store, effective_quotas)
@@ -27,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 PHASE_BY_REASON = {
     StoreClassNotFound.reason: Phase.PENDING,
+    VectorQuotaExceeded.reason: Phase.PENDING,
     BackendUnavailable.reason: Phase.PROVISIONING,
     StoreClassInvalid.reason: Phase.FAILED,
     TenantIdConflict.reason: Phase.FAILED,
@@ -89,7 +91,7 @@ def check_claim(tenant_id: str, me: ClaimRef, claims: Sequence[ClaimRef]) -> Non
 
 
 def secret_data(spec: TenantStoreSpec, relational: RelationalPlacement, vector: VectorPlacement,
-                password: str) -> dict[str, str]:
+                password: str, extras: Mapping[str, str] | None = None) -> dict[str, str]:
     uri = f"postgresql://{relational.role}:{password}@{relational.host}:{relational.port}/{relational.database}"
     data = {
         "uri": uri, "host": relational.host, "port": str(relational.port), "database": relational.database,
@@ -100,6 +102,7 @@ def secret_data(spec: TenantStoreSpec, relational: RelationalPlacement, vector: 
         data["vectorTable"] = vector.table
     if vector.host:
         data["vectorHost"] = vector.host
+    data.update(extras or {})
     return data
 
 
@@ -146,14 +149,16 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
                 vector, vector_steps = await run_move(backends.vector, store, move, report, current, generation,
                                                       lambda placement: secrets.apply_tenant_secret(
                                                           meta["namespace"], spec.secret_name, body,
-                                                          secret_data(spec, relational, placement, password)))
+                                                          secret_data(spec, relational, placement, password,
+                                                                      backends.secret_extras)))
         tracing.annotate({"gen_ai.memory.namespace": vector.namespace or vector.index})
         steps += vector_steps
         if any(step.reason == "NamespaceCreated" for step in vector_steps):
             steps += await probe_isolation(backends.vector, store, vector)
         with tracing.backend_call("kubernetes", "apply_secret"):
             written = await secrets.apply_tenant_secret(meta["namespace"], spec.secret_name, body,
-                                                        secret_data(spec, relational, vector, password))
+                                                        secret_data(spec, relational, vector, password,
+                                                                    backends.secret_extras))
         if written:
             steps.append(Step("SecretWritten", f"credentials written to Secret {spec.secret_name}"))
     except InvalidResource as error:

@@ -17,6 +17,7 @@ class Backends:
     server: PostgresServer
     relational: RelationalStore
     vector: VectorStore
+    secret_extras: dict[str, str] = dataclasses.field(default_factory=dict)  # what the class adds to tenant Secrets
 
 
 class BackendRegistry:
@@ -32,12 +33,13 @@ class BackendRegistry:
         if server is None:
             # A rotated admin Secret yields a new key; the old pool is closed at shutdown.
             server = self._servers[key] = PostgresServer(admin_uri, store_class.shared_database)
-        return Backends(server=server, relational=PostgresRelationalStore(server),
-                        vector=await self._vector_store(store_class, server))
+        vector, extras = await self._vector_store(store_class, server)
+        return Backends(server=server, relational=PostgresRelationalStore(server), vector=vector, secret_extras=extras)
 
-    async def _vector_store(self, store_class: StoreClass, server: PostgresServer) -> VectorStore:
+    async def _vector_store(self, store_class: StoreClass, server: PostgresServer
+                            ) -> tuple[VectorStore, dict[str, str]]:
         if store_class.vector_backend == "pgvector":
-            return PgvectorStore(server)
+            return PgvectorStore(server), {}
         if store_class.vector_backend == "pinecone" and store_class.pinecone is not None:
             settings = store_class.pinecone
             api_key = await self.secrets.value(settings.api_key_secret)
@@ -46,7 +48,9 @@ class BackendRegistry:
             if client is None:
                 # A rotated API key yields a new client; the old one is closed at shutdown.
                 client = self._pinecone[key] = PineconeClient(api_key, settings.host)
-            return PineconeStore(client, server, settings)
+            # Only when the class says so: a Pinecone key opens the whole project, every tenant's vectors.
+            extras = {"pineconeApiKey": api_key} if settings.expose_api_key else {}
+            return PineconeStore(client, server, settings), extras
         raise StoreClassInvalid(f"vector backend {store_class.vector_backend!r} is not available in this operator")
 
     async def close(self) -> None:

@@ -1,12 +1,12 @@
 """A StoreClass's health: can tenants be made with it? (Ready condition, kstatus style.)"""
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tenantstore import conditions
 from tenantstore.conditions import Condition
-from tenantstore.errors import ReconcileError
+from tenantstore.errors import ReconcileError, VectorQuotaExceeded
 from tenantstore.models import InvalidResource, StoreClass
 from tenantstore.registry import BackendRegistry
 
@@ -35,9 +35,9 @@ async def check_store_class(body: Mapping[str, Any], status: Mapping[str, Any] |
     }
 
 
-async def pool_status(store_class: StoreClass, status: Mapping[str, Any] | None, registry: BackendRegistry
-                      ) -> tuple[dict[str, Any], Condition | None]:
-    """status.sharedIndexes and the near-capacity condition; the condition is returned when it flips."""
+async def pool_status(store_class: StoreClass, status: Mapping[str, Any] | None, registry: BackendRegistry,
+                      tenants: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[Condition]]:
+    """status.sharedIndexes, the near-capacity and vector-quota conditions; the conditions that flipped."""
     backends = await registry.for_class(store_class)
     pool = await backends.vector.shared_pool()
     capacity = store_class.shared_index_capacity
@@ -51,10 +51,27 @@ async def pool_status(store_class: StoreClass, status: Mapping[str, Any] | None,
         condition = Condition("SharedIndexesNearCapacity", False, "BelowAlertThreshold",
                               f"every shared index is under {store_class.shared_index_alert_threshold:.0%} of capacity")
     current = (status or {}).get("conditions")
-    merged = conditions.merge_conditions(current, [condition], store_class.generation)
-    previous = conditions.find(current, condition.type)
-    flipped = previous is not None and previous.get("status") != ("True" if condition.status else "False") \
-        or previous is None and condition.status
+    updates = [condition, vector_quota_condition(tenants)]
+    flipped = [update for update in updates if flips(current, update)]
+    merged = conditions.merge_conditions(current, updates, store_class.generation)
     return ({"sharedIndexes": [index.to_status(capacity) for index in pool], "conditions": merged,
-             "tenants": sum(index.tenants for index in pool)},
-            condition if flipped else None)
+             "tenants": sum(index.tenants for index in pool)}, flipped)
+
+
+def vector_quota_condition(tenants: Sequence[Mapping[str, Any]]) -> Condition:
+    """True while the vector service's plan limits keep some of the class's tenants from being provisioned."""
+    blocked = [f"{t['metadata'].get('namespace')}/{t['metadata']['name']}" for t in tenants
+               if (conditions.find((t.get("status") or {}).get("conditions"), "Ready") or {}).get("reason")
+               == VectorQuotaExceeded.reason]
+    if not blocked:
+        return Condition("VectorQuotaExceeded", False, "WithinPlanLimits", "no tenant is waiting for a plan limit")
+    return Condition("VectorQuotaExceeded", True, VectorQuotaExceeded.reason,
+                     f"the vector service refuses new indexes or namespaces (plan limit) for {len(blocked)} "
+                     f"tenant(s): {', '.join(sorted(blocked)[:5])}")
+
+
+def flips(current: Sequence[Mapping[str, Any]] | None, update: Condition) -> bool:
+    previous = conditions.find(current, update.type)
+    if previous is None:
+        return update.status
+    return previous.get("status") != ("True" if update.status else "False")

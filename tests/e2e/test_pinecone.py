@@ -1,0 +1,84 @@
+"""The operator on a Pinecone StoreClass: real SDK, local server that follows Pinecone's published API."""
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from e2e_kit import condition, store_class, tenant_secret, tenant_store, wait_for_condition, wait_until_gone
+from pinecone_server import PineconeTestServer
+
+from tenantstore.devenv import OPERATOR_NAMESPACE, Kubectl, OperatorProcess, wait_for
+
+
+def tenant_namespaces(server: PineconeTestServer, index: str) -> set[str]:
+    return set(server.namespaces(index)) - {"__default__"}  # every serverless index has the default namespace
+
+
+@pytest.fixture(scope="module")
+def pinecone(kubectl: Kubectl) -> Iterator[PineconeTestServer]:
+    server = PineconeTestServer().start()
+    kubectl.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                   "metadata": {"name": "pinecone", "namespace": OPERATOR_NAMESPACE},
+                   "stringData": {"apiKey": server.api_key}})
+    kubectl.apply(store_class("cone", vector={
+        "backend": "pinecone", "sharedIndex": {"capacity": 2},
+        "pinecone": {"apiKeySecretRef": {"name": "pinecone", "namespace": OPERATOR_NAMESPACE},
+                     "host": server.host}}))
+    yield server
+    kubectl("delete", "storeclass", "cone")
+    server.stop()
+    server.check()  # no request outside the spec subset the server implements
+
+
+def test_pinecone_tenants_are_placed_provisioned_and_removed(kubectl: Kubectl, operator: OperatorProcess,
+                                                             pinecone: PineconeTestServer, namespace: str) -> None:
+    for name, tier in (("pine-a", "free"), ("pine-b", "pro"), ("pine-c", "free"), ("pine-ent", "enterprise")):
+        kubectl.apply(tenant_store(name, namespace, name, tier=tier, storeClassName="cone", dimension=8))
+    kubectl("wait", "--for=condition=Ready", "tenantstores", "--all", "-n", namespace, "--timeout=120s")
+
+    assert tenant_namespaces(pinecone, "shared-8-cosine-1") == {"pine-a", "pine-b"}  # capacity 2: the third
+    assert tenant_namespaces(pinecone, "shared-8-cosine-2") == {"pine-c"}            # rolls over
+    dedicated = pinecone.index("ts-pine-ent")
+    assert dedicated is not None and dedicated["deletion_protection"] == "enabled"
+    assert dedicated["tags"].get("tenant") == "pine-ent"
+
+    secret = tenant_secret(kubectl, namespace, "pine-a-store")
+    assert secret["vectorBackend"] == "pinecone" and secret["vectorNamespace"] == "pine-a"
+    assert secret["vectorHost"] == pinecone.index(secret["vectorIndex"])["host"]
+    assert "pineconeApiKey" not in secret  # the class does not expose the platform's key
+    assert pinecone.api_key not in str(secret)
+    status = kubectl.get("tenantstore", "pine-ent", namespace)["status"]
+    assert status["vectorStore"]["backend"] == "pinecone" and status["vectorStore"]["index"] == "ts-pine-ent"
+
+    def pool_listed() -> dict | None:
+        body = kubectl.get("storeclass", "cone")
+        return body if len((body.get("status") or {}).get("sharedIndexes") or []) == 2 else None
+    pool = wait_for("the Pinecone pool in StoreClass status", pool_listed, timeout=30)["status"]["sharedIndexes"]
+    assert [(row["name"], row["tenants"], row["capacity"]) for row in pool] == [
+        ("shared-8-cosine-1", 2, 2), ("shared-8-cosine-2", 1, 2)]
+
+    kubectl("delete", "tenantstores", "--all", "-n", namespace, "--wait=false")
+    for name in ("pine-a", "pine-b", "pine-c", "pine-ent"):
+        wait_until_gone(kubectl, "tenantstore", name, namespace, timeout=120)
+    assert pinecone.index("ts-pine-ent") is None  # protection turned off, index deleted, deletion awaited
+    assert tenant_namespaces(pinecone, "shared-8-cosine-1") == tenant_namespaces(pinecone, "shared-8-cosine-2") == set()
+
+
+def test_a_plan_limit_is_a_condition_not_a_crash_loop(kubectl: Kubectl, operator: OperatorProcess,
+                                                      pinecone: PineconeTestServer, namespace: str) -> None:
+    pinecone.max_serverless_indexes = len(pinecone.index_names())  # the plan is full
+    try:
+        kubectl.apply(tenant_store("pine-big", namespace, "pine-big", tier="enterprise", storeClassName="cone",
+                                   dimension=8))
+        body = wait_for_condition(kubectl, namespace, "pine-big", "Ready", "False", reason="VectorQuotaExceeded")
+        assert body["status"]["phase"] == "Pending"
+
+        def class_reports() -> dict | None:
+            found = condition(kubectl.get("storeclass", "cone"), "VectorQuotaExceeded")
+            return found if found.get("status") == "True" else None
+        found = wait_for("the StoreClass's VectorQuotaExceeded condition", class_reports, timeout=30)
+        assert f"{namespace}/pine-big" in found["message"]
+    finally:
+        pinecone.max_serverless_indexes = None
+    wait_for_condition(kubectl, namespace, "pine-big", "Ready", "True", timeout=120)
+    kubectl("delete", "tenantstore", "pine-big", "-n", namespace, "--timeout=120s")
