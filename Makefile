@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install controlplane helm sync-crds demo test test-unit clean
+.PHONY: install controlplane helm promtool sync-crds sync-monitoring demo test test-unit clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -26,10 +26,24 @@ sync-crds:
 	cp crds/*.yaml charts/tenantstore-operator/crds/
 	cp crds/*.yaml manifests/base/crds/
 
+# promtool tests the alert rules; Debian's prometheus package provides it (CI runs as root).
+promtool:
+	@command -v promtool >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends prometheus >/dev/null; }
+
+# The PrometheusRule in manifests/ is generated from the chart's rules file (a test checks they agree).
+sync-monitoring: install
+	$(BIN)/python -c "import yaml; groups = yaml.safe_load(open('charts/tenantstore-operator/files/prometheus-rules.yaml')); \
+	doc = {'apiVersion': 'monitoring.coreos.com/v1', 'kind': 'PrometheusRule', 'metadata': {'name': 'tenantstore-operator', \
+	'namespace': 'tenantstore-system', 'labels': {'app.kubernetes.io/name': 'tenantstore-operator'}}, 'spec': groups}; \
+	f = open('manifests/monitoring/prometheusrule.yaml', 'w'); \
+	f.write('# Generated from charts/tenantstore-operator/files/prometheus-rules.yaml (make sync-monitoring).\n'); \
+	yaml.safe_dump(doc, f, sort_keys=False, width=120)"
+
 demo: controlplane
 	$(BIN)/tenantstore demo
 
-test: controlplane helm
+test: controlplane helm promtool
 	$(BIN)/pytest
 
 test-unit: install

@@ -81,6 +81,7 @@ class TenantSeries(Collector):
         self._lock = threading.Lock()  # watch events arrive on the event loop, scrapes on the server's thread
         self._tenants: dict[tuple[str, str], TenantSnapshot] = {}
         self._indexes: dict[str, list[SharedIndexSnapshot]] = {}
+        self._thresholds: dict[str, float] = {}
 
     def observe_tenant(self, body: Mapping[str, Any], deleted: bool = False) -> None:
         key = (body["metadata"].get("namespace", ""), body["metadata"]["name"])
@@ -94,11 +95,14 @@ class TenantSeries(Collector):
         name = body["metadata"]["name"]
         pool = [SharedIndexSnapshot(name, row.get("name", ""), int(row.get("tenants", 0)), int(row.get("capacity", 0)))
                 for row in (body.get("status") or {}).get("sharedIndexes") or ()]
+        threshold = float(((body.get("spec") or {}).get("vector") or {}).get("sharedIndex", {}).get("alertThreshold", 0.8))
         with self._lock:
             if deleted:
                 self._indexes.pop(name, None)
+                self._thresholds.pop(name, None)
             else:
                 self._indexes[name] = pool
+                self._thresholds[name] = threshold
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())  # series come and go with tenants; nothing to pre-register
@@ -107,8 +111,9 @@ class TenantSeries(Collector):
         with self._lock:
             tenants = list(self._tenants.values())
             indexes = [row for pool in self._indexes.values() for row in pool]
+            thresholds = dict(self._thresholds)
         yield from self._tenant_families(tenants)
-        yield from self._index_families(indexes)
+        yield from self._index_families(indexes, thresholds)
 
     @staticmethod
     def _tenant_families(tenants: list[TenantSnapshot]) -> Iterator[GaugeMetricFamily]:
@@ -151,7 +156,8 @@ class TenantSeries(Collector):
         yield from (ready, phase, exceeded, *usage.values(), limit, ratio, totals)
 
     @staticmethod
-    def _index_families(indexes: list[SharedIndexSnapshot]) -> Iterator[GaugeMetricFamily]:
+    def _index_families(indexes: list[SharedIndexSnapshot], thresholds: dict[str, float]
+                        ) -> Iterator[GaugeMetricFamily]:
         tenants = GaugeMetricFamily("tenantstore_shared_index_tenants", "Tenants placed in a shared index.",
                                     labels=("storeclass", "index"))
         capacity = GaugeMetricFamily("tenantstore_shared_index_capacity", "Tenants a shared index may hold.",
@@ -159,7 +165,12 @@ class TenantSeries(Collector):
         for row in indexes:
             tenants.add_metric((row.storeclass, row.index), float(row.tenants))
             capacity.add_metric((row.storeclass, row.index), float(row.capacity))
-        yield from (tenants, capacity)
+        threshold = GaugeMetricFamily("tenantstore_shared_index_alert_threshold",
+                                      "Fraction of capacity past which a StoreClass's shared index is near full.",
+                                      labels=("storeclass",))
+        for storeclass, value in thresholds.items():
+            threshold.add_metric((storeclass,), value)
+        yield from (tenants, capacity, threshold)
 
 
 SERIES = TenantSeries()
