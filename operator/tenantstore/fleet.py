@@ -13,7 +13,7 @@ from typing import Any
 
 from tenantstore import conditions
 from tenantstore.backends import Step, VectorPlacement
-from tenantstore.kube import TenantStatuses
+from tenantstore.kube import WRITES_BLOCKED_ANNOTATION, Secrets, TenantStatuses
 from tenantstore.models import InvalidResource, StoreClass, TenantStoreSpec, effective_quotas
 from tenantstore.quota import Usage, Verdict, judge
 from tenantstore.reconcile import store_as_provisioned
@@ -48,7 +48,7 @@ def needs_reconcile(store_class: StoreClass, body: Mapping[str, Any]) -> bool:
 
 
 async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, Any]], registry: BackendRegistry,
-                        statuses: TenantStatuses, now: str) -> list[Measured]:
+                        statuses: TenantStatuses, secrets: Secrets, now: str) -> list[Measured]:
     parsed = []
     for body in provisioned_tenants(tenants):
         try:
@@ -77,6 +77,10 @@ async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, 
             store = dataclasses.replace(store, writes_allowed=not verdict.blocks_writes)
             events += await backends.relational.ensure_write_access(store)
             events += await backends.vector.ensure_write_access(store, placement)
+            if await secrets.mark_writes_blocked(body["metadata"]["namespace"], spec.secret_name, body,
+                                                 verdict.blocks_writes):
+                events.append(Step("SecretAnnotated", f"Secret {spec.secret_name}: {WRITES_BLOCKED_ANNOTATION}="
+                                                      f"{'true' if verdict.blocks_writes else '(removed)'}"))
         quota_condition = verdict.condition()
         changes: dict[str, Any] = {}
         if not usage.same_figures(status.get("usage")):

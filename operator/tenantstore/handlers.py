@@ -138,7 +138,7 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
             if changes:
                 await memo.statuses.patch(tenant, changes)
     try:
-        measured = await fleet.measure_class(store_class, tenants, memo.backends, memo.statuses,
+        measured = await fleet.measure_class(store_class, tenants, memo.backends, memo.statuses, memo.secrets,
                                              conditions.now_rfc3339())
         pool, flipped = await pool_status(store_class, status, memo.backends, waiting)
     except ReconcileError as error:

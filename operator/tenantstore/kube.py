@@ -18,6 +18,9 @@ from tenantstore.models import API_VERSION, GROUP, TENANT_ID_LABEL, VERSION, Sec
 
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "tenantstore-operator"
+# Set on a tenant's Secret while a Block quota is exceeded: clients of backends that cannot refuse one
+# tenant's writes (Pinecone) are expected to stop writing.
+WRITES_BLOCKED_ANNOTATION = "tenancy.dev/writes-blocked"
 
 
 async def api_client() -> client.ApiClient:
@@ -66,27 +69,42 @@ class Secrets:
         return decode(secret.data).get("password")
 
     async def apply_tenant_secret(self, namespace: str, name: str, owner: Mapping[str, Any],
-                                  data: Mapping[str, str]) -> bool:
+                                  data: Mapping[str, str], writes_blocked: bool = False) -> bool:
         """Create or correct the tenant's Secret; False when it already said exactly this."""
         encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
         wanted_meta = {"labels": {TENANT_ID_LABEL: owner["spec"]["tenantId"], MANAGED_BY_LABEL: MANAGED_BY},
                        "ownerReferences": [owner_reference(owner)]}
         secret = await self.read(namespace, name)
         if secret is None:
-            body = {"metadata": {"name": name, **wanted_meta}, "type": "Opaque", "data": encoded}
+            annotations = {WRITES_BLOCKED_ANNOTATION: "true"} if writes_blocked else {}
+            body = {"metadata": {"name": name, "annotations": annotations, **wanted_meta}, "type": "Opaque",
+                    "data": encoded}
             await self.core.create_namespaced_secret(namespace, body)
             return True
         self._check_ours(secret, owner)
         owned = any(ref.uid == owner["metadata"]["uid"] for ref in secret.metadata.owner_references or ())
         labels = secret.metadata.labels or {}
-        if secret.data == encoded and owned and all(labels.get(k) == v for k, v in wanted_meta["labels"].items()):
+        annotations = with_writes_blocked(secret.metadata.annotations, writes_blocked)
+        if secret.data == encoded and owned and all(labels.get(k) == v for k, v in wanted_meta["labels"].items()) \
+                and annotations == (secret.metadata.annotations or {}):
             return False
         # Replace rather than merge, so keys we no longer write do not linger; resourceVersion guards races.
         body = {"metadata": {"name": name, "resourceVersion": secret.metadata.resource_version,
-                             "labels": {**labels, **wanted_meta["labels"]},
+                             "labels": {**labels, **wanted_meta["labels"]}, "annotations": annotations,
                              "ownerReferences": wanted_meta["ownerReferences"]},
                 "type": secret.type or "Opaque", "data": encoded}
         await self.core.replace_namespaced_secret(name, namespace, body)
+        return True
+
+    async def mark_writes_blocked(self, namespace: str, name: str, owner: Mapping[str, Any], blocked: bool) -> bool:
+        """Set or clear the annotation clients honour where the backend cannot refuse writes itself (Pinecone)."""
+        secret = await self.read(namespace, name)
+        if secret is None or not self._is_ours(secret, owner):
+            return False
+        if with_writes_blocked(secret.metadata.annotations, blocked) == (secret.metadata.annotations or {}):
+            return False
+        patch = {"metadata": {"annotations": {WRITES_BLOCKED_ANNOTATION: "true" if blocked else None}}}
+        await self.core.patch_namespaced_secret(name, namespace, patch)
         return True
 
     async def delete_tenant_secret(self, namespace: str, name: str, owner: Mapping[str, Any]) -> bool:
@@ -146,6 +164,13 @@ class TenantStatuses:
         except ApiException as error:
             if error.status != 404:  # deleted meanwhile: nothing left to report on
                 raise
+
+
+def with_writes_blocked(annotations: Mapping[str, str] | None, blocked: bool) -> dict[str, str]:
+    result = {key: value for key, value in (annotations or {}).items() if key != WRITES_BLOCKED_ANNOTATION}
+    if blocked:
+        result[WRITES_BLOCKED_ANNOTATION] = "true"
+    return result
 
 
 def owner_reference(owner: Mapping[str, Any]) -> dict[str, Any]:

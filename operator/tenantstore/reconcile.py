@@ -150,7 +150,8 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
                                                       lambda placement: secrets.apply_tenant_secret(
                                                           meta["namespace"], spec.secret_name, body,
                                                           secret_data(spec, relational, placement, password,
-                                                                      backends.secret_extras)))
+                                                                      backends.secret_extras),
+                                                          writes_blocked=verdict.blocks_writes))
         tracing.annotate({"gen_ai.memory.namespace": vector.namespace or vector.index})
         steps += vector_steps
         if any(step.reason == "NamespaceCreated" for step in vector_steps):
@@ -158,7 +159,8 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         with tracing.backend_call("kubernetes", "apply_secret"):
             written = await secrets.apply_tenant_secret(meta["namespace"], spec.secret_name, body,
                                                         secret_data(spec, relational, vector, password,
-                                                                    backends.secret_extras))
+                                                                    backends.secret_extras),
+                                                        writes_blocked=verdict.blocks_writes)
         if written:
             steps.append(Step("SecretWritten", f"credentials written to Secret {spec.secret_name}"))
     except InvalidResource as error:

@@ -50,11 +50,15 @@ def test_document_quota_blocks_writes_keeps_reads_and_recovers(kubectl: Kubectl,
         assert conn.execute("SELECT count(*) FROM tenant_capped.notes").fetchone()[0] == 0  # reads still work
     assert vector_ids(secret) == ["doc-0", "doc-1", "doc-2"]
     assert any("documents 3 of 3" in message for message in events(kubectl, namespace, "WritesBlocked"))
+    annotations = kubectl.get("secret", "capped-store", namespace)["metadata"].get("annotations") or {}
+    assert annotations.get("tenancy.dev/writes-blocked") == "true"  # for clients of backends that cannot refuse
 
     # The tenant deletes a document: writes come back without restarting anything.
     with psycopg.connect(secret["uri"], autocommit=True) as conn:
         conn.execute(f"DELETE FROM {secret['vectorTable']} WHERE id = 'doc-0'")
     wait_for_condition(kubectl, namespace, "capped", "QuotaExceeded", "False", reason="WithinLimits")
+    assert "tenancy.dev/writes-blocked" not in (kubectl.get("secret", "capped-store", namespace)["metadata"]
+                                               .get("annotations") or {})
     insert_vector(secret, "doc-3")
     with psycopg.connect(secret["uri"], autocommit=True) as conn:
         conn.execute("INSERT INTO tenant_capped.notes VALUES ('welcome back')")
