@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install controlplane helm promtool sync-crds sync-monitoring demo test test-unit clean
+.PHONY: install controlplane helm promtool sync-crds sync-monitoring demo test test-unit clean bench bench-sweep
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,16 @@ test: controlplane helm promtool
 
 test-unit: install
 	$(BIN)/pytest tests/unit tests/backends
+
+# Issue 7's benchmark: the operator against the floor on the real control plane and Postgres (bench/README.md).
+# `make bench N=1000`; BENCH_ARGS passes more options, e.g. BENCH_ARGS=--profile. Results go to bench/results/.
+N ?= 200
+SWEEP ?= 100,300,1000
+bench: controlplane
+	$(BIN)/python -m bench.provisioning --n $(N) $(BENCH_ARGS)
+
+bench-sweep: controlplane
+	$(BIN)/python -m bench.provisioning --sweep $(SWEEP) $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

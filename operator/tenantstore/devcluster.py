@@ -17,6 +17,10 @@ Binaries
     ``go build`` compiles all three with shared packages. A cold build takes
     roughly 15-25 minutes on two cores; later calls return immediately.
 
+    :func:`ensure_helm` does the same for helm (the chart tests): ``$HELM`` if
+    set, else ``helm.sh/helm/v3/cmd/helm`` v``HELM_VERSION`` built from a
+    generated module into ``.../helm-v<version>/bin/helm`` (about 2-3 minutes cold).
+
 Start-up (:meth:`ControlPlane.start`)
     1. issue a CA, the apiserver serving cert, an admin client cert
        (``O=system:masters``) and a service-account key pair;
@@ -34,6 +38,7 @@ Everything (certs, etcd data, logs, kubeconfig) lives under one work dir::
 CLI::
 
     python -m tenantstore.devcluster build          # build/locate binaries
+    python -m tenantstore.devcluster helm           # build/locate helm
     python -m tenantstore.devcluster up WORKDIR     # run until SIGINT/SIGTERM
 """
 

@@ -76,7 +76,7 @@ async def test_index_quota_surfaces_as_vector_quota_exceeded(pinecone_server: Pi
     await pinecone_store.ensure(tenant("first", dimension, VectorIsolation.DEDICATED))
     with pytest.raises(VectorQuotaExceeded, match="max serverless indexes") as raised:
         await pinecone_store.ensure(tenant("second", dimension, VectorIsolation.DEDICATED))
-    assert raised.value.reason == "VectorQuotaExceeded" and raised.value.retry_after == 60
+    assert raised.value.reason == "VectorQuotaExceeded" and raised.value.retry_after == 30
     assert len(pinecone_server.requests_for("create_index")) == 2  # refused once, not hammered
 
 

@@ -35,6 +35,9 @@ BASELINE_TABLE_NAME = "daily_query_baseline"
 BASELINE_TABLE = sql.Identifier(OPERATOR_SCHEMA, BASELINE_TABLE_NAME)
 RELATION_KEYWORDS = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW", "S": "SEQUENCE",
                      "f": "FOREIGN TABLE"}
+# DROP OWNED rewrites the ACLs of shared objects the role was granted (the shared vector tables and their
+# schema); two at once fail with "tuple concurrently updated", so teardowns take this lock for it.
+SHARED_ACL_LOCK = "tenantstore:shared-acl"
 
 
 def scram_sha256_verifier(password: str, iterations: int = 4096) -> str:
@@ -93,6 +96,12 @@ class PostgresServer:
                     yield conn
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
             raise BackendUnavailable(f"Postgres at {self.host}:{self.port} is unreachable: {first_line(error)}") from error
+        except psycopg.errors.InternalError_ as error:
+            # Two catalog updates of one row at once (e.g. grants on a shared table): transient, retry soon.
+            if "tuple concurrently updated" not in str(error):
+                raise
+            raise BackendUnavailable(f"Postgres at {self.host}:{self.port}: concurrent catalog update, "
+                                     f"retrying: {first_line(error)}", retry_after=1.0) from error
 
 
 def first_line(error: BaseException) -> str:
@@ -345,8 +354,10 @@ class PostgresRelationalStore:
                 steps.append(Step("DatabaseDropped", f"database {store.database} dropped"))
             if await self._inspect_role(conn, store.role) is not None:
                 # Grants and policies the role still holds in the shared database go with it.
-                await conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
-                await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+                async with conn.transaction():
+                    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (SHARED_ACL_LOCK,))
+                    await conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
+                    await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
                 steps.append(Step("RoleDropped", f"Postgres role {store.role} dropped"))
         return steps
 

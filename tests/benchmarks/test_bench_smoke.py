@@ -1,0 +1,57 @@
+"""The provisioning benchmark (bench/provisioning.py) at N = 10, so it cannot rot.
+
+It runs in a local environment of its own (control plane, Postgres, the operator), never the e2e tests',
+and checks that the JSON carries every figure for the operator and the floor, not how fast anything was.
+"""
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+N = 10
+# What issue 7 asks for, for the operator and the floor alike (the floor's restart figures are 0).
+REQUIRED_FIGURES = (
+    "provision.all_ready_seconds", "provision.time_to_ready.p50", "provision.time_to_ready.p95",
+    "provision.time_to_ready.p99", "process.cpu_seconds", "process.peak_rss_mb",
+    "provision.api_requests_per_tenant", "provision.api_writes_per_tenant", "provision.sql_statements_per_tenant",
+    "provision.ddl_per_tenant", "restart.idle_seconds", "restart.ddl_statements", "restart.api_writes",
+    "restart.tenant_api_writes", "delete.all_gone_seconds", "delete.residue_zero_seconds", "delete.residue_total",
+)
+
+
+@pytest.mark.e2e
+def test_benchmark_reports_every_figure(tmp_path: Path) -> None:
+    out = tmp_path / "results"
+    # A short usage interval: before its restart the operator run waits for every tenant's first measurement.
+    command = [sys.executable, "-m", "bench.provisioning", "--n", str(N), "--out", str(out),
+               "--workdir", str(tmp_path), "--usage-interval", "2", "--quiet", "1", "--after-idle", "1",
+               "--phase-timeout", "120"]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"benchmark failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+
+    report = json.loads((out / f"provisioning-{N}.json").read_text())
+    assert report["n"] == N
+    assert sum(report["tiers"].values()) == N and all(report["tiers"].values())
+    for kind in ("operator", "floor"):
+        assert "error" not in report[kind], report[kind]["error"]
+
+    rows = {row["figure"]: row for row in report["figures"]}
+    assert set(REQUIRED_FIGURES) <= set(rows), set(REQUIRED_FIGURES) - set(rows)
+    floor_has_no = {"restart.first_usage_measurement_done_seconds"}  # there is no operator to restart
+    for key, row in rows.items():
+        for kind in ("operator", "floor"):
+            if kind == "floor" and key in floor_has_no:
+                continue
+            value = row[kind]
+            assert isinstance(value, (int, float)) and value >= 0, (key, kind, value)
+        assert row["ratio"] is not None or key in floor_has_no, key
+    # Correctness, not speed: every tenant was Ready, resumed, and nothing of them was left behind.
+    assert report["operator"]["restart"]["resumed"] >= N
+    assert rows["delete.residue_total"]["operator"] == 0 and rows["delete.residue_total"]["floor"] == 0
+    assert rows["restart.tenant_api_writes"]["operator"] == 0
+    assert {target["target"] for target in report["targets"]}
