@@ -65,9 +65,10 @@ async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, 
 
     results = []
     for body, spec, store, placement in parsed:
-        rel, vec = relational[store.tenant_id], vector.get(store.tenant_id)
-        usage = Usage(documents=vec.documents if vec else 0,
-                      storage_bytes=rel.storage_bytes + (vec.storage_bytes if vec else 0),
+        rel, vec = relational.get(store.tenant_id), vector.get(store.tenant_id)
+        if rel is None or vec is None:
+            continue  # it vanished while measured (a teardown racing the job): nothing true to report
+        usage = Usage(documents=vec.documents, storage_bytes=rel.storage_bytes + vec.storage_bytes,
                       connections=rel.connections, daily_queries=rel.daily_queries)
         verdict = judge(usage, effective_quotas(spec, store_class)[0], spec.quota_action)
         status = body.get("status") or {}

@@ -114,7 +114,7 @@ async def check_storeclass(body: kopf.Body, status: kopf.Status, patch: kopf.Pat
     patch.status.update(conditions.status_changes(status, new_status))
 
 
-@kopf.timer(*STORECLASSES, interval=USAGE_INTERVAL_SECONDS, initial_delay=1.0)
+@kopf.timer(*STORECLASSES, interval=USAGE_INTERVAL_SECONDS, initial_delay=1.0, backoff=USAGE_INTERVAL_SECONDS)
 async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
                           store_class_index: kopf.Index[str, Any],
                           tenant_id_index: kopf.Index[str, ClaimRef],

@@ -18,6 +18,7 @@ from psycopg import sql
 
 from tenantstore.backends import SharedIndex, Step, VectorPlacement, VectorRecord, VectorUsage
 from tenantstore.backends.postgres import PostgresServer, fetch_one
+from tenantstore.errors import BackendUnavailable
 from tenantstore.models import DesiredStore, Metric, VectorIsolation, dedicated_index_name, shared_index_name
 
 SHARED_SCHEMA = "tenantstore_vectors"
@@ -233,8 +234,11 @@ class PgvectorStore:
                 # One grouped scan per shared table, and the size of each tenant's own partition.
                 for table in sorted({placement.table for _, placement in shared}):
                     schema, name = table.split(".", 1)
-                    cursor = await conn.execute(sql.SQL("SELECT namespace, count(*) AS documents FROM {} "
-                                                        "GROUP BY namespace").format(sql.Identifier(schema, name)))
+                    try:
+                        cursor = await conn.execute(sql.SQL("SELECT namespace, count(*) AS documents FROM {} "
+                                                            "GROUP BY namespace").format(sql.Identifier(schema, name)))
+                    except psycopg.errors.UndefinedTable:
+                        continue  # an empty index dropped (keepEmpty: false) while we measured
                     counts = {row["namespace"]: int(row["documents"]) for row in await cursor.fetchall()}
                     for store, placement in shared:
                         if placement.table == table:
@@ -245,11 +249,15 @@ class PgvectorStore:
                     (SHARED_SCHEMA, [partition_name(store) for store, _ in shared]))
                 sizes = {row["relname"]: int(row["bytes"]) for row in await cursor.fetchall()}
                 for store, _ in shared:
-                    usage[store.tenant_id] = dataclasses.replace(usage[store.tenant_id],
-                                                                 storage_bytes=sizes.get(partition_name(store), 0))
+                    if store.tenant_id in usage:
+                        usage[store.tenant_id] = dataclasses.replace(usage[store.tenant_id],
+                                                                     storage_bytes=sizes.get(partition_name(store), 0))
         for store, placement in tenants:
             if not placement.namespace:  # dedicated: its bytes are in the tenant's schema or database already
-                usage[store.tenant_id] = VectorUsage(documents=await self.count(store, placement))
+                try:
+                    usage[store.tenant_id] = VectorUsage(documents=await self.count(store, placement))
+                except (psycopg.errors.UndefinedTable, BackendUnavailable):
+                    continue  # being torn down (or its database is gone) while we measured: nothing to report
         return usage
 
     async def shared_pool(self) -> list[SharedIndex]:
