@@ -1,0 +1,80 @@
+"""What-if knobs for the benchmark (`--experiment`), loaded into the operator process through PYTHONPATH.
+
+They try the changes bench/README.md proposes without editing the operator: each is read from
+TENANTSTORE_BENCH_EXPERIMENT (comma-separated key=value) and applied at import or in a Kopf startup handler.
+Not product settings; the shipped operator never sees this module.
+
+    worker_limit=N        settings.queueing.worker_limit (reconciles in flight at once; Kopf's default: unlimited)
+    posting_level=LEVEL   settings.posting.level (e.g. WARNING: only warnings become Events)
+    pool_size=N           max connections of the shared database's pool (backends/postgres.py uses 4)
+    async_handlers=1      run the sync index and on.event handlers as coroutines (Kopf runs sync handlers in
+                          its thread pool: a thread hop per handler per watch event)
+    reconcile_limit=N     at most N reconciles/teardowns talk to the backends at once (an asyncio.Semaphore
+                          around reconcile.reconcile_tenant and reconcile.teardown_tenant)
+
+Mind: worker_limit below the number of TenantStores deadlocks a restart: Kopf's workers wait for every
+index to be populated from the initial listing, which needs workers that the limit does not let start.
+"""
+from __future__ import annotations
+
+import logging
+import os
+
+_RAW = os.environ.get("TENANTSTORE_BENCH_EXPERIMENT", "")
+KNOBS = dict(item.split("=", 1) for item in _RAW.split(",") if "=" in item)
+
+if KNOBS:
+    import kopf
+
+    @kopf.on.startup()
+    def _bench_experiment(settings: kopf.OperatorSettings, logger: logging.Logger, **_: object) -> None:
+        if "worker_limit" in KNOBS:
+            settings.queueing.worker_limit = int(KNOBS["worker_limit"])
+        if "posting_level" in KNOBS:
+            settings.posting.level = getattr(logging, KNOBS["posting_level"].upper())
+        if KNOBS.get("async_handlers") == "1":
+            import inspect
+
+            registry = kopf.get_default_registry()
+            for handler in [*registry._indexing.get_all_handlers(), *registry._watching.get_all_handlers()]:  # noqa: SLF001
+                if not inspect.iscoroutinefunction(handler.fn):
+                    object.__setattr__(handler, "fn", _as_coroutine(handler.fn))
+        logger.info(f"benchmark experiment: {KNOBS}")
+
+    def _as_coroutine(fn):  # type: ignore[no-untyped-def]
+        async def run(*args, **kwargs):  # type: ignore[no-untyped-def]
+            return fn(*args, **kwargs)
+        run.__name__ = getattr(fn, "__name__", "handler")
+        return run
+
+    if "pool_size" in KNOBS:
+        import psycopg_pool
+
+        from tenantstore.backends import postgres
+
+        _original_init = postgres.PostgresServer.__init__
+
+        def _init(self: postgres.PostgresServer, admin_uri: str, shared_database: str) -> None:
+            _original_init(self, admin_uri, shared_database)
+            self._pool = psycopg_pool.AsyncConnectionPool(
+                self.conninfo(shared_database), min_size=1, max_size=int(KNOBS["pool_size"]), open=False,
+                timeout=postgres.CONNECT_TIMEOUT_SECONDS * 2, check=psycopg_pool.AsyncConnectionPool.check_connection,
+                kwargs=self._pool.kwargs)
+
+        postgres.PostgresServer.__init__ = _init  # type: ignore[method-assign]
+
+    if "reconcile_limit" in KNOBS:
+        import asyncio
+
+        from tenantstore import reconcile
+
+        _gate = asyncio.Semaphore(int(KNOBS["reconcile_limit"]))
+
+        def _limited(original):  # type: ignore[no-untyped-def]
+            async def limited(*args, **kwargs):  # type: ignore[no-untyped-def]
+                async with _gate:
+                    return await original(*args, **kwargs)
+            return limited
+
+        reconcile.reconcile_tenant = _limited(reconcile.reconcile_tenant)  # type: ignore[assignment]
+        reconcile.teardown_tenant = _limited(reconcile.teardown_tenant)  # type: ignore[assignment]
