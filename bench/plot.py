@@ -48,7 +48,8 @@ def plot(results: Path) -> Path | None:
                 for x, y in points:
                     axes.annotate(f"{y:.0f}" if y >= 10 else f"{y:.1f}", (x, y), textcoords="offset points",
                                   xytext=(4, 4), fontsize=8)
-        axes.plot([target[0]], [target[1]], "r*", markersize=12, label=f"target ({target[1]:g} {unit} at N={target[0]})")
+        axes.plot([target[0]], [target[1]], "r*", markersize=12,
+                  label=f"target ({target[1]:g} {unit} at N={target[0]})")
         axes.set_xscale("log")
         axes.set_xticks(sorted(set(ns + [target[0]])))
         axes.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
@@ -57,8 +58,9 @@ def plot(results: Path) -> Path | None:
         axes.set_title(title, fontsize=10)
         axes.grid(True, which="both", alpha=0.3)
         axes.legend(fontsize=8)
-    stamp = ", ".join(f"N={run['n']}: {run.get('started', '?')}" for run in runs)
-    figure.suptitle(f"TenantStore provisioning vs N on {runs[-1]['machine']['cpus']} cores ({stamp})", fontsize=8)
+    started = sorted(run.get("started", "?") for run in runs)
+    stamp = started[0] if started[0] == started[-1] else f"{started[0]} .. {started[-1]}"
+    figure.suptitle(f"TenantStore provisioning vs N on {runs[-1]['machine']['cpus']} cores (runs {stamp})", fontsize=9)
     figure.tight_layout()
     out = results / "provisioning.png"
     figure.savefig(out, dpi=110)

@@ -36,7 +36,8 @@ if KNOBS:
             import inspect
 
             registry = kopf.get_default_registry()
-            for handler in [*registry._indexing.get_all_handlers(), *registry._watching.get_all_handlers()]:  # noqa: SLF001
+            handlers = [*registry._indexing.get_all_handlers(), *registry._watching.get_all_handlers()]  # noqa: SLF001
+            for handler in handlers:
                 if not inspect.iscoroutinefunction(handler.fn):
                     object.__setattr__(handler, "fn", _as_coroutine(handler.fn))
         logger.info(f"benchmark experiment: {KNOBS}")
