@@ -69,7 +69,7 @@ def run_demo(keep_running: bool = True) -> int:
     env = LocalEnvironment(workdir)
     operator: OperatorProcess | None = None
     try:
-        say("starting the control plane (the first run builds it from source: 10-25 minutes) and Postgres")
+        say("starting the control plane (the first run builds it from source: about 10 minutes) and Postgres")
         env.start()
         assert env.kubectl is not None
         say(f"control plane at {env.control_plane.server}; Postgres at 127.0.0.1:{env.postgres.port}")
