@@ -413,6 +413,8 @@ async def operator_run(env: kit.BenchEnvironment, n: int, args: argparse.Namespa
         operator, started = await start_operator(env, log_name, args)
         assert operator.process is not None
         sampler = kit.ProcessSampler(operator.process.pid).start()
+        restart_profiler = Profiler(operator.process.pid, args.out / f"profile-restart-{n}.txt", args.profile_rate) \
+            if args.profile else None
         deadline = run.deadline()
         while follower.resumed < n and time.monotonic() < deadline and operator.process.poll() is None:
             await asyncio.sleep(0.05)
@@ -420,6 +422,7 @@ async def operator_run(env: kit.BenchEnvironment, n: int, args: argparse.Namespa
         quiet = await follower.quiet(args.quiet, deadline)
         idle = follower.last_line_at - started if resumed_all and quiet else None
         lines_at_idle = follower.lines
+        restart_profile = restart_profiler.stop() if restart_profiler else None
         # A restart also measures every tenant's usage once (the per-class timer: 1 s after start plus a
         # random jitter of up to a tenth of the interval). Its work is counted too, and timed apart.
         measure_deadline = min(deadline, started + 1 + (args.usage_interval or 60) / 10 + 30)
@@ -447,6 +450,7 @@ async def operator_run(env: kit.BenchEnvironment, n: int, args: argparse.Namespa
                                      if key.split(" ")[0].split("/")[0] in ("tenantstores", "secrets")
                                      and key.rsplit(" ", 1)[1] in kit.WRITE_VERBS),
             "cpu_seconds": round(sampler.cpu(), 3),
+            "profile": str(restart_profile) if restart_profile else None,
             "rss_mb_when_idle": round(sampler.rss() / 2**20, 1),
             "peak_rss_mb": round(sampler.peak() / 2**20, 1),
             "machine_cpu_seconds": {"operator": round(sampler.cpu(), 2),
@@ -620,8 +624,8 @@ async def main_async(args: argparse.Namespace) -> list[Path]:
     env = kit.BenchEnvironment(workdir)
     written: list[Path] = []
     log(f"starting a local environment in {workdir}")
-    await asyncio.to_thread(env.start)
     try:
+        await asyncio.to_thread(env.start)
         for n in sizes:
             result = await one_n(env, n, args)
             path = args.out / f"provisioning-{n}.json"
@@ -675,7 +679,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="what-if knobs for the operator process, e.g. worker_limit=32,pool_size=8 "
                              "(see bench/experiments/sitecustomize.py); recorded in the JSON")
     parser.add_argument("--profile", action="store_true",
-                        help="py-spy record the operator while provisioning (OUT/profile-provision-N.txt)")
+                        help="py-spy record the operator while provisioning and while restarting "
+                             "(OUT/profile-provision-N.txt, OUT/profile-restart-N.txt)")
     parser.add_argument("--profile-rate", type=int, default=50)
     parser.add_argument("--no-plot", action="store_true")
     return parser.parse_args(argv)
