@@ -18,7 +18,9 @@ def run(args: argparse.Namespace) -> int:
 
     import tenantstore.handlers  # noqa: F401,PLC0415 (registers the handlers)
 
-    from tenantstore import metrics, tracing  # noqa: PLC0415
+    from tenantstore import kopf_fixes, metrics, tracing  # noqa: PLC0415
+
+    kopf_fixes.wake_index_waiters_only_on_change()
 
     kopf.configure(verbose=args.verbose, log_prefix=True)
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING)

@@ -10,7 +10,7 @@ from typing import Any
 
 import kopf
 
-from tenantstore import conditions, fleet, kube, metrics, reconcile, tracing
+from tenantstore import conditions, events, fleet, kube, metrics, reconcile, tracing
 from tenantstore.errors import ReconcileError
 from tenantstore.models import FINALIZER, GROUP, VERSION, InvalidResource, Phase, StoreClass
 from tenantstore.reconcile import ClaimRef, Outcome
@@ -69,8 +69,19 @@ async def tenants_by_class(body: kopf.Body, spec: kopf.Spec, status: kopf.Status
                            **_: Any) -> dict[str, dict[str, Any]]:
     """Tenants per StoreClass (the one they were provisioned with, else the one they name; "" for the default)."""
     store_class = status.get("storeClassName") or spec.get("storeClassName") or ""
-    return {store_class: {key: copy.deepcopy(body.get(key)) for key in ("apiVersion", "kind", "metadata", "spec",
-                                                                        "status")}}
+    return {store_class: tenant_snapshot(body)}
+
+
+# What the usage job and its reconciles read of a tenant. Not the whole body: managedFields alone were over
+# half of it, and the index holds every TenantStore (~45 KB each as Python objects before this).
+SNAPSHOT_METADATA = ("name", "namespace", "uid", "generation", "creationTimestamp", "deletionTimestamp")
+
+
+def tenant_snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
+    metadata = body.get("metadata") or {}
+    return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
+            "metadata": {key: metadata[key] for key in SNAPSHOT_METADATA if key in metadata},
+            "spec": copy.deepcopy(body.get("spec")), "status": copy.deepcopy(body.get("status"))}
 
 
 def latest_classes(index: kopf.Index[str, Any]) -> dict[str, StoreClass | InvalidResource]:
@@ -110,8 +121,7 @@ async def delete_tenantstore(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo
         kopf.warn(body, reason=error.reason, message=f"teardown will be retried: {error}")
         # A temporary error keeps the finalizer; a permanent one would release it and leak the tenant's data.
         raise kopf.TemporaryError(str(error), delay=error.retry_after or 30) from error
-    for step in outcome.events:
-        kopf.info(body, reason=step.reason, message=step.message)
+    events.post(body, outcome.events)
 
 
 @kopf.on.resume(*STORECLASSES)
@@ -144,7 +154,7 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
                       if ref.uid != tenant["metadata"]["uid"]]
             outcome = await reconcile.reconcile_tenant(tenant, classes, others, memo.backends, memo.secrets,
                                                        report=status_reporter(memo, tenant))
-            post_events(tenant, outcome.events)
+            events.post(tenant, outcome.events)
             changes = outcome.status_patch(tenant.get("status"))
             if changes:
                 await memo.statuses.patch(tenant, changes)
@@ -159,19 +169,13 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
     for condition in flipped:
         (kopf.warn if condition.status else kopf.info)(body, reason=condition.reason, message=condition.message)
     for result in measured:
-        post_events(result.body, result.events, warning=result.warning)
+        events.post(result.body, result.events, warning=result.warning)
 
 
 def status_reporter(memo: kopf.Memo, body: Mapping[str, Any]) -> Any:
     async def report(changes: dict[str, Any]) -> None:
         await memo.statuses.patch(body, changes)
     return report
-
-
-def post_events(body: Mapping[str, Any], steps: list[Any], warning: bool = False) -> None:
-    for step in steps:
-        (kopf.warn if warning and step.reason in ("WritesBlocked", "LimitReached") else kopf.info)(
-            body, reason=step.reason, message=step.message)
 
 
 def is_converged(meta: Mapping[str, Any], status: Mapping[str, Any]) -> bool:
@@ -190,7 +194,7 @@ async def observe_storeclass(body: kopf.Body, type: str | None, **_: Any) -> Non
 
 
 def write(body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> None:
-    post_events(body, outcome.events)
+    events.post(body, outcome.events)
     patch.status.update(outcome.status_patch(body.get("status")))
     if outcome.warning is not None:
         metrics.RECONCILE_ERRORS.labels(outcome.warning.reason).inc()

@@ -6,7 +6,9 @@ never modifies or deletes a Secret that another object owns.
 from __future__ import annotations
 
 import base64
+import enum
 import os
+import time
 from collections.abc import Mapping
 from typing import Any
 
@@ -21,6 +23,10 @@ MANAGED_BY = "tenantstore-operator"
 # Set on a tenant's Secret while a Block quota is exceeded: clients of backends that cannot refuse one
 # tenant's writes (Pinecone) are expected to stop writing.
 WRITES_BLOCKED_ANNOTATION = "tenancy.dev/writes-blocked"
+# A StoreClass's Secrets (admin URI, Pinecone key) are read at most this often: every reconcile used to read
+# the admin Secret, a third of the operator's Secret reads. A rotated value is picked up within this time.
+CLASS_SECRET_CACHE_SECONDS = 30.0
+NOT_READ = object()  # apply_tenant_secret reads the Secret itself
 
 
 async def api_client() -> client.ApiClient:
@@ -35,9 +41,21 @@ def decode(data: Mapping[str, str] | None) -> dict[str, str]:
     return {key: base64.b64decode(value).decode() for key, value in (data or {}).items()}
 
 
+def password_in(secret: client.V1Secret | None) -> str | None:
+    """The password a tenant's Secret keeps, None without a Secret."""
+    return decode(secret.data).get("password") if secret is not None else None
+
+
+class SecretDeletion(enum.Enum):
+    ABSENT = "absent"  # there was no Secret of ours
+    DELETED = "deleted"
+    PENDING = "pending"  # deleted, but another controller's finalizer still holds it
+
+
 class Secrets:
     def __init__(self, api: client.ApiClient):
         self.core = client.CoreV1Api(api)
+        self._class_values: dict[SecretKeyRef, tuple[str, float]] = {}
 
     async def read(self, namespace: str, name: str) -> client.V1Secret | None:
         try:
@@ -48,7 +66,10 @@ class Secrets:
             raise
 
     async def value(self, ref: SecretKeyRef) -> str:
-        """One key of a Secret a StoreClass names (the admin URI, an API key)."""
+        """One key of a Secret a StoreClass names (the admin URI, an API key), cached for a short while."""
+        cached = self._class_values.get(ref)
+        if cached is not None and time.monotonic() - cached[1] < CLASS_SECRET_CACHE_SECONDS:
+            return cached[0]
         try:
             secret = await self.read(ref.namespace, ref.name)
         except ApiException as error:
@@ -58,23 +79,36 @@ class Secrets:
         value = decode(secret.data).get(ref.key)
         if not value:
             raise StoreClassInvalid(f"Secret {ref.namespace}/{ref.name} has no key {ref.key!r}")
+        self._class_values[ref] = (value, time.monotonic())
         return value
 
-    async def tenant_password(self, namespace: str, name: str, owner: Mapping[str, Any]) -> str | None:
-        """The password kept in the tenant's Secret, or None if there is no Secret of ours yet."""
+    async def read_tenant_secret(self, namespace: str, name: str, owner: Mapping[str, Any]) -> client.V1Secret | None:
+        """The tenant's Secret, or None if there is none yet; SecretConflict if the name is someone else's."""
         secret = await self.read(namespace, name)
-        if secret is None:
-            return None
-        self._check_ours(secret, owner)
-        return decode(secret.data).get("password")
+        if secret is not None:
+            self._check_ours(secret, owner)
+        return secret
 
     async def apply_tenant_secret(self, namespace: str, name: str, owner: Mapping[str, Any],
-                                  data: Mapping[str, str], writes_blocked: bool = False) -> bool:
-        """Create or correct the tenant's Secret; False when it already said exactly this."""
+                                  data: Mapping[str, str], writes_blocked: bool = False,
+                                  current: client.V1Secret | None | object = NOT_READ) -> bool:
+        """Create or correct the tenant's Secret; False when it already said exactly this.
+
+        `current` is the Secret as the caller just read it (saves a GET); a stale one costs a re-read.
+        """
+        try:
+            return await self._apply_tenant_secret(namespace, name, owner, data, writes_blocked, current)
+        except ApiException as error:
+            if error.status != 409 or current is NOT_READ:
+                raise
+            return await self._apply_tenant_secret(namespace, name, owner, data, writes_blocked, NOT_READ)
+
+    async def _apply_tenant_secret(self, namespace: str, name: str, owner: Mapping[str, Any],
+                                   data: Mapping[str, str], writes_blocked: bool, current: Any) -> bool:
         encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
         wanted_meta = {"labels": {TENANT_ID_LABEL: owner["spec"]["tenantId"], MANAGED_BY_LABEL: MANAGED_BY},
                        "ownerReferences": [owner_reference(owner)]}
-        secret = await self.read(namespace, name)
+        secret = await self.read(namespace, name) if current is NOT_READ else current
         if secret is None:
             annotations = {WRITES_BLOCKED_ANNOTATION: "true"} if writes_blocked else {}
             body = {"metadata": {"name": name, "annotations": annotations, **wanted_meta}, "type": "Opaque",
@@ -107,20 +141,18 @@ class Secrets:
         await self.core.patch_namespaced_secret(name, namespace, patch)
         return True
 
-    async def delete_tenant_secret(self, namespace: str, name: str, owner: Mapping[str, Any]) -> bool:
+    async def delete_tenant_secret(self, namespace: str, name: str, owner: Mapping[str, Any]) -> SecretDeletion:
         secret = await self.read(namespace, name)
         if secret is None or not self._is_ours(secret, owner):
-            return False
+            return SecretDeletion.ABSENT
         try:
-            await self.core.delete_namespaced_secret(name, namespace)
+            response = await self.core.delete_namespaced_secret(name, namespace)
         except ApiException as error:
             if error.status != 404:
                 raise
-        return True
-
-    async def owned_secret_exists(self, namespace: str, name: str, owner: Mapping[str, Any]) -> bool:
-        secret = await self.read(namespace, name)
-        return secret is not None and self._is_ours(secret, owner)
+            return SecretDeletion.DELETED
+        # The API answers with a Status when the object is gone, with the object while finalizers hold it.
+        return SecretDeletion.DELETED if getattr(response, "kind", None) == "Status" else SecretDeletion.PENDING
 
     async def release_tenant_secret(self, namespace: str, name: str, owner: Mapping[str, Any]) -> bool:
         """Retain: drop the owner reference so the garbage collector keeps the credentials with the data."""

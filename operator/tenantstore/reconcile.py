@@ -18,7 +18,7 @@ from tenantstore.conditions import Condition
 from tenantstore.errors import (BackendUnavailable, IsolationBroken, ReconcileError, SecretConflict,
                                 StoreClassInvalid, StoreClassNotFound, TenantIdConflict, TierChangeRefused,
                                 VectorQuotaExceeded)
-from tenantstore.kube import Secrets
+from tenantstore.kube import NOT_READ, SecretDeletion, Secrets, password_in
 from tenantstore.models import (DeletionPolicy, DesiredStore, InvalidResource, Phase, RelationalIsolation,
                                 StoreClass, TenantStoreSpec, VectorIsolation, desired_store, effective_quotas)
 from tenantstore.quota import Usage, judge
@@ -136,7 +136,8 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         tracing.annotate({"gen_ai.provider.name": backends.vector.backend})
 
         with tracing.backend_call("kubernetes", "read_secret"):
-            password = await secrets.tenant_password(meta["namespace"], spec.secret_name, body)
+            current_secret = await secrets.read_tenant_secret(meta["namespace"], spec.secret_name, body)
+        password = password_in(current_secret)
         password_is_new = password is None
         with tracing.backend_call("postgres", "ensure"):
             relational, steps = await backends.relational.ensure(store, password or (password := new_password()),
@@ -160,7 +161,8 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
             written = await secrets.apply_tenant_secret(meta["namespace"], spec.secret_name, body,
                                                         secret_data(spec, relational, vector, password,
                                                                     backends.secret_extras),
-                                                        writes_blocked=verdict.blocks_writes)
+                                                        writes_blocked=verdict.blocks_writes,
+                                                        current=current_secret if move is None else NOT_READ)
         if written:
             steps.append(Step("SecretWritten", f"credentials written to Secret {spec.secret_name}"))
     except InvalidResource as error:
@@ -309,7 +311,7 @@ async def teardown_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreCl
     owner = await backends.relational.owner_of(store)
     if owner is not None and owner != store.uid:
         # Someone else's tenant (we lost a tenantId conflict): touch nothing of theirs.
-        if await secrets.delete_tenant_secret(namespace, spec.secret_name, body):
+        if await secrets.delete_tenant_secret(namespace, spec.secret_name, body) is not SecretDeletion.ABSENT:
             events.append(Step("SecretDeleted", f"Secret {spec.secret_name} deleted"))
         return Outcome(status={}, events=events)
 
@@ -323,10 +325,11 @@ async def teardown_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreCl
         events += await backends.vector.teardown(store)
     with tracing.backend_call("postgres", "teardown"):
         events += await backends.relational.teardown(store)
-    if await secrets.delete_tenant_secret(namespace, spec.secret_name, body):
+    secret_deletion = await secrets.delete_tenant_secret(namespace, spec.secret_name, body)
+    if secret_deletion is not SecretDeletion.ABSENT:
         events.append(Step("SecretDeleted", f"Secret {spec.secret_name} deleted"))
     residue = await backends.vector.residue(store) + await backends.relational.residue(store)
-    if await secrets.owned_secret_exists(namespace, spec.secret_name, body):
+    if secret_deletion is SecretDeletion.PENDING:
         residue.append(f"Secret {spec.secret_name}")
     if residue:
         raise BackendUnavailable(f"teardown incomplete, still present: {', '.join(residue)}")

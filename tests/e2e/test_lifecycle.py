@@ -1,6 +1,8 @@
 """A tenant's life as users see it: apply, Ready, credentials that work and isolate, delete."""
 from __future__ import annotations
 
+import json
+
 import psycopg
 import pytest
 from e2e_kit import (superuser, tenant_secret, tenant_store, wait_for_condition, wait_until_gone)
@@ -40,6 +42,18 @@ def test_every_tier_reaches_ready_with_its_isolation(kubectl: Kubectl, tiered: s
     assert enterprise["isolation"] == {"relational": "database", "vector": "dedicated"}
     assert enterprise["relational"]["database"] == "tenant_t_ent"
     assert enterprise["vectorStore"]["index"] == "ts-t-ent"
+
+
+def test_provisioning_is_told_in_one_event_per_tenant(kubectl: Kubectl, tiered: str) -> None:
+    events = json.loads(kubectl("get", "events", "-n", tiered, "-o", "json"))["items"]
+    for tenant_id in TIERS.values():
+        reasons = [event["reason"] for event in events if event["involvedObject"]["name"] == tenant_id]
+        # The first tenant of a shared index also reports creating the index.
+        assert [reason for reason in reasons if reason != "SharedIndexCreated"] == ["Provisioned"], tenant_id
+        message = next(event["message"] for event in events
+                       if event["involvedObject"]["name"] == tenant_id and event["reason"] == "Provisioned")
+        assert f"Postgres role tenant_{tenant_id.replace('-', '_')} created" in message
+        assert f"credentials written to Secret {tenant_id}-store" in message
 
 
 def test_secret_logs_in_as_the_tenant_and_sees_only_its_own_data(kubectl: Kubectl, tiered: str) -> None:

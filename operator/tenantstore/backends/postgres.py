@@ -332,8 +332,9 @@ class PostgresRelationalStore:
                     sql.Identifier(to_role)))
 
     async def _terminate_sessions(self, conn: psycopg.AsyncConnection[Any], role: str) -> int:
+        # Wait (up to 5 s each) until the sessions are gone, so "Suspended" is true when status says so.
         row = await fetch_one(conn, """
-            SELECT count(pg_terminate_backend(pid)) AS ended FROM pg_stat_activity
+            SELECT count(pg_terminate_backend(pid, 5000)) AS ended FROM pg_stat_activity
              WHERE usename = %s AND pid <> pg_backend_pid()""", role)
         return int(row["ended"]) if row else 0
 
