@@ -39,11 +39,10 @@ import psycopg_pool
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from tenantstore import conditions, kube, reconcile
+from tenantstore import kube, reconcile
 from tenantstore.backends.pgvector import PgvectorStore
 from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServer
-from tenantstore.conditions import Condition
-from tenantstore.models import Phase, StoreClass, TenantStoreSpec, desired_store, effective_quotas
+from tenantstore.models import StoreClass, TenantStoreSpec, desired_store, effective_quotas
 from tenantstore.quota import judge
 
 GROUP, VERSION, PLURAL = "tenancy.dev", "v1alpha1", "tenantstores"
@@ -158,21 +157,8 @@ class Driver:
                          "ownerReferences": [kube.owner_reference(body)]},
             "type": "Opaque",
             "data": {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}})
-        generation = meta.get("generation", 1)
-        ready = Condition("Ready", True, "Provisioned", reconcile.ready_message(store, relational, vector))
-        status = {
-            "phase": Phase.READY.value,
-            "observedGeneration": generation,
-            "conditions": conditions.merge_conditions(
-                None, [ready, verdict.condition(), reconcile.capped_condition(spec, store)], generation),
-            "storeClassName": store_class.name,
-            "observedStoreClassGeneration": store_class.generation,
-            "isolation": {"relational": store.relational.value, "vector": store.vector.value},
-            "relational": relational.to_status(),
-            "vectorStore": vector.to_status(),
-            "secretName": spec.secret_name,
-            "quotas": store.quotas.to_status(),
-        }
+        status = reconcile.converged_status(spec, store_class, store, relational, vector, verdict,
+                                            meta.get("generation", 1))
         self.requests["tenantstores/status PATCH"] += 1
         await self.custom.patch_namespaced_custom_object_status(
             GROUP, VERSION, self.namespace, PLURAL, meta["name"], {"status": status},

@@ -20,7 +20,7 @@ def run(args: argparse.Namespace) -> int:
 
     from tenantstore import kopf_fixes, metrics, tracing  # noqa: PLC0415
 
-    kopf_fixes.wake_index_waiters_only_on_change()
+    kopf_fixes.wake_waiters_only_on_change()
 
     kopf.configure(verbose=args.verbose, log_prefix=True)
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING)

@@ -21,7 +21,7 @@ from tenantstore.errors import (BackendUnavailable, IsolationBroken, ReconcileEr
 from tenantstore.kube import NOT_READ, SecretDeletion, Secrets, password_in
 from tenantstore.models import (DeletionPolicy, DesiredStore, InvalidResource, Phase, RelationalIsolation,
                                 StoreClass, TenantStoreSpec, VectorIsolation, desired_store, effective_quotas)
-from tenantstore.quota import Usage, judge
+from tenantstore.quota import Usage, Verdict, judge
 from tenantstore.registry import BackendRegistry
 
 logger = logging.getLogger(__name__)
@@ -173,16 +173,29 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         outcome.warning = error
         return outcome
 
+    migrated = [Condition("Migrating", False, "Done", f"vectors live in {vector.index}")] \
+        if move or conditions.find(current.get("conditions"), "Migrating") else []
+    status = converged_status(spec, store_class, store, relational, vector, verdict, generation,
+                              current.get("conditions"), migrated)
+    if move is not None:
+        # Status was written while the move ran, so the body's copy is stale: state the end result in full.
+        await report(status)
+    return Outcome(status=status, events=steps)
+
+
+def converged_status(spec: TenantStoreSpec, store_class: StoreClass, store: DesiredStore,
+                     relational: RelationalPlacement, vector: VectorPlacement, verdict: Verdict, generation: int,
+                     previous_conditions: Sequence[Mapping[str, Any]] | None = None,
+                     extra_conditions: Sequence[Condition] = ()) -> dict[str, Any]:
+    """The status of a tenant whose backends are in place (Ready, or Suspended)."""
     phase = Phase.SUSPENDED if spec.suspended else Phase.READY
     ready = Condition("Ready", True, "Provisioned", ready_message(store, relational, vector)) if not spec.suspended \
         else Condition("Ready", False, "Suspended", "the tenant is suspended: its role cannot log in; data is kept")
-    status = {
+    return {
         "phase": phase.value,
         "observedGeneration": generation,
         "conditions": conditions.merge_conditions(
-            current.get("conditions"), [ready, verdict.condition(), capped_condition(spec, store),
-                                        *([Condition("Migrating", False, "Done", f"vectors live in {vector.index}")]
-                                          if move or conditions.find(current.get("conditions"), "Migrating") else [])],
+            previous_conditions, [ready, verdict.condition(), capped_condition(spec, store), *extra_conditions],
             generation),
         "storeClassName": store_class.name,
         "observedStoreClassGeneration": store_class.generation,
@@ -192,10 +205,6 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         "secretName": spec.secret_name,
         "quotas": store.quotas.to_status(),
     }
-    if move is not None:
-        # Status was written while the move ran, so the body's copy is stale: state the end result in full.
-        await report(status)
-    return Outcome(status=status, events=steps)
 
 
 def refuse_relational_move(store: DesiredStore, status: Mapping[str, Any]) -> None:
