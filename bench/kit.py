@@ -229,16 +229,34 @@ class PgStats:
         by_keyword: collections.Counter[str] = collections.Counter()
         time_by_keyword: collections.Counter[str] = collections.Counter()
         by_role_kind: collections.Counter[str] = collections.Counter()
+        time_by_shape: collections.Counter[str] = collections.Counter()
+        calls_by_shape: collections.Counter[str] = collections.Counter()
         for query, calls, exec_ms, role in rows:
             keyword = first_keyword(query)
             by_keyword[keyword] += calls
             time_by_keyword[keyword] += exec_ms
+            time_by_shape[statement_shape(query)] += exec_ms
+            calls_by_shape[statement_shape(query)] += calls
             by_role_kind["tenant roles" if role.startswith("tenant_") or role == "(dropped role)" else role] += calls
         ddl = sum(count for keyword, count in by_keyword.items() if keyword in DDL_KEYWORDS)
         return {"statements": sum(by_keyword.values()), "ddl": ddl,
                 "by_keyword": dict(by_keyword.most_common()),
                 "exec_ms_by_keyword": {k: round(v, 1) for k, v in time_by_keyword.most_common()},
-                "by_role": dict(by_role_kind), "evicted_entries": int(dealloc)}
+                "by_role": dict(by_role_kind), "evicted_entries": int(dealloc),
+                # Where Postgres's time went (lock waits included), per statement shape, the costliest first.
+                "top_statements": [{"statement": shape, "calls": calls_by_shape[shape], "exec_ms": round(ms, 1)}
+                                   for shape, ms in time_by_shape.most_common(TOP_STATEMENTS)]}
+
+
+TOP_STATEMENTS = 15
+
+
+def statement_shape(query: str) -> str:
+    """A statement with tenant names, identifiers and literals blanked, so each tenant's DDL counts as one."""
+    shape = re.sub(r'"[^"]*"', '"…"', query)
+    shape = re.sub(r"'[^']*'", "'…'", shape)
+    shape = re.sub(r"\btenant_\w+", "tenant_…", shape)
+    return re.sub(r"\s+", " ", shape).strip()[:120]
 
 
 def first_keyword(query: str) -> str:

@@ -688,6 +688,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
+    # A benchmark stopped with SIGTERM stops what it started (control plane, Postgres, operator), as on Ctrl-C.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     asyncio.run(main_async(args))
     return 0
 

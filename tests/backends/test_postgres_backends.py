@@ -132,3 +132,20 @@ async def test_records_page_out_and_upsert_back_without_duplicates(server: Postg
 
     await vectors.teardown(source)
     await PostgresRelationalStore(server).teardown(source)
+
+
+async def test_a_leftover_policy_of_the_role_does_not_stop_its_placement(server: PostgresServer) -> None:
+    await provision(server, tenant("warm"), "warm-pw-1")  # the shared index exists
+    stale = tenant("stale")
+    relational, _ = await PostgresRelationalStore(server).ensure(stale, "stale-pw-1", password_is_new=True)
+    async with server.connect() as conn:  # as if a placement had been torn down halfway by hand
+        await conn.execute("CREATE POLICY tenant_stale ON tenantstore_vectors.shared_3_cosine_1 FOR ALL "
+                           "TO tenant_stale USING (namespace = 'stale') WITH CHECK (namespace = 'stale')")
+    vector, steps = await PgvectorStore(server).ensure(stale)
+    assert "NamespaceCreated" in {step.reason for step in steps}
+    with psycopg.connect(tenant_uri(server, relational, "stale-pw-1"), autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {vector.table} (namespace, id, embedding) VALUES ('stale', 's1', '[1,0,0]')")
+        assert conn.execute(f"SELECT id FROM {vector.table}").fetchall() == [("s1",)]
+    for store in (stale, tenant("warm")):
+        await PgvectorStore(server).teardown(store)
+        await PostgresRelationalStore(server).teardown(store)

@@ -17,7 +17,7 @@ import psycopg
 from psycopg import sql
 
 from tenantstore.backends import SharedIndex, Step, VectorPlacement, VectorRecord, VectorUsage
-from tenantstore.backends.postgres import PostgresServer, fetch_one
+from tenantstore.backends.postgres import PostgresServer, execute_at_once, fetch_one
 from tenantstore.errors import BackendUnavailable
 from tenantstore.models import DesiredStore, Metric, VectorIsolation, dedicated_index_name, shared_index_name
 
@@ -66,6 +66,14 @@ class PgvectorStore:
     # --- namespace isolation: a partition of a shared index ---
 
     async def _ensure_namespace(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
+        try:
+            table, steps = await self._place_namespace(store, at_once=True)
+        except psycopg.errors.DuplicateObject:  # a policy of the role's outlived its partition: go step by step
+            table, steps = await self._place_namespace(store, at_once=False)
+        return VectorPlacement(backend=self.backend, index=index_name_of(table), namespace=store.tenant_id,
+                               table=f"{SHARED_SCHEMA}.{table}"), steps
+
+    async def _place_namespace(self, store: DesiredStore, at_once: bool) -> tuple[str, list[Step]]:
         steps: list[Step] = []
         async with self.server.connect() as conn:
             async with conn.transaction():
@@ -73,18 +81,43 @@ class PgvectorStore:
                 await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
                                    (f"tenantstore:placement:{store.dimension}:{store.metric.value}",))
                 table = await self._current_shared_table(conn, store)
-                if table is None:
-                    table, created = await self._table_with_room(conn, store)
-                    if created:
-                        steps.append(Step("SharedIndexCreated", f"shared index {index_name_of(table)} created"))
-                    await conn.execute(sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES IN ({})").format(
-                        sql.Identifier(SHARED_SCHEMA, partition_name(store)), sql.Identifier(SHARED_SCHEMA, table),
-                        sql.Literal(store.tenant_id)))
-                    steps.append(Step("NamespaceCreated", f"namespace {store.tenant_id} placed in shared index "
-                                                          f"{index_name_of(table)}"))
-                steps += await self._ensure_namespace_access(conn, store, table)
-        return VectorPlacement(backend=self.backend, index=index_name_of(table), namespace=store.tenant_id,
-                               table=f"{SHARED_SCHEMA}.{table}"), steps
+                if table is not None:
+                    return table, await self._ensure_namespace_access(conn, store, table)
+                table, created = await self._table_with_room(conn, store)
+                if created:
+                    steps.append(Step("SharedIndexCreated", f"shared index {index_name_of(table)} created"))
+                partition = sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES IN ({})").format(
+                    sql.Identifier(SHARED_SCHEMA, partition_name(store)), sql.Identifier(SHARED_SCHEMA, table),
+                    sql.Literal(store.tenant_id))
+                steps.append(Step("NamespaceCreated", f"namespace {store.tenant_id} placed in shared index "
+                                                      f"{index_name_of(table)}"))
+                if at_once:
+                    # Every free or pro tenant waits for this lock: a new namespace's DDL goes in one round trip.
+                    await execute_at_once(conn, [partition, *self._new_namespace_access(store, table)])
+                    steps += self._new_namespace_access_steps(store, table)
+                else:
+                    await conn.execute(partition)
+                    steps += await self._ensure_namespace_access(conn, store, table)
+        return table, steps
+
+    @staticmethod
+    def _new_namespace_access(store: DesiredStore, table: str) -> list[sql.Composable]:
+        """What _ensure_namespace_access would do for a role with no policy or grant on this table yet."""
+        qualified, role, namespace = sql.Identifier(SHARED_SCHEMA, table), sql.Identifier(store.role), \
+            sql.Literal(store.tenant_id)
+        privileges = READ_PRIVILEGES + (WRITE_PRIVILEGES if store.writes_allowed else ())
+        return [sql.SQL("CREATE POLICY {} ON {} FOR ALL TO {} USING (namespace = {}) WITH CHECK (namespace = {})")
+                .format(role, qualified, role, namespace, namespace),
+                sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(SHARED_SCHEMA), role),
+                sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(", ").join(sql.SQL(p) for p in sorted(privileges)),
+                                                       qualified, role)]
+
+    @staticmethod
+    def _new_namespace_access_steps(store: DesiredStore, table: str) -> list[Step]:
+        granted = "read and write" if store.writes_allowed else "read and delete (writes blocked until under quota)"
+        return [Step("NamespaceIsolated", f"row-level security policy limits {store.role} to namespace "
+                                          f"{store.tenant_id}"),
+                Step("VectorAccessGranted", f"{store.role} may {granted} its vectors in {SHARED_SCHEMA}.{table}")]
 
     async def _current_shared_table(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> str | None:
         row = await fetch_one(conn, """

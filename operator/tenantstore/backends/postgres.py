@@ -108,6 +108,15 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+async def execute_at_once(conn: psycopg.AsyncConnection[Any], statements: Sequence[sql.Composable]) -> None:
+    """Several statements in one round trip, all or nothing (one implicit transaction outside a transaction block).
+
+    For statements that take a lock other tenants' provisioning waits for (creating a role locks role
+    memberships until commit): held for the server's own time, not for round trips to a busy operator.
+    """
+    await conn.execute(sql.SQL(";\n").join(statements))
+
+
 async def fetch_one(conn: psycopg.AsyncConnection[Any], query: sql.Composable | str, *params: Any) -> dict[str, Any] | None:
     cursor = await conn.execute(query, params or None)
     return await cursor.fetchone()
@@ -182,14 +191,13 @@ class PostgresRelationalStore:
         existing = await self._inspect_role(conn, store.role)
         if existing is None:
             try:
-                async with conn.transaction():
-                    await conn.execute(sql.SQL("CREATE ROLE {} {} CONNECTION LIMIT {} PASSWORD {}").format(
+                await execute_at_once(conn, [
+                    sql.SQL("CREATE ROLE {} {} CONNECTION LIMIT {} PASSWORD {}").format(
                         role, sql.SQL("NOLOGIN" if store.suspended else "LOGIN"),
-                        sql.Literal(store.connection_limit), sql.Literal(scram_sha256_verifier(password))))
-                    await conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                        role, sql.Literal(role_claim(store, claimed=True))))
+                        sql.Literal(store.connection_limit), sql.Literal(scram_sha256_verifier(password))),
+                    sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(role_claim(store, claimed=True))),
                     # Membership (with inherit) lets the admin act as the tenant's owner: terminate, drop, grant.
-                    await conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
+                    sql.SQL("GRANT {} TO CURRENT_USER").format(role)])
                 return [Step("RoleCreated", f"Postgres role {store.role} created (connection limit "
                                             f"{store.connection_limit})")]
             except psycopg.errors.DuplicateObject:
@@ -355,10 +363,9 @@ class PostgresRelationalStore:
                 steps.append(Step("DatabaseDropped", f"database {store.database} dropped"))
             if await self._inspect_role(conn, store.role) is not None:
                 # Grants and policies the role still holds in the shared database go with it.
-                async with conn.transaction():
-                    await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (SHARED_ACL_LOCK,))
-                    await conn.execute(sql.SQL("DROP OWNED BY {}").format(role))
-                    await conn.execute(sql.SQL("DROP ROLE IF EXISTS {}").format(role))
+                await execute_at_once(conn, [
+                    sql.SQL("SELECT pg_advisory_xact_lock(hashtextextended({}, 0))").format(sql.Literal(SHARED_ACL_LOCK)),
+                    sql.SQL("DROP OWNED BY {}").format(role), sql.SQL("DROP ROLE IF EXISTS {}").format(role)])
                 steps.append(Step("RoleDropped", f"Postgres role {store.role} dropped"))
         return steps
 
