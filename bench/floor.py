@@ -39,13 +39,13 @@ import psycopg_pool
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from bench import kit
 from tenantstore import kube, reconcile
 from tenantstore.backends.pgvector import PgvectorStore
 from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServer
-from tenantstore.models import StoreClass, TenantStoreSpec, desired_store, effective_quotas
+from tenantstore.models import GROUP, VERSION, StoreClass, TenantStoreSpec, desired_store, effective_quotas
 from tenantstore.quota import judge
 
-GROUP, VERSION, PLURAL = "tenancy.dev", "v1alpha1", "tenantstores"
 RETRIES = 10  # a backend step that fails (e.g. Postgres's "tuple concurrently updated") is retried at once
 
 
@@ -59,13 +59,6 @@ async def retry(step: Callable[[], Awaitable[Any]], counter: collections.Counter
                 raise
             counter["backend retries"] += 1
             await asyncio.sleep(0.05 * (attempt + 1))
-
-
-def manifest(namespace: str, tenant: Mapping[str, str], store_class: str) -> dict[str, Any]:
-    return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TenantStore",
-            "metadata": {"name": tenant["name"], "namespace": namespace},
-            "spec": {"tenantId": tenant["tenantId"], "tier": tenant["tier"], "storeClassName": store_class,
-                     "vector": {"dimension": int(tenant.get("dimension", 384)), "metric": "cosine"}}}
 
 
 class Driver:
@@ -119,7 +112,8 @@ class Driver:
     async def create_one(self, tenant: Mapping[str, str]) -> dict[str, Any]:
         self.requests["tenantstores POST"] += 1
         return await self.custom.create_namespaced_custom_object(
-            GROUP, VERSION, self.namespace, PLURAL, manifest(self.namespace, tenant, self.store_class_name))
+            GROUP, VERSION, self.namespace, kit.PLURAL,
+            kit.tenant_manifest(self.namespace, tenant, self.store_class_name))
 
     async def create(self, tenants: list[dict[str, str]]) -> list[str]:
         return await self._bounded(tenants, self.create_one)
@@ -127,7 +121,7 @@ class Driver:
     async def delete_one(self, name: str) -> None:
         self.requests["tenantstores DELETE"] += 1
         try:
-            await self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL, name)
+            await self.custom.delete_namespaced_custom_object(GROUP, VERSION, self.namespace, kit.PLURAL, name)
         except ApiException as error:
             if error.status != 404:
                 raise
@@ -161,7 +155,7 @@ class Driver:
                                             meta.get("generation", 1))
         self.requests["tenantstores/status PATCH"] += 1
         await self.custom.patch_namespaced_custom_object_status(
-            GROUP, VERSION, self.namespace, PLURAL, meta["name"], {"status": status},
+            GROUP, VERSION, self.namespace, kit.PLURAL, meta["name"], {"status": status},
             _content_type="application/merge-patch+json")
 
     async def provision(self, tenants: list[dict[str, str]]) -> list[str]:
@@ -203,7 +197,7 @@ class Driver:
     async def teardown(self, tenants: list[dict[str, str]]) -> list[str]:
         wanted = {tenant["name"] for tenant in tenants}
         self.requests["tenantstores LIST"] += 1
-        listing = await self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, PLURAL)
+        listing = await self.custom.list_namespaced_custom_object(GROUP, VERSION, self.namespace, kit.PLURAL)
         bodies = [body for body in listing["items"] if body["metadata"]["name"] in wanted]
         return await self._bounded(bodies, self.teardown_one)
 

@@ -35,8 +35,9 @@ import psutil
 import psycopg
 
 from tenantstore.devenv import ADMIN_SECRET, OPERATOR_NAMESPACE, LocalEnvironment
+from tenantstore.models import GROUP, VERSION
 
-GROUP, VERSION, PLURAL = "tenancy.dev", "v1alpha1", "tenantstores"
+PLURAL = "tenantstores"
 STORE_CLASS = "bench"
 DIMENSION = 384
 METRIC = "cosine"
@@ -72,10 +73,10 @@ def run_tenants(prefix: str, n: int) -> list[dict[str, str]]:
             for i, tier in enumerate(tier_mix(n))]
 
 
-def tenant_manifest(namespace: str, tenant: Mapping[str, str]) -> dict[str, Any]:
+def tenant_manifest(namespace: str, tenant: Mapping[str, str], store_class: str = STORE_CLASS) -> dict[str, Any]:
     return {"apiVersion": f"{GROUP}/{VERSION}", "kind": "TenantStore",
             "metadata": {"name": tenant["name"], "namespace": namespace},
-            "spec": {"tenantId": tenant["tenantId"], "tier": tenant["tier"], "storeClassName": STORE_CLASS,
+            "spec": {"tenantId": tenant["tenantId"], "tier": tenant["tier"], "storeClassName": store_class,
                      "vector": {"dimension": DIMENSION, "metric": METRIC}}}
 
 

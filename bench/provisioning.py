@@ -26,6 +26,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
+import dataclasses
 import datetime
 import json
 import os
@@ -37,7 +39,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -211,14 +213,37 @@ class Run:
 
     # --- phases ---
 
+    async def begin_phase(self, sampler: kit.ProcessSampler | None) -> PhaseStart:
+        """API and SQL counters reset or read, CPU noted (no sampler: the process is not started yet)."""
+        api = await asyncio.to_thread(self.metrics.scrape)
+        await asyncio.to_thread(self.pg.reset)
+        return PhaseStart(api=api, watcher=dict(self.watcher.requests), cpu=sampler.cpu() if sampler else 0.0,
+                          system=self.system.snapshot(), started=time.monotonic())
+
+    async def end_phase(self, start: PhaseStart, sampler: kit.ProcessSampler, follower: kit.LogFollower | None,
+                        deadline: float, answer: dict[str, Any]) -> dict[str, Any]:
+        """The figures every phase reports: the driver's, CPU, API requests and SQL statements per tenant."""
+        settled = await self.settle(follower, deadline)
+        cpu = sampler.cpu() - start.cpu
+        system = kit.SystemCpu.delta(start.system, self.system.snapshot())
+        elapsed = time.monotonic() - start.started
+        api_after = await asyncio.to_thread(self.metrics.scrape)
+        sql = await asyncio.to_thread(self.pg.read)
+        api = kit.api_delta(start.api, api_after, self.own_requests(start.watcher, [answer]))
+        return {
+            "driver_seconds": answer["seconds"], "driver_backend_retries": answer.get("backend_retries", 0),
+            "settled": settled, "phase_seconds": round(elapsed, 3),
+            "cpu_seconds": round(cpu, 3),
+            "machine_cpu_seconds": {self.kind: round(cpu, 2), **system},
+            "api": api, "api_requests_per_tenant": round(api["requests"] / self.n, 3),
+            "api_writes_per_tenant": round(api["writes"] / self.n, 3),
+            "sql": sql, "sql_statements_per_tenant": round(sql["statements"] / self.n, 3),
+            "ddl_per_tenant": round(sql["ddl"] / self.n, 3),
+        }
+
     async def provision(self, driver: DriverProcess, sampler: kit.ProcessSampler,
                         follower: kit.LogFollower | None) -> dict[str, Any]:
-        api_before = await asyncio.to_thread(self.metrics.scrape)
-        await asyncio.to_thread(self.pg.reset)
-        watcher_before = dict(self.watcher.requests)
-        cpu_before = sampler.cpu()
-        system_before = self.system.snapshot()
-        started = time.monotonic()
+        start = await self.begin_phase(sampler)
         deadline = self.deadline()
         command = asyncio.create_task(driver.command("create" if self.kind == "operator" else "provision",
                                                      self.tenants, self.deadline_seconds))
@@ -231,36 +256,14 @@ class Run:
             command.cancel()
             raise TimeoutError(f"{self.kind} run: only {ready}/{self.n} Ready after {self.deadline_seconds:.0f}s")
         answer = await command
-        all_ready = max(self.watcher.ready_at[name] for name in self.names) - started
-        settled = await self.settle(follower, deadline)
-        cpu = sampler.cpu() - cpu_before
-        system = kit.SystemCpu.delta(system_before, self.system.snapshot())
-        elapsed = time.monotonic() - started
-        api_after = await asyncio.to_thread(self.metrics.scrape)
-        sql = await asyncio.to_thread(self.pg.read)
-        api = kit.api_delta(api_before, api_after, self.own_requests(watcher_before, [answer]))
+        all_ready = max(self.watcher.ready_at[name] for name in self.names) - start.started
         times = [self.watcher.ready_at[name] - self.watcher.first_seen[name] for name in self.names]
-        return {
-            "all_ready_seconds": round(all_ready, 3),
-            "time_to_ready": kit.percentiles(times),
-            "driver_seconds": answer["seconds"], "driver_backend_retries": answer.get("backend_retries", 0),
-            "settled": settled, "phase_seconds": round(elapsed, 3),
-            "cpu_seconds": round(cpu, 3),
-            "machine_cpu_seconds": {self.kind: round(cpu, 2), **system},
-            "api": api, "api_requests_per_tenant": round(api["requests"] / self.n, 3),
-            "api_writes_per_tenant": round(api["writes"] / self.n, 3),
-            "sql": sql, "sql_statements_per_tenant": round(sql["statements"] / self.n, 3),
-            "ddl_per_tenant": round(sql["ddl"] / self.n, 3),
-        }
+        return {"all_ready_seconds": round(all_ready, 3), "time_to_ready": kit.percentiles(times),
+                **await self.end_phase(start, sampler, follower, deadline, answer)}
 
     async def delete(self, driver: DriverProcess, sampler: kit.ProcessSampler,
                      follower: kit.LogFollower | None) -> dict[str, Any]:
-        api_before = await asyncio.to_thread(self.metrics.scrape)
-        await asyncio.to_thread(self.pg.reset)
-        watcher_before = dict(self.watcher.requests)
-        cpu_before = sampler.cpu()
-        system_before = self.system.snapshot()
-        started = time.monotonic()
+        start = await self.begin_phase(sampler)
         deadline = self.deadline()
         command = asyncio.create_task(driver.command("delete" if self.kind == "operator" else "teardown",
                                                      self.tenants, self.deadline_seconds))
@@ -274,33 +277,30 @@ class Run:
             raise TimeoutError(f"{self.kind} run: {left}/{self.n} TenantStores still there after "
                                f"{self.deadline_seconds:.0f}s")
         answer = await command
-        all_gone = max(self.watcher.gone_at[name] for name in self.names) - started
+        all_gone = max(self.watcher.gone_at[name] for name in self.names) - start.started
         found = await self.residue()
         while sum(found.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.25)
             found = await self.residue()
-        residue_zero = time.monotonic() - started if not sum(found.values()) else None
-        settled = await self.settle(follower, deadline)
-        cpu = sampler.cpu() - cpu_before
-        system = kit.SystemCpu.delta(system_before, self.system.snapshot())
-        elapsed = time.monotonic() - started
-        api_after = await asyncio.to_thread(self.metrics.scrape)
-        sql = await asyncio.to_thread(self.pg.read)
-        api = kit.api_delta(api_before, api_after, self.own_requests(watcher_before, [answer]))
+        residue_zero = time.monotonic() - start.started if not sum(found.values()) else None
         return {
             "all_gone_seconds": round(all_gone, 3),
             # The residue check runs right after the last TenantStore is gone, so this is at least all_gone.
             "residue_zero_seconds": None if residue_zero is None else round(max(residue_zero, all_gone), 3),
             "residue": found, "residue_total": sum(found.values()),
-            "driver_seconds": answer["seconds"], "driver_backend_retries": answer.get("backend_retries", 0),
-            "settled": settled, "phase_seconds": round(elapsed, 3),
-            "cpu_seconds": round(cpu, 3),
-            "machine_cpu_seconds": {self.kind: round(cpu, 2), **system},
-            "api": api, "api_requests_per_tenant": round(api["requests"] / self.n, 3),
-            "api_writes_per_tenant": round(api["writes"] / self.n, 3),
-            "sql": sql, "sql_statements_per_tenant": round(sql["statements"] / self.n, 3),
-            "ddl_per_tenant": round(sql["ddl"] / self.n, 3),
+            **await self.end_phase(start, sampler, follower, deadline, answer),
         }
+
+
+@dataclasses.dataclass(frozen=True)
+class PhaseStart:
+    """What a phase's figures are measured against."""
+
+    api: Any
+    watcher: dict[tuple[str, str], int]
+    cpu: float
+    system: Any
+    started: float
 
 
 # --------------------------------------------------------------------------- the operator run
@@ -360,12 +360,30 @@ class Profiler:
         return self.out if self.out.exists() else None
 
 
-async def operator_run(env: kit.BenchEnvironment, n: int, args: argparse.Namespace, tag: str,
-                       result: dict[str, Any]) -> None:
-    run = Run(env, "operator", n, args, tag)
+@contextlib.asynccontextmanager
+async def started_run(env: kit.BenchEnvironment, kind: str, n: int, args: argparse.Namespace, tag: str
+                      ) -> AsyncIterator[tuple[Run, DriverProcess]]:
+    """A run's namespace, its watch and its driver process, removed again afterwards."""
+    run = Run(env, kind, n, args, tag)
     env.namespace(run.namespace)
     await run.watcher.start()
     driver = await DriverProcess(env, run.namespace, args, env.workdir / f"driver-{run.namespace}.log").start()
+    try:
+        yield run, driver
+    finally:
+        await driver.stop()
+        await run.watcher.stop()
+        env.delete_namespace(run.namespace)
+
+
+async def operator_run(env: kit.BenchEnvironment, n: int, args: argparse.Namespace, tag: str,
+                       result: dict[str, Any]) -> None:
+    async with started_run(env, "operator", n, args, tag) as (run, driver):
+        await measure_operator(env, run, driver, n, args, result)
+
+
+async def measure_operator(env: kit.BenchEnvironment, run: Run, driver: DriverProcess, n: int,
+                           args: argparse.Namespace, result: dict[str, Any]) -> None:
     user = kit.ProcessSampler(driver.pid).start()
     log_name = f"operator-{run.namespace}.log"
     operator, _ = await start_operator(env, log_name, args)
@@ -404,10 +422,7 @@ async def operator_run(env: kit.BenchEnvironment, n: int, args: argparse.Namespa
         await follower.stop()
         await asyncio.to_thread(operator.stop)
         sampler.stop()
-        api_before = await asyncio.to_thread(run.metrics.scrape)
-        await asyncio.to_thread(run.pg.reset)
-        watcher_before = dict(run.watcher.requests)
-        system_before = run.system.snapshot()
+        before_restart = await run.begin_phase(None)
         offset = operator.log_path.stat().st_size
         follower = kit.LogFollower(operator.log_path, offset, run.namespace).start()
         operator, started = await start_operator(env, log_name, args)
@@ -436,7 +451,7 @@ async def operator_run(env: kit.BenchEnvironment, n: int, args: argparse.Namespa
         late_lines = follower.lines - lines_at_measured
         api_after = await asyncio.to_thread(run.metrics.scrape)
         sql = await asyncio.to_thread(run.pg.read)
-        api = kit.api_delta(api_before, api_after, run.own_requests(watcher_before, []))
+        api = kit.api_delta(before_restart.api, api_after, run.own_requests(before_restart.watcher, []))
         result["restart"] = {
             "idle_seconds": None if idle is None else round(idle, 3), "resumed": follower.resumed,
             "first_usage_measurement_done_seconds": None if measured_at is None else round(measured_at, 3),
@@ -454,7 +469,7 @@ async def operator_run(env: kit.BenchEnvironment, n: int, args: argparse.Namespa
             "rss_mb_when_idle": round(sampler.rss() / 2**20, 1),
             "peak_rss_mb": round(sampler.peak() / 2**20, 1),
             "machine_cpu_seconds": {"operator": round(sampler.cpu(), 2),
-                                    **kit.SystemCpu.delta(system_before, run.system.snapshot())},
+                                    **kit.SystemCpu.delta(before_restart.system, run.system.snapshot())},
         }
         log(f"operator run N={n}: restart idle after {result['restart']['idle_seconds']}s, "
             f"{sql['ddl']} DDL, {api['writes']} API writes; deleting")
@@ -476,17 +491,16 @@ async def operator_run(env: kit.BenchEnvironment, n: int, args: argparse.Namespa
         await asyncio.to_thread(operator.stop)
         sampler.stop()
         user.stop()
-        await driver.stop()
-        await run.watcher.stop()
-        env.delete_namespace(run.namespace)
 
 
 async def floor_run(env: kit.BenchEnvironment, n: int, args: argparse.Namespace, tag: str,
                     result: dict[str, Any]) -> None:
-    run = Run(env, "floor", n, args, tag)
-    env.namespace(run.namespace)
-    await run.watcher.start()
-    driver = await DriverProcess(env, run.namespace, args, env.workdir / f"driver-{run.namespace}.log").start()
+    async with started_run(env, "floor", n, args, tag) as (run, driver):
+        await measure_floor(run, driver, n, args, result)
+
+
+async def measure_floor(run: Run, driver: DriverProcess, n: int, args: argparse.Namespace,
+                        result: dict[str, Any]) -> None:
     sampler = kit.ProcessSampler(driver.pid).start()
     result.update({"namespace": run.namespace, "concurrency": args.concurrency,
                    "pool_size": args.floor_pool_size or "the operator's"})
@@ -507,9 +521,6 @@ async def floor_run(env: kit.BenchEnvironment, n: int, args: argparse.Namespace,
                              "startup_cpu_seconds": round(cpu_idle, 3)}
     finally:
         sampler.stop()
-        await driver.stop()
-        await run.watcher.stop()
-        env.delete_namespace(run.namespace)
 
 
 # --------------------------------------------------------------------------- figures, ratios, targets

@@ -46,11 +46,6 @@ def find(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> Mapping[
     return next((c for c in conditions or () if c.get("type") == type_), None)
 
 
-def is_true(conditions: Iterable[Mapping[str, Any]] | None, type_: str) -> bool:
-    condition = find(conditions, type_)
-    return condition is not None and condition.get("status") == "True"
-
-
 def status_changes(current: Mapping[str, Any] | None, desired: Mapping[str, Any]) -> dict[str, Any]:
     """Only the top-level status fields whose value differs, so an unchanged status costs no API write."""
     current = current or {}

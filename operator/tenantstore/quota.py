@@ -6,7 +6,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from tenantstore.conditions import Condition
-from tenantstore.models import QuotaAction, Quotas, parse_quantity
+from tenantstore.models import QuotaAction, Quotas
 
 # Resources whose Block the data store itself enforces by refusing writes; daily queries are reported only.
 BLOCKING_RESOURCES = ("documents", "storageBytes")
@@ -83,10 +83,3 @@ def judge(usage: Usage | None, quotas: Quotas, action: QuotaAction) -> Verdict:
     excesses = tuple(Excess(name, used, limit) for name, used, limit in checks
                      if limit and used is not None and used >= limit)
     return Verdict(excesses, action)
-
-
-def quotas_from_status(raw: Mapping[str, Any] | None) -> Quotas:
-    raw = dict(raw or {})
-    if "maxStorageBytes" in raw:
-        raw["maxStorageBytes"] = parse_quantity(raw["maxStorageBytes"])
-    return Quotas.from_dict(raw)

@@ -342,14 +342,18 @@ class PineconeTestServer:
             await self._runner.cleanup()
 
     async def _listen(self) -> tuple[web.BaseSite, int]:
+        site, port = self._loopback_site()
+        await site.start()
+        return site, port
+
+    def _loopback_site(self) -> tuple[web.SockSite, int]:
+        """A site on a fresh loopback port (a listening socket is cheap to open synchronously)."""
         sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
         sock.bind(("127.0.0.1", 0))
         sock.listen(128)
         sock.setblocking(False)
         assert self._runner is not None
-        site = web.SockSite(self._runner, sock)
-        await site.start()
-        return site, sock.getsockname()[1]
+        return web.SockSite(self._runner, sock), sock.getsockname()[1]
 
     async def _reap(self) -> None:
         """Terminating indexes disappear once their time is up (their host stops answering)."""
@@ -545,17 +549,10 @@ class PineconeTestServer:
 
     def _new_index(self, name: str, dimension: int, metric: str, cloud: str, region: str, protection: str,
                    tags: dict[str, str]) -> Index:
-        # A listening socket is cheap to open synchronously; its site starts on the loop right after.
-        sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        sock.bind(("127.0.0.1", 0))
-        sock.listen(128)
-        sock.setblocking(False)
-        assert self._runner is not None
-        site = web.SockSite(self._runner, sock)
+        site, port = self._loopback_site()  # it starts on the loop right after
         starting = asyncio.get_running_loop().create_task(site.start())
         self._tasks.add(starting)
         starting.add_done_callback(self._tasks.discard)
-        port = sock.getsockname()[1]
         index = Index(name=name, dimension=dimension, metric=metric, cloud=cloud, region=region,
                       deletion_protection=protection, tags=tags, port=port,
                       ready_at=time.monotonic() + self.ready_delay, site=site)
