@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install controlplane helm promtool sync-crds sync-monitoring demo test test-unit clean bench bench-sweep
+.PHONY: install controlplane helm kstatus promtool sync-crds sync-monitoring demo test test-unit clean bench bench-sweep
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -20,6 +20,10 @@ controlplane: install
 # Builds helm from its Go module once (cached beside the control plane); $$HELM points at another helm.
 helm: install
 	$(BIN)/python -m tenantstore.devcluster helm
+
+# Builds kstatus (cli-utils' status library, as Flux's `wait: true` uses it) once, beside helm; $$KSTATUS overrides.
+kstatus: install
+	$(BIN)/python -m tenantstore.devcluster kstatus
 
 # crds/ is the source; the chart and the kustomize base carry copies (tests fail when they drift).
 sync-crds:
@@ -43,7 +47,7 @@ sync-monitoring: install
 demo: controlplane
 	$(BIN)/tenantstore demo
 
-test: controlplane helm promtool
+test: controlplane helm kstatus promtool
 	$(BIN)/pytest
 
 test-unit: install

@@ -18,7 +18,7 @@ def run(args: argparse.Namespace) -> int:
 
     import tenantstore.handlers  # noqa: F401,PLC0415 (registers the handlers)
 
-    from tenantstore import kopf_fixes, metrics, tracing  # noqa: PLC0415
+    from tenantstore import kopf_fixes, metrics, redaction, tracing  # noqa: PLC0415
 
     kopf_fixes.wake_waiters_only_on_change()
 
@@ -26,6 +26,8 @@ def run(args: argparse.Namespace) -> int:
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
     tracing.configure()
     tracing.install_log_filter()
+    # No password, URI with a password or API key reaches a log line or a log-derived Event (drivers quote them).
+    redaction.install_log_filter()
     # The metrics observers run on every watch event; their success lines would drown the log.
     logging.getLogger("kopf.objects").addFilter(lambda record: "Handler 'observe_" not in record.getMessage())
     if args.metrics_port:

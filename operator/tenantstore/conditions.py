@@ -6,6 +6,8 @@ import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tenantstore.redaction import redact
+
 
 @dataclasses.dataclass(frozen=True)
 class Condition:
@@ -24,7 +26,8 @@ def merge_conditions(current: Iterable[Mapping[str, Any]] | None, updates: Itera
     """The new condition list: updated entries replace old ones of the same type.
 
     lastTransitionTime moves only when the status flips, so a condition tells since when it holds.
-    Conditions not named in `updates` are kept as they are.
+    Conditions not named in `updates` are kept as they are. Messages are redacted: they often quote a
+    backend's error, and status is readable by anyone who may read the resource.
     """
     merged = {c["type"]: dict(c) for c in current or () if "type" in c}
     for update in updates:
@@ -35,7 +38,7 @@ def merge_conditions(current: Iterable[Mapping[str, Any]] | None, updates: Itera
             "type": update.type,
             "status": status,
             "reason": update.reason,
-            "message": update.message,
+            "message": redact(update.message),
             "observedGeneration": generation,
             "lastTransitionTime": now_rfc3339() if changed else previous.get("lastTransitionTime", now_rfc3339()),
         }

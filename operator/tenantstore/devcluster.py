@@ -21,6 +21,14 @@ Binaries
     set, else ``helm.sh/helm/v3/cmd/helm`` v``HELM_VERSION`` built from a
     generated module into ``.../helm-v<version>/bin/helm`` (about 2-3 minutes cold).
 
+    :func:`ensure_kstatus` likewise for ``kstatus``, a small command around
+    ``sigs.k8s.io/cli-utils/pkg/kstatus/status`` (the library behind Flux's
+    ``wait: true`` and kpt): ``$KSTATUS`` if set, else built from a generated
+    module into ``.../kstatus-v<cli-utils version>/bin/kstatus``. It reads
+    objects as JSON on stdin (one, or a ``List`` as ``kubectl get -o json``
+    prints) and prints one JSON line per object: ``kind``, ``namespace``,
+    ``name``, ``status`` (``status.Compute``'s verdict) and ``message``.
+
 Start-up (:meth:`ControlPlane.start`)
     1. issue a CA, the apiserver serving cert, an admin client cert
        (``O=system:masters``) and a service-account key pair;
@@ -39,6 +47,7 @@ CLI::
 
     python -m tenantstore.devcluster build          # build/locate binaries
     python -m tenantstore.devcluster helm           # build/locate helm
+    python -m tenantstore.devcluster kstatus        # build/locate kstatus
     python -m tenantstore.devcluster up WORKDIR     # run until SIGINT/SIGTERM
 """
 
@@ -78,10 +87,12 @@ __all__ = [
     "STAGING_VERSION",
     "ControlPlane",
     "ControlPlaneError",
+    "CLI_UTILS_VERSION",
     "HELM_VERSION",
     "cache_dir",
     "ensure_binaries",
     "ensure_helm",
+    "ensure_kstatus",
 ]
 
 KUBERNETES_VERSION = "1.33.13"
@@ -106,6 +117,10 @@ BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
 
 # The chart tests' helm, built from its own Go module like the control plane.
 HELM_VERSION = "3.22.0"
+
+# The tests' kstatus: sigs.k8s.io/cli-utils' status library behind a small command. Its
+# k8s.io dependencies (apimachinery, api) stay at the versions this release requires.
+CLI_UTILS_VERSION = "0.37.2"
 
 # Controllers that need nodes, volumes or a cloud provider; without a kubelet
 # they would only produce noise.
@@ -165,6 +180,26 @@ def helm_cache_dir() -> Path:
     return _cache_root() / f"helm-v{HELM_VERSION}"
 
 
+def kstatus_cache_dir() -> Path:
+    """Per-version cache directory of kstatus: ``bin/kstatus``, ``src/`` and the build log."""
+    return _cache_root() / f"kstatus-v{CLI_UTILS_VERSION}"
+
+
+def _is_executable(path: Path) -> bool:
+    return path.is_file() and os.access(path, os.X_OK)
+
+
+def _executable_from_env(variable: str) -> Path | None:
+    """The executable ``$variable`` names (a path, or a name on $PATH); None when it is unset."""
+    override = os.environ.get(variable)
+    if not override:
+        return None
+    path = Path(shutil.which(override) or override).expanduser()
+    if _is_executable(path):
+        return path
+    raise ControlPlaneError(f"{variable}={override} is not an executable file")
+
+
 def ensure_binaries() -> Path:
     """Return a directory with etcd, kube-apiserver and kube-controller-manager.
 
@@ -198,21 +233,39 @@ def ensure_helm() -> Path:
     built once from its Go module into :func:`helm_cache_dir` (a few minutes cold),
     under the same kind of file lock as the control plane build.
     """
-    override = os.environ.get("HELM")
+    override = _executable_from_env("HELM")
     if override:
-        path = Path(shutil.which(override) or override).expanduser()  # a path, or a name on $PATH
-        if path.is_file() and os.access(path, os.X_OK):
-            return path
-        raise ControlPlaneError(f"HELM={override} is not an executable file")
+        return override
 
     cache = helm_cache_dir()
     binary = cache / "bin" / "helm"
-    if binary.is_file() and os.access(binary, os.X_OK):
+    if _is_executable(binary):
         return binary
     cache.mkdir(parents=True, exist_ok=True)
     with _file_lock(cache / ".lock"):
-        if not (binary.is_file() and os.access(binary, os.X_OK)):
+        if not _is_executable(binary):
             _build_helm(cache)
+    return binary
+
+
+def ensure_kstatus() -> Path:
+    """Return the path of a kstatus binary (see the module docstring for what it does).
+
+    ``$KSTATUS`` (an existing executable) wins; otherwise it is built once against cli-utils
+    v``CLI_UTILS_VERSION`` into :func:`kstatus_cache_dir` (about a minute cold), under a file lock.
+    """
+    override = _executable_from_env("KSTATUS")
+    if override:
+        return override
+
+    cache = kstatus_cache_dir()
+    binary = cache / "bin" / "kstatus"
+    if _is_executable(binary):
+        return binary
+    cache.mkdir(parents=True, exist_ok=True)
+    with _file_lock(cache / ".lock"):
+        if not _is_executable(binary):
+            _build_kstatus(cache)
     return binary
 
 
@@ -384,6 +437,102 @@ def _build_helm(cache: Path) -> None:
         finally:
             shutil.rmtree(tmp_bin, ignore_errors=True)
     _say(f"helm ready in {cache / 'bin'} after {_minutes(started)}")
+
+
+_KSTATUS_MAIN_GO = """\
+// Command kstatus prints cli-utils' kstatus verdict for Kubernetes objects read as JSON on stdin:
+// one object, or a List (as `kubectl get -o json` prints). One JSON line per object.
+package main
+
+import (
+\t"encoding/json"
+\t"fmt"
+\t"io"
+\t"os"
+
+\t"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+\t"sigs.k8s.io/cli-utils/pkg/kstatus/status"
+)
+
+type verdict struct {
+\tKind      string `json:"kind"`
+\tNamespace string `json:"namespace"`
+\tName      string `json:"name"`
+\tStatus    string `json:"status"`
+\tMessage   string `json:"message"`
+}
+
+func main() {
+\tdata, err := io.ReadAll(os.Stdin)
+\tif err != nil {
+\t\tfail(err)
+\t}
+\t// The unstructured JSON scheme keeps integers as int64, which status.Compute requires
+\t// (metadata.generation against status.observedGeneration).
+\tdecoded, _, err := unstructured.UnstructuredJSONScheme.Decode(data, nil, nil)
+\tif err != nil {
+\t\tfail(fmt.Errorf("stdin: %w", err))
+\t}
+\tvar objects []unstructured.Unstructured
+\tswitch object := decoded.(type) {
+\tcase *unstructured.UnstructuredList:
+\t\tobjects = object.Items
+\tcase *unstructured.Unstructured:
+\t\tobjects = []unstructured.Unstructured{*object}
+\tdefault:
+\t\tfail(fmt.Errorf("stdin: unexpected %T", decoded))
+\t}
+\tout := json.NewEncoder(os.Stdout)
+\tcode := 0
+\tfor i := range objects {
+\t\tobject := &objects[i]
+\t\tline := verdict{Kind: object.GetKind(), Namespace: object.GetNamespace(), Name: object.GetName()}
+\t\tif result, err := status.Compute(object); err != nil {
+\t\t\tline.Status, line.Message, code = status.UnknownStatus.String(), err.Error(), 1
+\t\t} else {
+\t\t\tline.Status, line.Message = result.Status.String(), result.Message
+\t\t}
+\t\tif err := out.Encode(line); err != nil {
+\t\t\tfail(err)
+\t\t}
+\t}
+\tos.Exit(code)
+}
+
+func fail(err error) {
+\tfmt.Fprintln(os.Stderr, "kstatus:", err)
+\tos.Exit(2)
+}
+"""
+
+
+def _build_kstatus(cache: Path) -> None:
+    go = _find_go()
+    src = cache / "src"
+    src.mkdir(parents=True, exist_ok=True)
+    # Only cli-utils is required: `go mod tidy` then takes k8s.io/apimachinery and the rest at the
+    # versions cli-utils asks for, so the library runs against the dependencies it was released with.
+    (src / "go.mod").write_text(f"module tenantstore.local/kstatus\n\ngo 1.24\n\n"
+                                f"require sigs.k8s.io/cli-utils v{CLI_UTILS_VERSION}\n")
+    (src / "main.go").write_text(_KSTATUS_MAIN_GO)
+    log_path = cache / "build.log"
+    env = {**os.environ, "CGO_ENABLED": "0"}
+    started = time.monotonic()
+    _say(f"building kstatus (cli-utils v{CLI_UTILS_VERSION}) in {src} (cold: about a minute); log: {log_path}")
+    with open(log_path, "w") as log:
+        _run_logged([go, "mod", "tidy"], src, env, log, log_path, "go mod tidy", started)
+        tmp_bin = Path(tempfile.mkdtemp(prefix="bin.", dir=cache))
+        try:
+            _run_logged([go, "build", "-trimpath", "-ldflags=-s -w", "-o", f"{tmp_bin}/kstatus", "."],
+                        src, env, log, log_path, "go build kstatus", started)
+            tmp_bin.chmod(0o755)
+            bin_dir = cache / "bin"
+            if bin_dir.exists():
+                shutil.rmtree(bin_dir)
+            os.rename(tmp_bin, bin_dir)  # publish atomically: readers see a complete binary or none
+        finally:
+            shutil.rmtree(tmp_bin, ignore_errors=True)
+    _say(f"kstatus ready in {cache / 'bin'} after {_minutes(started)}")
 
 
 def _run_logged(cmd: Sequence[str], cwd: Path, env: dict[str, str], log: IO[str],
@@ -815,6 +964,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("build", help="build or locate the binaries and print their directory")
     commands.add_parser("helm", help="build or locate helm and print its path")
+    commands.add_parser("kstatus", help="build or locate kstatus (cli-utils' status library) and print its path")
     up = commands.add_parser("up", help="start a control plane and run until SIGINT/SIGTERM")
     up.add_argument("workdir", type=Path)
     up.add_argument("--timeout", type=float, default=120, help="start-up timeout in seconds")
@@ -825,6 +975,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "helm":
             print(ensure_helm())
+            return 0
+        if args.command == "kstatus":
+            print(ensure_kstatus())
             return 0
         return _cmd_up(args.workdir, args.timeout)
     except ControlPlaneError as error:

@@ -113,8 +113,9 @@ class EmbeddedPostgres:
         socket_dir.mkdir(exist_ok=True)
         if self._run_as():
             shutil.chown(socket_dir, SERVICE_USER)
-        options = (f"-h 127.0.0.1 -p {self.port} -k {socket_dir} -c max_connections=300 -c fsync=off "
-                   "-c shared_preload_libraries=pg_stat_statements")
+        # reserved_connections: the operator still gets in when tenants fill every other slot.
+        options = (f"-h 127.0.0.1 -p {self.port} -k {socket_dir} -c max_connections=300 -c reserved_connections=10 "
+                   "-c fsync=off -c shared_preload_libraries=pg_stat_statements")
         self._pg("pg_ctl", "-D", str(self.datadir), "-l", str(self.workdir / "postgres.log"), "-o", options,
                  "-w", "-t", str(int(timeout)), "start", timeout=timeout + 10)
 
@@ -152,12 +153,18 @@ class EmbeddedPostgres:
             if not conn.execute("SELECT 1 FROM pg_database WHERE datname = %s", (shared_database,)).fetchone():
                 conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
                     sql.Identifier(shared_database), sql.Identifier(admin_role)))
+            # Tenant roles may connect only to their own databases; the admin checks template1's extensions.
+            conn.execute("REVOKE CONNECT ON DATABASE postgres, template1 FROM PUBLIC")
+            conn.execute(sql.SQL("GRANT CONNECT ON DATABASE template1 TO {}").format(sql.Identifier(admin_role)))
+            conn.execute(sql.SQL("GRANT pg_use_reserved_connections TO {}").format(sql.Identifier(admin_role)))
         for database in ("template1", shared_database):
             with psycopg.connect(self.superuser_uri(database), autocommit=True) as conn:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS vector")
         with psycopg.connect(self.superuser_uri(shared_database), autocommit=True) as conn:
-            # Optional: lets the operator count each tenant's daily queries.
+            # Optional: lets the operator count each tenant's daily queries, and forget a deleted tenant's.
             conn.execute("CREATE EXTENSION IF NOT EXISTS pg_stat_statements")
+            conn.execute(sql.SQL("GRANT EXECUTE ON FUNCTION pg_stat_statements_reset(oid, oid, bigint, boolean) TO {}")
+                         .format(sql.Identifier(admin_role)))
         return f"postgresql://{admin_role}:{admin_password}@127.0.0.1:{self.port}/{shared_database}"
 
 

@@ -24,6 +24,16 @@ class StoreClassInvalid(ReconcileError):
     retry_after = 15.0
 
 
+class StoreClassNotAllowed(ReconcileError):
+    """The class's spec.allowedNamespaces does not admit the TenantStore's namespace; nothing is made for it.
+
+    Retried on a schedule so that labelling the namespace (or changing the class) takes effect by itself.
+    """
+
+    reason = "StoreClassNotAllowed"
+    retry_after = 30.0
+
+
 class TenantIdConflict(ReconcileError):
     reason = "TenantIdConflict"
     retry_after = 30.0
@@ -58,3 +68,10 @@ class TierChangeRefused(ReconcileError):
 
     reason = "RelationalMigrationUnsupported"
     retry_after = None
+
+
+class ObjectReplaced(ReconcileError):
+    """Something the operator made was replaced by an object it did not make; the operator will not touch it."""
+
+    reason = "ObjectReplaced"
+    retry_after = 60.0

@@ -12,6 +12,7 @@ from typing import Any
 import kopf
 
 from tenantstore.backends import Step
+from tenantstore.redaction import redact
 
 PROVISIONED = "Provisioned"
 TEARDOWN_VERIFIED = "TeardownVerified"
@@ -47,5 +48,13 @@ def summarize(steps: Sequence[Step]) -> list[Step]:
 def post(body: Mapping[str, Any], steps: Sequence[Step], warning: bool = False) -> None:
     """Post through Kopf's background poster (it never blocks the handler)."""
     for step in summarize(steps):
-        (kopf.warn if warning and step.reason in QUOTA_WARNINGS else kopf.info)(
-            body, reason=step.reason, message=step.message)
+        (warn if warning and step.reason in QUOTA_WARNINGS else info)(body, reason=step.reason, message=step.message)
+
+
+# Every Event the operator posts goes through these two: messages often quote a backend's error.
+def info(body: Mapping[str, Any], reason: str, message: str) -> None:
+    kopf.info(body, reason=reason, message=redact(message))
+
+
+def warn(body: Mapping[str, Any], reason: str, message: str) -> None:
+    kopf.warn(body, reason=reason, message=redact(message))

@@ -13,7 +13,8 @@ from typing import Any
 
 from tenantstore import conditions
 from tenantstore.backends import Step, VectorPlacement
-from tenantstore.kube import WRITES_BLOCKED_ANNOTATION, Secrets, TenantStatuses
+from tenantstore.errors import BackendUnavailable, StoreClassNotAllowed
+from tenantstore.kube import WRITES_BLOCKED_ANNOTATION, NamespaceLabels, Secrets, TenantStatuses
 from tenantstore.models import InvalidResource, StoreClass, TenantStoreSpec, effective_quotas
 from tenantstore.quota import Usage, Verdict, judge
 from tenantstore.reconcile import store_as_provisioned
@@ -45,6 +46,33 @@ def needs_reconcile(store_class: StoreClass, body: Mapping[str, Any]) -> bool:
     """A provisioned tenant whose class changed since it was reconciled (its quotas or isolation may follow)."""
     status = body.get("status") or {}
     return bool(status.get("relational")) and status.get("observedStoreClassGeneration") != store_class.generation
+
+
+async def namespace_labels(store_class: StoreClass, tenants: Sequence[Mapping[str, Any]],
+                           namespaces: NamespaceLabels) -> dict[str, Mapping[str, str]]:
+    """The labels of the namespaces of a class's provisioned tenants, read once each, when the class restricts
+    namespaces (spec.allowedNamespaces); empty otherwise. A namespace that cannot be read is left out."""
+    if not store_class.allowed_namespaces.restricted:
+        return {}
+    wanted = sorted({body["metadata"]["namespace"] for body in tenants if (body.get("status") or {}).get("relational")})
+    found: dict[str, Mapping[str, str]] = {}
+    for name in wanted:
+        try:
+            found[name] = await namespaces.labels(name)
+        except BackendUnavailable as error:
+            logger.warning("StoreClass %s: %s; its tenants there are judged at the next run", store_class.name, error)
+    return found
+
+
+def admission_changed(store_class: StoreClass, body: Mapping[str, Any],
+                      labels_by_namespace: Mapping[str, Mapping[str, str]]) -> bool:
+    """A provisioned tenant whose Ready condition disagrees with whether its namespace is allowed now: the
+    namespace's labels changed, and no spec or class change would otherwise make the operator look again."""
+    labels = labels_by_namespace.get(body["metadata"].get("namespace", ""))
+    if labels is None:
+        return False
+    ready = conditions.find((body.get("status") or {}).get("conditions"), "Ready") or {}
+    return store_class.allowed_namespaces.allows(labels) == (ready.get("reason") == StoreClassNotAllowed.reason)
 
 
 async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, Any]], registry: BackendRegistry,

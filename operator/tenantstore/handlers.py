@@ -3,14 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import copy
+import functools
 import os
 import random
-from collections.abc import Mapping
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, ParamSpec, TypeVar
 
 import kopf
 
-from tenantstore import conditions, events, fleet, kube, metrics, reconcile, tracing
+from tenantstore import conditions, events, fleet, kube, metrics, reconcile, redaction, tracing
 from tenantstore.errors import ReconcileError
 from tenantstore.models import FINALIZER, GROUP, VERSION, InvalidResource, Phase, StoreClass
 from tenantstore.reconcile import ClaimRef, Outcome
@@ -29,6 +30,29 @@ USAGE_INTERVAL_SECONDS = float(os.environ.get("TENANTSTORE_USAGE_INTERVAL", "60"
 MAX_CONCURRENT_RECONCILES = int(os.environ.get("TENANTSTORE_MAX_CONCURRENT_RECONCILES", "32"))
 
 
+Params = ParamSpec("Params")
+Result = TypeVar("Result")
+
+
+class RedactedError(Exception):
+    """An unexpected error from a handler, with its message redacted before Kopf sees it."""
+
+
+def redacted_errors(handler: Callable[Params, Awaitable[Result]]) -> Callable[Params, Awaitable[Result]]:
+    """Kopf logs a failing handler's exception, posts it as an Event and keeps its message in the object's
+    progress annotation, where no log filter reaches: an error that escapes carries only a redacted message
+    (the original stays chained, for the log's traceback, which the log filter redacts)."""
+    @functools.wraps(handler)  # the handler's name is its id in Kopf's progress annotations
+    async def run(*args: Params.args, **kwargs: Params.kwargs) -> Result:
+        try:
+            return await handler(*args, **kwargs)
+        except (kopf.TemporaryError, kopf.PermanentError):
+            raise  # their messages are ours, already redacted
+        except Exception as error:
+            raise RedactedError(redaction.redact(f"{type(error).__name__}: {error}")) from error
+    return run
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
@@ -36,8 +60,10 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="kopf.tenancy.dev", key="last-handled-configuration")
     settings.watching.server_timeout = 300
+    redaction.install_log_filter()  # again here, for operators not started by `tenantstore run`
     memo.api = await kube.api_client()
     memo.secrets = kube.Secrets(memo.api)
+    memo.namespaces = kube.Namespaces(memo.api)
     memo.statuses = kube.TenantStatuses(memo.api)
     memo.backends = BackendRegistry(memo.secrets)
     memo.reconciles = asyncio.Semaphore(MAX_CONCURRENT_RECONCILES)
@@ -91,6 +117,7 @@ def latest_classes(index: kopf.Index[str, Any]) -> dict[str, StoreClass | Invali
 @kopf.on.resume(*TENANTSTORES)
 @kopf.on.create(*TENANTSTORES)
 @kopf.on.update(*TENANTSTORES, field="spec")
+@redacted_errors
 async def reconcile_tenantstore(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
                                 patch: kopf.Patch, memo: kopf.Memo, reason: kopf.Reason,
                                 store_class_index: kopf.Index[str, Any], tenant_id_index: kopf.Index[str, ClaimRef],
@@ -101,26 +128,28 @@ async def reconcile_tenantstore(body: kopf.Body, spec: kopf.Spec, status: kopf.S
     async with memo.reconciles:  # the wait for a turn is not part of the reconcile's span and duration
         with tracing.lifecycle(tracing.CREATE if reason == kopf.Reason.CREATE else tracing.UPDATE, body) as span:
             outcome = await reconcile.reconcile_tenant(body, latest_classes(store_class_index), others, memo.backends,
-                                                       memo.secrets, report=status_reporter(memo, body))
+                                                       memo.secrets, report=status_reporter(memo, body),
+                                                       namespaces=memo.namespaces)
             if outcome.warning is not None:
                 span.set_status(tracing.Status(tracing.StatusCode.ERROR, outcome.warning.reason))
     write(body, patch, outcome)
 
 
 @kopf.on.delete(*TENANTSTORES)
+@redacted_errors
 async def delete_tenantstore(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
                              store_class_index: kopf.Index[str, Any], **_: Any) -> None:
     try:
         async with memo.reconciles:
             with tracing.lifecycle(tracing.DELETE, body):
                 outcome = await reconcile.teardown_tenant(body, latest_classes(store_class_index), memo.backends,
-                                                          memo.secrets)
+                                                          memo.secrets, namespaces=memo.namespaces)
     except ReconcileError as error:
         metrics.RECONCILE_ERRORS.labels(error.reason).inc()
         patch.status["phase"] = Phase.DELETING.value
-        kopf.warn(body, reason=error.reason, message=f"teardown will be retried: {error}")
+        events.warn(body, reason=error.reason, message=f"teardown will be retried: {error}")
         # A temporary error keeps the finalizer; a permanent one would release it and leak the tenant's data.
-        raise kopf.TemporaryError(str(error), delay=error.retry_after or 30) from error
+        raise kopf.TemporaryError(redaction.redact(str(error)), delay=error.retry_after or 30) from error
     events.post(body, outcome.events)
 
 
@@ -128,6 +157,7 @@ async def delete_tenantstore(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo
 @kopf.on.create(*STORECLASSES)
 @kopf.on.update(*STORECLASSES)
 @kopf.timer(*STORECLASSES, interval=STORECLASS_CHECK_INTERVAL_SECONDS, initial_delay=STORECLASS_CHECK_INTERVAL_SECONDS)
+@redacted_errors
 async def check_storeclass(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
                            **_: Any) -> None:
     """Ready when the class's Postgres is reachable and meets the prerequisites (the README lists them)."""
@@ -136,11 +166,13 @@ async def check_storeclass(body: kopf.Body, status: kopf.Status, patch: kopf.Pat
 
 
 @kopf.timer(*STORECLASSES, interval=USAGE_INTERVAL_SECONDS, initial_delay=1.0, backoff=USAGE_INTERVAL_SECONDS)
+@redacted_errors
 async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
                           store_class_index: kopf.Index[str, Any],
                           tenant_id_index: kopf.Index[str, ClaimRef],
                           tenants_by_class: kopf.Index[str, dict[str, Any]], **_: Any) -> None:
-    """Per StoreClass: re-reconcile tenants the class changed under, then measure usage and enforce quotas."""
+    """Per StoreClass: re-reconcile tenants the class (or their namespace's labels, for a class with
+    spec.allowedNamespaces) changed under, then measure usage and enforce quotas."""
     await asyncio.sleep(random.uniform(0, USAGE_INTERVAL_SECONDS / 10))  # jitter: classes don't all fire at once
     classes = latest_classes(store_class_index)
     store_class = classes.get(name)
@@ -148,13 +180,19 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
         return
     tenants = list(tenants_by_class.get(name, ()))
     waiting = tenants + (list(tenants_by_class.get("", ())) if store_class.is_default else [])
+    namespace_labels = await fleet.namespace_labels(store_class, tenants, memo.namespaces)
     for tenant in tenants:
-        if fleet.needs_reconcile(store_class, tenant) and not tenant["metadata"].get("deletionTimestamp"):
+        if tenant["metadata"].get("deletionTimestamp"):
+            continue
+        if fleet.needs_reconcile(store_class, tenant) or fleet.admission_changed(store_class, tenant,
+                                                                                 namespace_labels):
             others = [ref for ref in tenant_id_index.get(tenant["spec"].get("tenantId", ""), ())
                       if ref.uid != tenant["metadata"]["uid"]]
             outcome = await reconcile.reconcile_tenant(tenant, classes, others, memo.backends, memo.secrets,
-                                                       report=status_reporter(memo, tenant))
+                                                       report=status_reporter(memo, tenant),
+                                                       namespaces=memo.namespaces)
             events.post(tenant, outcome.events)
+            warn_on_transition(tenant, outcome)
             changes = outcome.status_patch(tenant.get("status"))
             if changes:
                 await memo.statuses.patch(tenant, changes)
@@ -163,11 +201,11 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
                                              conditions.now_rfc3339())
         pool, flipped = await pool_status(store_class, status, memo.backends, waiting)
     except ReconcileError as error:
-        kopf.warn(body, reason=error.reason, message=f"usage not measured: {error}")
+        events.warn(body, reason=error.reason, message=f"usage not measured: {error}")
         return
     patch.status.update(conditions.status_changes(status, pool))
     for condition in flipped:
-        (kopf.warn if condition.status else kopf.info)(body, reason=condition.reason, message=condition.message)
+        (events.warn if condition.status else events.info)(body, reason=condition.reason, message=condition.message)
     for result in measured:
         events.post(result.body, result.events, warning=result.warning)
 
@@ -198,8 +236,16 @@ def write(body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> None:
     patch.status.update(outcome.status_patch(body.get("status")))
     if outcome.warning is not None:
         metrics.RECONCILE_ERRORS.labels(outcome.warning.reason).inc()
-        previous = conditions.find(body.get("status", {}).get("conditions"), "Ready") or {}
-        if previous.get("reason") != outcome.warning.reason:  # one event per transition, not per retry
-            kopf.warn(body, reason=outcome.warning.reason, message=str(outcome.warning))
+        warn_on_transition(body, outcome)
     if outcome.retry_after is not None:
-        raise kopf.TemporaryError(str(outcome.warning or "retrying"), delay=outcome.retry_after)
+        # Kopf logs this message (and posts the log line as an Event): redacted like everything else.
+        raise kopf.TemporaryError(redaction.redact(str(outcome.warning or "retrying")), delay=outcome.retry_after)
+
+
+def warn_on_transition(body: Mapping[str, Any], outcome: Outcome) -> None:
+    """A Warning Event when the Ready reason turns to the outcome's warning: one per transition, not per retry."""
+    if outcome.warning is None:
+        return
+    previous = conditions.find((body.get("status") or {}).get("conditions"), "Ready") or {}
+    if previous.get("reason") != outcome.warning.reason:
+        events.warn(body, reason=outcome.warning.reason, message=str(outcome.warning))

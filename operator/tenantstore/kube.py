@@ -1,4 +1,4 @@
-"""The few Kubernetes reads and writes the operator makes beyond Kopf's own: Secrets.
+"""The few Kubernetes reads and writes the operator makes beyond Kopf's own: Secrets and Namespace labels.
 
 Tenant Secrets are owner-referenced by their TenantStore and labelled with the tenant id; the operator
 never modifies or deletes a Secret that another object owns.
@@ -10,11 +10,12 @@ import enum
 import os
 import time
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol
 
 from kubernetes_asyncio import client, config
 from kubernetes_asyncio.client.exceptions import ApiException
 
+from tenantstore import redaction
 from tenantstore.errors import BackendUnavailable, SecretConflict, StoreClassInvalid
 from tenantstore.models import API_VERSION, GROUP, TENANT_ID_LABEL, VERSION, SecretKeyRef
 
@@ -79,6 +80,9 @@ class Secrets:
         value = decode(secret.data).get(ref.key)
         if not value:
             raise StoreClassInvalid(f"Secret {ref.namespace}/{ref.name} has no key {ref.key!r}")
+        # Drivers echo pieces of a malformed admin URI in their errors: every log line, Event and span is
+        # scrubbed of this value, and of the password inside it, from now on.
+        redaction.remember(value)
         self._class_values[ref] = (value, time.monotonic())
         return value
 
@@ -179,6 +183,29 @@ class Secrets:
         if not self._is_ours(secret, owner):
             raise SecretConflict(f"Secret {secret.metadata.namespace}/{secret.metadata.name} exists and is not "
                                  f"managed for this TenantStore; set spec.secretName to another name")
+
+
+class NamespaceLabels(Protocol):
+    async def labels(self, name: str) -> Mapping[str, str]:
+        """The labels of a Namespace; BackendUnavailable when they cannot be read."""
+
+
+class Namespaces:
+    """Namespace labels, read only for StoreClasses that admit some namespaces (spec.allowedNamespaces).
+
+    Read when needed rather than watched: classes without the field cost nothing, and a Namespace watch
+    would need list/watch of every namespace in the cluster.
+    """
+
+    def __init__(self, api: client.ApiClient):
+        self.core = client.CoreV1Api(api)
+
+    async def labels(self, name: str) -> dict[str, str]:
+        try:
+            namespace = await self.core.read_namespace(name)
+        except ApiException as error:
+            raise BackendUnavailable(f"cannot read the labels of Namespace {name}: {error.reason}") from error
+        return dict(namespace.metadata.labels or {})
 
 
 class TenantStatuses:

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+from tenantstore.labelselector import InvalidSelector, LabelSelector
+
 GROUP = "tenancy.dev"
 VERSION = "v1alpha1"
 API_VERSION = f"{GROUP}/{VERSION}"
@@ -210,6 +212,45 @@ class PineconeSettings:
                    host=raw.get("host") or "", expose_api_key=bool(raw.get("exposeApiKey", False)))
 
 
+class NamespacesFrom(enum.StrEnum):
+    ALL = "All"
+    SELECTOR = "Selector"
+
+
+@dataclasses.dataclass(frozen=True)
+class AllowedNamespaces:
+    """spec.allowedNamespaces: which namespaces' TenantStores may use a class (Gateway API's allowedRoutes style)."""
+
+    from_: NamespacesFrom = NamespacesFrom.ALL
+    selector: LabelSelector | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> AllowedNamespaces:
+        if not raw:
+            return cls()
+        try:
+            from_ = NamespacesFrom(raw.get("from") or "All")
+        except ValueError:
+            raise InvalidResource(f"spec.allowedNamespaces.from {raw.get('from')!r} must be All or Selector") from None
+        if from_ is NamespacesFrom.ALL:
+            return cls()
+        if raw.get("selector") is None:
+            raise InvalidResource("spec.allowedNamespaces.selector is required when from is Selector")
+        try:
+            return cls(from_, LabelSelector.from_dict(raw["selector"]))
+        except InvalidSelector as error:
+            raise InvalidResource(f"spec.allowedNamespaces.selector: {error}") from None
+
+    @property
+    def restricted(self) -> bool:
+        """Whether a namespace's labels matter at all (so reading them can be skipped when not)."""
+        return self.from_ is NamespacesFrom.SELECTOR
+
+    def allows(self, namespace_labels: Mapping[str, str]) -> bool:
+        # A missing selector matches nothing, as a nil metav1.LabelSelector does.
+        return not self.restricted or (self.selector is not None and self.selector.matches(namespace_labels))
+
+
 @dataclasses.dataclass(frozen=True)
 class StoreClass:
     name: str
@@ -223,6 +264,7 @@ class StoreClass:
     shared_index_keep_empty: bool
     tiers: Mapping[Tier, TierPolicy]
     pinecone: PineconeSettings | None = None  # set when vector_backend is "pinecone"
+    allowed_namespaces: AllowedNamespaces = AllowedNamespaces()
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> StoreClass:
@@ -245,6 +287,7 @@ class StoreClass:
             tiers={tier: TierPolicy.from_dict(tiers_raw.get(tier.value) or {}, DEFAULT_TIERS[tier])
                    for tier in Tier},
             pinecone=PineconeSettings.from_dict(vector.get("pinecone")) if vector_backend == "pinecone" else None,
+            allowed_namespaces=AllowedNamespaces.from_dict(spec.get("allowedNamespaces")),
         )
 
 
@@ -322,6 +365,19 @@ class DesiredStore:
     @property
     def role(self) -> str:
         return backend_name(self.tenant_id)
+
+    @property
+    def owner_namespace(self) -> str:
+        return self.owner.partition("/")[0]
+
+    @property
+    def owner_name(self) -> str:
+        return self.owner.partition("/")[2]
+
+    @property
+    def holding_role(self) -> str:
+        """The NOLOGIN role that owns the tenant's objects while a quota blocks its writes (never the admin)."""
+        return "tenantstore_hold_" + self.tenant_id.replace("-", "_")
 
     @property
     def database(self) -> str:

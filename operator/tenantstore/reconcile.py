@@ -16,9 +16,9 @@ from tenantstore import conditions, migration, tracing
 from tenantstore.backends import RelationalPlacement, Step, VectorPlacement, VectorStore
 from tenantstore.conditions import Condition
 from tenantstore.errors import (BackendUnavailable, IsolationBroken, ReconcileError, SecretConflict,
-                                StoreClassInvalid, StoreClassNotFound, TenantIdConflict, TierChangeRefused,
-                                VectorQuotaExceeded)
-from tenantstore.kube import NOT_READ, SecretDeletion, Secrets, password_in
+                                StoreClassInvalid, StoreClassNotAllowed, StoreClassNotFound, TenantIdConflict,
+                                TierChangeRefused, VectorQuotaExceeded)
+from tenantstore.kube import NOT_READ, NamespaceLabels, SecretDeletion, Secrets, password_in
 from tenantstore.models import (DeletionPolicy, DesiredStore, InvalidResource, Phase, RelationalIsolation,
                                 StoreClass, TenantStoreSpec, VectorIsolation, desired_store, effective_quotas)
 from tenantstore.quota import Usage, Verdict, judge
@@ -31,13 +31,14 @@ PHASE_BY_REASON = {
     VectorQuotaExceeded.reason: Phase.PENDING,
     BackendUnavailable.reason: Phase.PROVISIONING,
     StoreClassInvalid.reason: Phase.FAILED,
+    StoreClassNotAllowed.reason: Phase.FAILED,
     TenantIdConflict.reason: Phase.FAILED,
     SecretConflict.reason: Phase.FAILED,
 }
 
 
 # A tenant that was serving and meets these keeps its phase: it still serves; Ready=False tells the rest.
-KEEPS_PHASE = (BackendUnavailable.reason, TierChangeRefused.reason)
+KEEPS_PHASE = (BackendUnavailable.reason, TierChangeRefused.reason, StoreClassNotAllowed.reason)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -76,6 +77,28 @@ def resolve_store_class(name: str, classes: Mapping[str, StoreClass | InvalidRes
     if isinstance(found, InvalidResource):
         raise StoreClassInvalid(f"StoreClass {name!r} cannot be used: {found}")
     return found
+
+
+async def admitted(store_class: StoreClass, namespace: str, namespaces: NamespaceLabels) -> bool:
+    """Whether the class's spec.allowedNamespaces admits the namespace (read only when the class restricts)."""
+    if not store_class.allowed_namespaces.restricted:
+        return True
+    with tracing.backend_call("kubernetes", "read_namespace"):
+        labels = await namespaces.labels(namespace)
+    return store_class.allowed_namespaces.allows(labels)
+
+
+async def check_admitted(store_class: StoreClass, namespace: str, namespaces: NamespaceLabels,
+                         provisioned: bool) -> None:
+    """Before any backend call, so a namespace the class refuses never gets anything made for it."""
+    if await admitted(store_class, namespace, namespaces):
+        return
+    kept = "; the tenant was provisioned before: its data and credentials are kept, nothing is torn down" \
+        if provisioned else "; nothing is made for it"
+    raise StoreClassNotAllowed(
+        f"StoreClass {store_class.name} does not allow namespace {namespace}: the namespace's labels do not match "
+        f"spec.allowedNamespaces.selector ({store_class.allowed_namespaces.selector}){kept}. Label the namespace "
+        f"or use another StoreClass")
 
 
 def check_claim(tenant_id: str, me: ClaimRef, claims: Sequence[ClaimRef]) -> None:
@@ -117,7 +140,7 @@ async def no_report(changes: dict[str, Any]) -> None:
 
 async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreClass | InvalidResource],
                            claims: Sequence[ClaimRef], registry: BackendRegistry, secrets: Secrets,
-                           report: migration.Report = no_report) -> Outcome:
+                           report: migration.Report = no_report, *, namespaces: NamespaceLabels) -> Outcome:
     """`report` writes status while a long step (a migration) runs; the returned Outcome is the final word."""
     meta = body["metadata"]
     generation = meta.get("generation", 0)
@@ -125,6 +148,7 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
     try:
         spec = TenantStoreSpec.from_body(body)
         store_class = resolve_store_class(spec.store_class_name, classes)
+        await check_admitted(store_class, meta["namespace"], namespaces, provisioned=bool(current.get("relational")))
         check_claim(spec.tenant_id, claim_ref(body), claims)
         # Writes stay blocked while the last measured usage is over a Block quota (the measurement job decides).
         verdict = judge(Usage.from_status(current.get("usage")), effective_quotas(spec, store_class)[0],
@@ -240,7 +264,7 @@ async def run_move(vectors: VectorStore, store: DesiredStore, move: migration.Mo
 
 async def probe_isolation(vectors: VectorStore, store: DesiredStore, placement: VectorPlacement) -> list[Step]:
     """Once, when a tenant joins a shared index: look through its eyes and make sure it sees only its own rows."""
-    with tracing.TRACER.start_as_current_span(tracing.SEARCH, attributes={
+    with tracing.child_span(tracing.SEARCH, {
             "gen_ai.operation.name": tracing.SEARCH, "gen_ai.provider.name": vectors.backend,
             "gen_ai.memory.store.id": store.tenant_id, "gen_ai.memory.namespace": placement.namespace,
             "gen_ai.memory.scope": "tenant", "gen_ai.memory.type": "long_term", "tenancy.tenant_id": store.tenant_id}):
@@ -299,7 +323,7 @@ def store_as_provisioned(spec: TenantStoreSpec, store_class: StoreClass, body: M
 
 
 async def teardown_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreClass | InvalidResource],
-                          registry: BackendRegistry, secrets: Secrets) -> Outcome:
+                          registry: BackendRegistry, secrets: Secrets, *, namespaces: NamespaceLabels) -> Outcome:
     """The finalizer's work. Raises ReconcileError (the finalizer stays) until everything is verifiably gone."""
     meta, current = body["metadata"], body.get("status") or {}
     namespace = meta["namespace"]
@@ -312,6 +336,10 @@ async def teardown_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreCl
     except (StoreClassNotFound, StoreClassInvalid):
         if current.get("relational"):
             raise  # it was provisioned: keep the finalizer until the class is back, or the data would leak
+        return Outcome(status={}, events=[])
+    if not current.get("relational") and not await admitted(store_class, namespace, namespaces):
+        # Never provisioned, and refused: reconciles stop at the namespace check, before any backend call, so
+        # there is nothing to remove (the same judgement as for a class that is gone, above).
         return Outcome(status={}, events=[])
     store = store_as_provisioned(spec, store_class, body)
     backends = await registry.for_class(store_class)

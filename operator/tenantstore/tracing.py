@@ -20,6 +20,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanProcessor
 from opentelemetry.trace import Span, Status, StatusCode
 
 from tenantstore import metrics
+from tenantstore.redaction import describe_exception, redact
 
 TRACER = trace.get_tracer("tenantstore")
 _tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="")
@@ -70,12 +71,31 @@ def lifecycle(operation: str, body: Mapping[str, Any]) -> Iterator[Span]:
             yield span
         except BaseException as error:
             result = "error"
-            span.record_exception(error)
+            record_error(span, error)
             span.set_status(Status(StatusCode.ERROR, type(error).__name__))
             raise
         finally:
             metrics.RECONCILE_DURATION.labels(operation, result).observe(time.monotonic() - started)
             _tenant.reset(token)
+
+
+def record_error(span: Span, error: BaseException) -> None:
+    """The SDK's exception event with its message and stack trace redacted (they quote drivers' errors)."""
+    span.record_exception(error, attributes={"exception.message": redact(str(error)),
+                                             "exception.stacktrace": describe_exception(error)})
+
+
+@contextlib.contextmanager
+def child_span(name: str, attributes: Mapping[str, str]) -> Iterator[Span]:
+    """A child span that records an escaping exception redacted (the SDK's own recording would not be)."""
+    with TRACER.start_as_current_span(name, attributes=dict(attributes), record_exception=False,
+                                      set_status_on_exception=False) as current:
+        try:
+            yield current
+        except BaseException as error:
+            record_error(current, error)
+            current.set_status(Status(StatusCode.ERROR, redact(f"{type(error).__name__}: {error}")))
+            raise
 
 
 def annotate(attributes: Mapping[str, str]) -> None:
@@ -86,10 +106,10 @@ def annotate(attributes: Mapping[str, str]) -> None:
 @contextlib.contextmanager
 def backend_call(backend: str, operation: str) -> Iterator[Span]:
     started = time.monotonic()
-    with TRACER.start_as_current_span(f"{backend} {operation}", attributes={
-            "gen_ai.provider.name": backend, "tenancy.backend.operation": operation}) as span:
+    with child_span(f"{backend} {operation}",
+                    {"gen_ai.provider.name": backend, "tenancy.backend.operation": operation}) as current:
         try:
-            yield span
+            yield current
         finally:
             metrics.BACKEND_DURATION.labels(backend, operation).observe(time.monotonic() - started)
 

@@ -149,3 +149,26 @@ async def test_a_leftover_policy_of_the_role_does_not_stop_its_placement(server:
     for store in (stale, tenant("warm")):
         await PgvectorStore(server).teardown(store)
         await PostgresRelationalStore(server).teardown(store)
+
+
+async def test_teardown_forgets_the_tenant_in_the_operators_records_and_statistics(
+        server: PostgresServer, postgres) -> None:
+    store = tenant("forgotten")
+    relational, vector, _ = await provision(server, store, "forgotten-pw")
+    with psycopg.connect(tenant_uri(server, relational, "forgotten-pw"), autocommit=True) as conn:
+        conn.execute(f"SELECT count(*) FROM {vector.table} WHERE id = 'a-query-text-to-forget'")
+    await PostgresRelationalStore(server).measure([store])  # writes its daily-query baseline
+    with psycopg.connect(postgres.superuser_uri("tenants"), autocommit=True) as conn:
+        oid = conn.execute("SELECT oid FROM pg_roles WHERE rolname = 'tenant_forgotten'").fetchone()[0]
+        assert conn.execute("SELECT count(*) FROM pg_stat_statements WHERE userid = %s", (oid,)).fetchone()[0] > 0
+        assert conn.execute("SELECT count(*) FROM tenantstore.daily_query_baseline "
+                            "WHERE role = 'tenant_forgotten'").fetchone()[0] == 1
+
+    await PgvectorStore(server).teardown(store)
+    await PostgresRelationalStore(server).teardown(store)
+    assert await PostgresRelationalStore(server).residue(store) == []
+    with psycopg.connect(postgres.superuser_uri("tenants"), autocommit=True) as conn:
+        assert conn.execute("SELECT count(*) FROM pg_stat_statements WHERE userid = %s", (oid,)).fetchone()[0] == 0
+        for table in ("claims", "daily_query_baseline"):
+            assert conn.execute(f"SELECT count(*) FROM tenantstore.{table} "
+                                "WHERE role = 'tenant_forgotten'").fetchone()[0] == 0

@@ -2,11 +2,16 @@
 from __future__ import annotations
 
 import base64
+import functools
+import json
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import psycopg
 
-from tenantstore.devenv import ADMIN_SECRET, OPERATOR_NAMESPACE, Kubectl, LocalEnvironment, wait_for
+from tenantstore.devcluster import ensure_kstatus
+from tenantstore.devenv import ADMIN_SECRET, OPERATOR_NAMESPACE, Kubectl, KubectlError, LocalEnvironment, wait_for
 
 DEFAULT_CLASS = "standard"
 # Namespaces the shared `operator` fixture leaves alone, for tests that run operators of their own.
@@ -69,3 +74,25 @@ def wait_for_condition(kubectl: Kubectl, namespace: str, name: str, type_: str, 
 def wait_until_gone(kubectl: Kubectl, kind: str, name: str, namespace: str | None = None,
                     timeout: float = 90) -> None:
     wait_for(f"{kind} {namespace}/{name} to be deleted", lambda: kubectl.get(kind, name, namespace) is None, timeout)
+
+
+@functools.cache
+def kstatus_binary() -> Path:
+    return ensure_kstatus()  # $KSTATUS, or built once from cli-utils and cached like helm
+
+
+def kstatus(kubectl: Kubectl, kind: str, name: str, namespace: str) -> str:
+    """cli-utils' kstatus verdict on the object as the API server has it now (Current, InProgress, Failed, ...).
+
+    An object that does not exist is NotFound, as kstatus's own pollers report it.
+    """
+    try:
+        body = kubectl("get", kind, name, "-n", namespace, "-o", "json")
+    except KubectlError as error:
+        if "NotFound" in error.stderr:
+            return "NotFound"
+        raise
+    result = subprocess.run([str(kstatus_binary())], input=body, capture_output=True, text=True, timeout=30)
+    assert result.returncode == 0, f"kstatus failed on {kind} {namespace}/{name}: {result.stderr or result.stdout}"
+    (line,) = result.stdout.splitlines()
+    return json.loads(line)["status"]

@@ -36,6 +36,7 @@ DEFAULT_KINDS = {"ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role", 
 # Exactly what the operator calls (Kopf and tenantstore.kube), cluster-wide mode.
 CLUSTER_RULES = [
     {"apiGroups": ["apiextensions.k8s.io"], "resources": ["customresourcedefinitions"], "verbs": ["list", "watch"]},
+    {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
     {"apiGroups": ["tenancy.dev"], "resources": ["storeclasses"], "verbs": ["list", "watch", "patch"]},
     {"apiGroups": ["tenancy.dev"], "resources": ["storeclasses/status"], "verbs": ["patch"]},
     {"apiGroups": ["tenancy.dev"], "resources": ["tenantstores"], "verbs": ["list", "watch", "patch"]},
@@ -247,12 +248,14 @@ NEEDED = [
     *[(verb, "secrets", *IN_TENANTS) for verb in ("get", "create", "update", "patch", "delete")],
     ("get", "secrets/pg-admin", "-n", "tenantstore-system"),
     ("create", "events", *IN_TENANTS), ("list", "customresourcedefinitions"), ("watch", "customresourcedefinitions"),
+    ("get", "namespaces"),  # labels, for StoreClasses with spec.allowedNamespaces
     ("create", "leases.coordination.k8s.io", *IN_RELEASE),
     ("get", "leases.coordination.k8s.io/tenantstore-operator", *IN_RELEASE),
     ("update", "leases.coordination.k8s.io/tenantstore-operator", *IN_RELEASE),
 ]
 REFUSED = [
-    ("*", "*", *ANYWHERE), ("delete", "namespaces"), ("create", "namespaces"), ("get", "pods", *IN_TENANTS),
+    ("*", "*", *ANYWHERE), ("delete", "namespaces"), ("create", "namespaces"), ("list", "namespaces"),
+    ("watch", "namespaces"), ("patch", "namespaces"), ("get", "pods", *IN_TENANTS),
     ("create", "pods", *IN_TENANTS), ("delete", "pods", *IN_RELEASE), ("get", "configmaps", *IN_RELEASE),
     ("list", "secrets", *ANYWHERE), ("watch", "secrets", *IN_TENANTS),  # by name only: it cannot enumerate Secrets
     ("create", "tenantstores.tenancy.dev", *IN_TENANTS), ("delete", "tenantstores.tenancy.dev", *IN_TENANTS),

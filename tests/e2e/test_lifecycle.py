@@ -5,7 +5,7 @@ import json
 
 import psycopg
 import pytest
-from e2e_kit import (superuser, tenant_secret, tenant_store, wait_for_condition, wait_until_gone)
+from e2e_kit import (condition, superuser, tenant_secret, tenant_store, wait_for_condition, wait_until_gone)
 
 from tenantstore.devenv import Kubectl, LocalEnvironment, OperatorProcess
 
@@ -76,7 +76,7 @@ def test_secret_logs_in_as_the_tenant_and_sees_only_its_own_data(kubectl: Kubect
 
     free, pro = secrets["free"], secrets["pro"]
     with psycopg.connect(free["uri"], autocommit=True) as conn:
-        # The shared table without a filter: row-level security hides every other tenant's rows.
+        # Its partition of the shared index without a filter: only its own rows.
         rows = conn.execute(f"SELECT namespace, id FROM {free['vectorTable']}").fetchall()
         assert rows == [("t-free", "free-doc")]
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -85,8 +85,12 @@ def test_secret_logs_in_as_the_tenant_and_sees_only_its_own_data(kubectl: Kubect
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             conn.execute(f"INSERT INTO {free['vectorTable']} (namespace, id, embedding) VALUES ('t-pro', 'x', '[1,1,1]')")
     with psycopg.connect(free["uri"], autocommit=True) as conn:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            conn.execute(f"UPDATE {free['vectorTable']} SET namespace = 't-pro'")  # moving rows out is refused too
+        # Moving rows out is refused too (the partition's bound stops it before row-level security does).
+        with pytest.raises((psycopg.errors.InsufficientPrivilege, psycopg.errors.CheckViolation)):
+            conn.execute(f"UPDATE {free['vectorTable']} SET namespace = 't-pro'")
+    with psycopg.connect(free["uri"], autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):  # the shared table itself grants it nothing
+            conn.execute(f"SELECT count(*) FROM tenantstore_vectors.{free['vectorIndex'].replace('-', '_')}")
     enterprise_db = free["uri"].rsplit("/", 1)[0] + "/" + secrets["enterprise"]["database"]
     with pytest.raises(psycopg.OperationalError, match="permission denied"):
         psycopg.connect(enterprise_db)
@@ -165,3 +169,33 @@ def test_retain_keeps_the_data_and_a_new_store_adopts_it(env: LocalEnvironment, 
     kubectl("delete", "tenantstore", "keeper", "-n", namespace, "--timeout=60s")
     with superuser(env) as conn:
         assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'tenant_keeper'").fetchone() is None
+
+
+def test_retained_data_is_adopted_only_in_its_own_namespace(env: LocalEnvironment, kubectl: Kubectl,
+                                                            operator: OperatorProcess, namespace: str) -> None:
+    kubectl.apply(tenant_store("vault", namespace, "vault", deletionPolicy="Retain"))
+    wait_for_condition(kubectl, namespace, "vault", "Ready", "True")
+    secret = tenant_secret(kubectl, namespace, "vault-store")
+    with psycopg.connect(secret["uri"], autocommit=True) as conn:
+        conn.execute("CREATE TABLE tenant_vault.ledger (entry text)")
+        conn.execute("INSERT INTO tenant_vault.ledger VALUES ('precious')")
+    kubectl("delete", "tenantstore", "vault", "-n", namespace, "--timeout=60s")
+
+    intruder = f"{namespace[:40]}-elsewhere"
+    kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": intruder}})
+    kubectl.apply(tenant_store("vault", intruder, "vault", deletionPolicy="Delete"))
+    refused = wait_for_condition(kubectl, intruder, "vault", "Ready", "False", reason="TenantIdConflict")
+    assert namespace not in condition(refused, "Ready")["message"]  # another namespace's names are not told
+    assert kubectl.get("secret", "vault-store", intruder) is None
+    # Deleting the refused TenantStore touches nothing of the retained tenant.
+    kubectl("delete", "tenantstore", "vault", "-n", intruder, "--timeout=60s")
+    with psycopg.connect(secret["uri"], autocommit=True) as conn:  # the kept password still logs in
+        assert conn.execute("SELECT entry FROM tenant_vault.ledger").fetchall() == [("precious",)]
+
+    kubectl.apply(tenant_store("vault", namespace, "vault"))  # its own namespace adopts it
+    wait_for_condition(kubectl, namespace, "vault", "Ready", "True")
+    assert tenant_secret(kubectl, namespace, "vault-store")["password"] == secret["password"]
+    kubectl("delete", "tenantstore", "vault", "-n", namespace, "--timeout=60s")
+    with superuser(env) as conn:
+        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'tenant_vault'").fetchone() is None
+        assert conn.execute("SELECT 1 FROM tenantstore.claims WHERE role = 'tenant_vault'").fetchone() is None

@@ -13,7 +13,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tenantstore import reconcile, tracing
 from tenantstore.devenv import Kubectl, LocalEnvironment, OperatorProcess, wait_for
-from tenantstore.kube import Secrets
+from tenantstore.kube import Namespaces, Secrets
 from tenantstore.models import StoreClass
 from tenantstore.registry import BackendRegistry
 
@@ -87,11 +87,12 @@ async def test_a_reconcile_is_one_span_with_a_child_per_backend_call(env: LocalE
     classes = {default_class: StoreClass.from_body(kubectl.get("storeclass", default_class))}
     try:
         with tracing.lifecycle(tracing.CREATE, body):
-            outcome = await reconcile.reconcile_tenant(body, classes, [], registry, secrets)
+            outcome = await reconcile.reconcile_tenant(body, classes, [], registry, secrets,
+                                                       namespaces=Namespaces(api))
         assert outcome.status["phase"] == "Ready"
         body["status"] = outcome.status
         with tracing.lifecycle(tracing.DELETE, body):
-            await reconcile.teardown_tenant(body, classes, registry, secrets)
+            await reconcile.teardown_tenant(body, classes, registry, secrets, namespaces=Namespaces(api))
     finally:
         await registry.close()
         await api.close()

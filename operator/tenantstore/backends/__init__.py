@@ -22,6 +22,15 @@ class Step:
 
 
 @dataclasses.dataclass(frozen=True)
+class Drift:
+    """Something of a provisioned tenant that is no longer as the operator made it."""
+
+    kind: str  # becomes the Ready reason while it lasts, e.g. SchemaMissing
+    message: str
+    holds_data: bool = False  # what is gone held the tenant's data: re-made, it is empty
+
+
+@dataclasses.dataclass(frozen=True)
 class RelationalPlacement:
     host: str
     port: int
@@ -91,7 +100,7 @@ class RelationalStore(Protocol):
         """Make the role (with this password when created or when the password is new) and its schema or database."""
 
     async def owner_of(self, store: DesiredStore) -> str | None:
-        """The uid of the TenantStore that claimed this tenant's role; None when free or absent."""
+        """The uid of the TenantStore that claimed this tenant's role; None when absent; a marker when retained."""
 
     async def teardown(self, store: DesiredStore) -> list[Step]:
         """End the tenant's sessions, drop its schema or database, then its role."""
@@ -110,6 +119,12 @@ class RelationalStore(Protocol):
 
     async def measure(self, stores: Sequence[DesiredStore]) -> dict[str, RelationalUsage]:
         """Usage per tenant id, measured in a few queries for all of them."""
+
+    async def verify(self, stores: Sequence[DesiredStore]) -> dict[str, list[Drift]]:
+        """Drift per tenant id (absent: as made), checked in a few queries for all of them."""
+
+    async def credentials_work(self, store: DesiredStore, password: str) -> bool | None:
+        """Whether the tenant's role logs in with this password; None when it cannot be told now."""
 
 
 class VectorStore(Protocol):
@@ -155,3 +170,6 @@ class VectorStore(Protocol):
 
     async def preflight(self) -> list[Step]:
         ...
+
+    async def verify(self, tenants: Sequence[tuple[DesiredStore, VectorPlacement]]) -> dict[str, list[Drift]]:
+        """Drift per tenant id of its namespace or index, its policy and grants (absent: as made)."""

@@ -1,28 +1,35 @@
 """VectorStore on pgvector, in the same Postgres as the tenant's relational store.
 
 namespace isolation: shared indexes are partitioned tables `tenantstore_vectors.shared_<dim>_<metric>_<n>`
-(LIST-partitioned by namespace, owned by the admin role). A tenant gets one partition, a row-level-security
-policy that lets its role see and write only rows of its namespace, and DML grants on the parent table
-only, so it cannot reach the partitions directly.
-dedicated isolation: a `vectors` table in the tenant's own schema (or its own database's public schema).
+(LIST-partitioned by namespace, owned by the admin role). A tenant gets one partition, named after its
+role, and works in it directly: DML on its own partition, a row-level-security policy there that admits
+only its namespace, and no privilege at all on the shared parent, so it can neither read past its
+namespace nor lock the table every other tenant of the index uses. Row-level security is forced on the
+parent and on every partition; the admin reads through a policy of its own.
+dedicated isolation: a `vectors` table in the tenant's own schema (or its own database's public schema),
+owned by the admin. The tenant owns that schema and could put something else under the name, so the
+admin checks what it is (under a lock) before it reads or writes there.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from tenantstore.backends import SharedIndex, Step, VectorPlacement, VectorRecord, VectorUsage
-from tenantstore.backends.postgres import PostgresServer, execute_at_once, fetch_one
-from tenantstore.errors import BackendUnavailable
+from tenantstore.backends import Drift, SharedIndex, Step, VectorPlacement, VectorRecord, VectorUsage, bookkeeping
+from tenantstore.backends.postgres import PostgresServer, execute_at_once, extension_schema, fetch_one
+from tenantstore.errors import BackendUnavailable, ObjectReplaced
 from tenantstore.models import DesiredStore, Metric, VectorIsolation, dedicated_index_name, shared_index_name
 
 SHARED_SCHEMA = "tenantstore_vectors"
 DEDICATED_TABLE = "vectors"
+# The admin's own policy on every shared table and partition (row-level security is forced on them).
+OPERATOR_POLICY = "tenantstore_operator"
 # Reads and deletes stay while a quota blocks writes, so a tenant can always clean up to get back under it.
 READ_PRIVILEGES = ("SELECT", "DELETE")
 WRITE_PRIVILEGES = ("INSERT", "UPDATE")
@@ -30,6 +37,8 @@ WRITE_PRIVILEGES = ("INSERT", "UPDATE")
 HNSW_MAX_DIMENSIONS = 2000
 OPERATOR_CLASSES = {Metric.COSINE: "vector_cosine_ops", Metric.EUCLIDEAN: "vector_l2_ops",
                     Metric.DOTPRODUCT: "vector_ip_ops"}
+# The usage job waits this long for a partition a tenant has locked, then counts the rest without it.
+MEASURE_LOCK_WAIT = "1s"
 
 
 def shared_table_prefix(dimension: int, metric: Metric) -> str:
@@ -39,6 +48,10 @@ def shared_table_prefix(dimension: int, metric: Metric) -> str:
 def partition_name(store: DesiredStore) -> str:
     # A tenant lives in at most one shared index, so its role name is a unique partition name.
     return store.role
+
+
+def placement_lock(dimension: int, metric: str) -> str:
+    return f"placement:{dimension}:{metric}"
 
 
 class PgvectorStore:
@@ -52,7 +65,7 @@ class PgvectorStore:
         # Tenant databases are copies of template1, so it needs the extension as much as the shared database.
         for database in (self.server.shared_database, "template1"):
             async with self.server.connect(database) as conn:
-                if not await fetch_one(conn, "SELECT 1 FROM pg_extension WHERE extname = 'vector'"):
+                if await extension_schema(conn, "vector") is None:
                     problems.append(Step("VectorExtensionMissing", f"the vector extension is not installed in "
                                                                    f"database {database} (a superuser must run "
                                                                    f"CREATE EXTENSION vector there)"))
@@ -66,58 +79,53 @@ class PgvectorStore:
     # --- namespace isolation: a partition of a shared index ---
 
     async def _ensure_namespace(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
-        try:
-            table, steps = await self._place_namespace(store, at_once=True)
-        except psycopg.errors.DuplicateObject:  # a policy of the role's outlived its partition: go step by step
-            table, steps = await self._place_namespace(store, at_once=False)
-        return VectorPlacement(backend=self.backend, index=index_name_of(table), namespace=store.tenant_id,
-                               table=f"{SHARED_SCHEMA}.{table}"), steps
-
-    async def _place_namespace(self, store: DesiredStore, at_once: bool) -> tuple[str, list[Step]]:
         steps: list[Step] = []
         async with self.server.connect() as conn:
             async with conn.transaction():
-                # One placement at a time per (dimension, metric), across operator replicas: no index over capacity.
-                await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                                   (f"tenantstore:placement:{store.dimension}:{store.metric.value}",))
                 table = await self._current_shared_table(conn, store)
-                if table is not None:
-                    return table, await self._ensure_namespace_access(conn, store, table)
-                table, created = await self._table_with_room(conn, store)
-                if created:
-                    steps.append(Step("SharedIndexCreated", f"shared index {index_name_of(table)} created"))
-                partition = sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES IN ({})").format(
-                    sql.Identifier(SHARED_SCHEMA, partition_name(store)), sql.Identifier(SHARED_SCHEMA, table),
-                    sql.Literal(store.tenant_id))
-                steps.append(Step("NamespaceCreated", f"namespace {store.tenant_id} placed in shared index "
-                                                      f"{index_name_of(table)}"))
-                if at_once:
-                    # Every free or pro tenant waits for this lock: a new namespace's DDL goes in one round trip.
-                    await execute_at_once(conn, [partition, *self._new_namespace_access(store, table)])
-                    steps += self._new_namespace_access_steps(store, table)
+                if table is None:
+                    # One placement at a time per (dimension, metric), across operator replicas: no index over
+                    # capacity. The lock is a row of the operator's bookkeeping: no tenant can take or hold it.
+                    await bookkeeping.hold_lock(conn, placement_lock(store.dimension, store.metric.value))
+                    table = await self._current_shared_table(conn, store)
+                if table is None:
+                    table, created = await self._table_with_room(conn, store)
+                    if created:
+                        steps.append(Step("SharedIndexCreated", f"shared index {index_name_of(table)} created"))
+                    # Every free or pro tenant of the index waits for this: its DDL goes in one round trip.
+                    await execute_at_once(conn, self._new_partition(store, table))
+                    steps.append(Step("NamespaceCreated", f"namespace {store.tenant_id} placed in shared index "
+                                                          f"{index_name_of(table)}"))
+                    steps += self._new_partition_steps(store, table)
                 else:
-                    await conn.execute(partition)
                     steps += await self._ensure_namespace_access(conn, store, table)
-        return table, steps
+        return self._shared_placement(store, table), steps
+
+    def _shared_placement(self, store: DesiredStore, table: str) -> VectorPlacement:
+        return VectorPlacement(backend=self.backend, index=index_name_of(table), namespace=store.tenant_id,
+                               table=f"{SHARED_SCHEMA}.{partition_name(store)}")
 
     @staticmethod
-    def _new_namespace_access(store: DesiredStore, table: str) -> list[sql.Composable]:
-        """What _ensure_namespace_access would do for a role with no policy or grant on this table yet."""
-        qualified, role, namespace = sql.Identifier(SHARED_SCHEMA, table), sql.Identifier(store.role), \
-            sql.Literal(store.tenant_id)
+    def _new_partition(store: DesiredStore, table: str) -> list[sql.Composable]:
+        partition, role = sql.Identifier(SHARED_SCHEMA, partition_name(store)), sql.Identifier(store.role)
+        namespace = sql.Literal(store.tenant_id)
         privileges = READ_PRIVILEGES + (WRITE_PRIVILEGES if store.writes_allowed else ())
-        return [sql.SQL("CREATE POLICY {} ON {} FOR ALL TO {} USING (namespace = {}) WITH CHECK (namespace = {})")
-                .format(role, qualified, role, namespace, namespace),
+        return [sql.SQL("CREATE TABLE {} PARTITION OF {} FOR VALUES IN ({})").format(
+                    partition, sql.Identifier(SHARED_SCHEMA, table), namespace),
+                *forced_row_security(partition),
+                sql.SQL("CREATE POLICY {} ON {} FOR ALL TO {} USING (namespace = {}) WITH CHECK (namespace = {})")
+                .format(role, partition, role, namespace, namespace),
                 sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(SHARED_SCHEMA), role),
                 sql.SQL("GRANT {} ON {} TO {}").format(sql.SQL(", ").join(sql.SQL(p) for p in sorted(privileges)),
-                                                       qualified, role)]
+                                                       partition, role)]
 
     @staticmethod
-    def _new_namespace_access_steps(store: DesiredStore, table: str) -> list[Step]:
+    def _new_partition_steps(store: DesiredStore, table: str) -> list[Step]:
         granted = "read and write" if store.writes_allowed else "read and delete (writes blocked until under quota)"
         return [Step("NamespaceIsolated", f"row-level security policy limits {store.role} to namespace "
-                                          f"{store.tenant_id}"),
-                Step("VectorAccessGranted", f"{store.role} may {granted} its vectors in {SHARED_SCHEMA}.{table}")]
+                                          f"{store.tenant_id}; the shared table grants it nothing"),
+                Step("VectorAccessGranted", f"{store.role} may {granted} its vectors in "
+                                            f"{SHARED_SCHEMA}.{partition_name(store)} (shared index {index_name_of(table)})")]
 
     async def _current_shared_table(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> str | None:
         row = await fetch_one(conn, """
@@ -155,36 +163,61 @@ class PgvectorStore:
         if not await fetch_one(conn, "SELECT 1 FROM pg_namespace WHERE nspname = %s", SHARED_SCHEMA):
             await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SHARED_SCHEMA)))
         qualified = sql.Identifier(SHARED_SCHEMA, table)
+        vector_type = await vector_type_of(conn, store.dimension)
         await conn.execute(sql.SQL("""
             CREATE TABLE {} (
                 namespace text NOT NULL,
                 id text NOT NULL,
-                embedding vector({}) NOT NULL,
+                embedding {} NOT NULL,
                 metadata jsonb NOT NULL DEFAULT '{{}}',
                 PRIMARY KEY (namespace, id)
-            ) PARTITION BY LIST (namespace)""").format(qualified, sql.Literal(store.dimension)))
-        await conn.execute(sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY").format(qualified))
+            ) PARTITION BY LIST (namespace)""").format(qualified, vector_type))
+        await execute_at_once(conn, forced_row_security(qualified))
         await self._create_ann_index(conn, qualified, store)
 
     async def _create_ann_index(self, conn: psycopg.AsyncConnection[Any], table: sql.Identifier,
                                 store: DesiredStore) -> None:
         if store.dimension <= HNSW_MAX_DIMENSIONS:
+            schema = await extension_schema(conn, "vector")
             await conn.execute(sql.SQL("CREATE INDEX ON {} USING hnsw (embedding {})").format(
-                table, sql.SQL(OPERATOR_CLASSES[store.metric])))
+                table, sql.Identifier(schema or "public", OPERATOR_CLASSES[store.metric])))
 
     async def _ensure_namespace_access(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore,
                                        table: str) -> list[Step]:
         steps: list[Step] = []
-        qualified, role = sql.Identifier(SHARED_SCHEMA, table), sql.Identifier(store.role)
-        policy = await fetch_one(conn, "SELECT 1 FROM pg_policies WHERE schemaname = %s AND tablename = %s "
-                                       "AND policyname = %s", SHARED_SCHEMA, table, store.role)
-        if policy is None:
+        partition, role = sql.Identifier(SHARED_SCHEMA, partition_name(store)), sql.Identifier(store.role)
+        row = await (await conn.execute("""
+            SELECT c.relforcerowsecurity AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid
+                                                        AND p.polname = %(operator)s) AS forced,
+                   EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = %(role)s) AS policy,
+                   (SELECT t.relforcerowsecurity AND EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = t.oid
+                                                              AND p.polname = %(operator)s)
+                      FROM pg_class t WHERE t.relname = %(parent)s AND t.relnamespace = c.relnamespace) AS parent_forced,
+                   EXISTS (SELECT 1 FROM pg_policy p JOIN pg_class t ON t.oid = p.polrelid
+                            WHERE t.relname = %(parent)s AND t.relnamespace = c.relnamespace
+                              AND p.polname = %(role)s) AS parent_policy,
+                   has_table_privilege(%(role)s, format('%%I.%%I', %(schema)s::text, %(parent)s::text),
+                                       'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER') AS parent_access
+              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+             WHERE n.nspname = %(schema)s AND c.relname = %(partition)s""",
+            {"role": store.role, "operator": OPERATOR_POLICY, "schema": SHARED_SCHEMA, "parent": table,
+             "partition": partition_name(store)})).fetchone()
+        parent = sql.Identifier(SHARED_SCHEMA, table)
+        if row["parent_access"] or row["parent_policy"] or not row["parent_forced"]:
+            # Placed by an older release, which let tenants use the shared table itself: now only their partition.
+            await execute_at_once(conn, [
+                sql.SQL("REVOKE ALL ON {} FROM {}").format(parent, role),
+                *([sql.SQL("DROP POLICY {} ON {}").format(role, parent)] if row["parent_policy"] else []),
+                *(forced_row_security(parent) if not row["parent_forced"] else [])])
+        if not (row["forced"] and row["policy"]):
             namespace = sql.Literal(store.tenant_id)
-            await conn.execute(sql.SQL("CREATE POLICY {} ON {} FOR ALL TO {} USING (namespace = {}) "
-                                       "WITH CHECK (namespace = {})").format(role, qualified, role, namespace, namespace))
+            await execute_at_once(conn, [
+                *(forced_row_security(partition) if not row["forced"] else []),
+                *([sql.SQL("CREATE POLICY {} ON {} FOR ALL TO {} USING (namespace = {}) WITH CHECK (namespace = {})")
+                   .format(role, partition, role, namespace, namespace)] if not row["policy"] else [])])
             steps.append(Step("NamespaceIsolated", f"row-level security policy limits {store.role} to namespace "
-                                                   f"{store.tenant_id}"))
-        steps += await self._ensure_grants(conn, store, SHARED_SCHEMA, table)
+                                                   f"{store.tenant_id}; the shared table grants it nothing"))
+        steps += await self._ensure_grants(conn, store, SHARED_SCHEMA, partition_name(store))
         return steps
 
     async def _ensure_grants(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore, schema: str,
@@ -218,80 +251,115 @@ class PgvectorStore:
 
     async def ensure_write_access(self, store: DesiredStore, placement: VectorPlacement) -> list[Step]:
         """Grant or revoke INSERT and UPDATE on the tenant's vectors (quota Block)."""
-        schema, table = placement.table.split(".", 1)
-        async with self.server.connect(store.database if not placement.namespace else None) as conn:
-            return await self._ensure_grants(conn, store, schema, table)
+        if placement.namespace:
+            async with self.server.connect() as conn:
+                return await self._ensure_grants(conn, store, SHARED_SCHEMA, partition_name(store))
+        async with self.server.connect(store.database) as conn, self._dedicated_table(conn, store):
+            return await self._ensure_grants(conn, store, store.schema, DEDICATED_TABLE)
 
     # --- dedicated isolation: the tenant's own table ---
 
     async def _ensure_dedicated(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
         steps: list[Step] = []
         async with self.server.connect(store.database) as conn:
-            if not await self._dedicated_table_exists(conn, store):
+            if await dedicated_table_kind(conn, store) is None:
                 async with conn.transaction():
                     qualified = sql.Identifier(store.schema, DEDICATED_TABLE)
                     await conn.execute(sql.SQL("""
                         CREATE TABLE {} (
                             id text PRIMARY KEY,
-                            embedding vector({}) NOT NULL,
+                            embedding {} NOT NULL,
                             metadata jsonb NOT NULL DEFAULT '{{}}'
-                        )""").format(qualified, sql.Literal(store.dimension)))
+                        )""").format(qualified, await vector_type_of(conn, store.dimension)))
                     await self._create_ann_index(conn, qualified, store)
                 steps.append(Step("DedicatedIndexCreated", f"dedicated vector table {store.database}."
                                                            f"{store.schema}.{DEDICATED_TABLE} created"))
-            steps += await self._ensure_grants(conn, store, store.schema, DEDICATED_TABLE)
+            async with self._dedicated_table(conn, store):
+                steps += await self._ensure_grants(conn, store, store.schema, DEDICATED_TABLE)
         return VectorPlacement(backend=self.backend, index=dedicated_index_name(store.tenant_id),
                                table=f"{store.schema}.{DEDICATED_TABLE}"), steps
 
-    @staticmethod
-    async def _dedicated_table_exists(conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> bool:
-        row = await fetch_one(conn, "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL AS present",
-                              store.schema, DEDICATED_TABLE)
-        return bool(row and row["present"])
+    @contextlib.asynccontextmanager
+    async def _dedicated_table(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore,
+                               lock_mode: str = "ACCESS SHARE") -> AsyncIterator[sql.Identifier]:
+        """The tenant's dedicated table, locked for this transaction and checked to be the one the operator made.
 
-    # --- data (admin access: the table owner is not subject to row-level security) ---
+        The tenant owns the schema: it may drop the table and put a view (over its own functions) in its
+        place. Locked first, the name cannot change hands before the admin is done with it.
+        """
+        qualified = sql.Identifier(store.schema, DEDICATED_TABLE)
+        async with conn.transaction():
+            await conn.execute(sql.SQL("LOCK TABLE ONLY {} IN {} MODE").format(qualified, sql.SQL(lock_mode)))
+            if await dedicated_table_kind(conn, store) != "ours":
+                raise ObjectReplaced(f"{store.database}.{store.schema}.{DEDICATED_TABLE} is no longer the vector table "
+                                     f"the operator made (the tenant replaced it); the operator will not use it")
+            yield qualified
 
-    def _data_target(self, store: DesiredStore, placement: VectorPlacement) -> tuple[str, sql.Composable, sql.Composable]:
-        """(database, table, namespace filter) where this placement's vectors live."""
-        schema, table = placement.table.split(".", 1)
+    # --- data (admin access through the operator's own row-level-security policy) ---
+
+    @contextlib.asynccontextmanager
+    async def _data_target(self, store: DesiredStore, placement: VectorPlacement, lock_mode: str = "ACCESS SHARE"
+                           ) -> AsyncIterator[tuple[psycopg.AsyncConnection[Any], sql.Identifier]]:
+        """A connection and the table that holds this placement's vectors (the tenant's partition, or its table)."""
         if placement.namespace:
-            return (self.server.shared_database, sql.Identifier(schema, table),
-                    sql.SQL("namespace = {}").format(sql.Literal(placement.namespace)))
-        return store.database, sql.Identifier(schema, table), sql.SQL("true")
+            async with self.server.connect() as conn:
+                yield conn, sql.Identifier(SHARED_SCHEMA, partition_name(store))
+            return
+        async with self.server.connect(store.database) as conn, \
+                self._dedicated_table(conn, store, lock_mode) as table:
+            yield conn, table
 
     async def measure(self, tenants: Sequence[tuple[DesiredStore, VectorPlacement]]) -> dict[str, VectorUsage]:
         usage: dict[str, VectorUsage] = {}
         shared = [(store, placement) for store, placement in tenants if placement.namespace]
         if shared:
             async with self.server.connect() as conn:
-                # One grouped scan per shared table, and the size of each tenant's own partition.
-                for table in sorted({placement.table for _, placement in shared}):
-                    schema, name = table.split(".", 1)
-                    try:
-                        cursor = await conn.execute(sql.SQL("SELECT namespace, count(*) AS documents FROM {} "
-                                                            "GROUP BY namespace").format(sql.Identifier(schema, name)))
-                    except psycopg.errors.UndefinedTable:
-                        continue  # an empty index dropped (keepEmpty: false) while we measured
-                    counts = {row["namespace"]: int(row["documents"]) for row in await cursor.fetchall()}
-                    for store, placement in shared:
-                        if placement.table == table:
-                            usage[store.tenant_id] = VectorUsage(documents=counts.get(placement.namespace, 0))
+                counts: dict[str, int] = {}
+                for index in sorted({placement.index for _, placement in shared}):
+                    counts.update(await self._count_namespaces(conn, index.replace("-", "_"),
+                                                               [store for store, p in shared if p.index == index]))
                 cursor = await conn.execute("""
                     SELECT c.relname, pg_total_relation_size(c.oid) AS bytes FROM pg_class c
                       JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = ANY(%s)""",
                     (SHARED_SCHEMA, [partition_name(store) for store, _ in shared]))
                 sizes = {row["relname"]: int(row["bytes"]) for row in await cursor.fetchall()}
-                for store, _ in shared:
-                    if store.tenant_id in usage:
-                        usage[store.tenant_id] = dataclasses.replace(usage[store.tenant_id],
-                                                                     storage_bytes=sizes.get(partition_name(store), 0))
+                for store, placement in shared:
+                    if placement.namespace in counts:
+                        usage[store.tenant_id] = VectorUsage(documents=counts[placement.namespace],
+                                                             storage_bytes=sizes.get(partition_name(store), 0))
         for store, placement in tenants:
             if not placement.namespace:  # dedicated: its bytes are in the tenant's schema or database already
                 try:
                     usage[store.tenant_id] = VectorUsage(documents=await self.count(store, placement))
-                except (psycopg.errors.UndefinedTable, BackendUnavailable):
-                    continue  # being torn down (or its database is gone) while we measured: nothing to report
+                except (psycopg.errors.UndefinedTable, BackendUnavailable, ObjectReplaced):
+                    continue  # torn down, locked or replaced by its tenant while we measured: nothing to report
         return usage
+
+    async def _count_namespaces(self, conn: psycopg.AsyncConnection[Any], table: str,
+                                stores: Sequence[DesiredStore]) -> dict[str, int]:
+        """Documents per namespace: one grouped scan, or partition by partition when a tenant holds a lock."""
+        try:
+            async with conn.transaction():
+                await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(MEASURE_LOCK_WAIT)))
+                cursor = await conn.execute(sql.SQL("SELECT namespace, count(*) AS documents FROM {} "
+                                                    "GROUP BY namespace").format(sql.Identifier(SHARED_SCHEMA, table)))
+                counted = {row["namespace"]: int(row["documents"]) for row in await cursor.fetchall()}
+            return {store.tenant_id: counted.get(store.tenant_id, 0) for store in stores}
+        except psycopg.errors.UndefinedTable:
+            return {}  # an empty index dropped (keepEmpty: false) while we measured
+        except psycopg.errors.LockNotAvailable:
+            pass
+        counts: dict[str, int] = {}
+        for store in stores:
+            try:
+                async with conn.transaction():
+                    await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(MEASURE_LOCK_WAIT)))
+                    row = await fetch_one(conn, sql.SQL("SELECT count(*) AS n FROM {}").format(
+                        sql.Identifier(SHARED_SCHEMA, partition_name(store))))
+                counts[store.tenant_id] = int(row["n"])
+            except (psycopg.errors.LockNotAvailable, psycopg.errors.UndefinedTable):
+                continue  # its own tenant holds it (or it just went): measured next time
+        return counts
 
     async def shared_pool(self) -> list[SharedIndex]:
         async with self.server.connect() as conn:
@@ -311,48 +379,53 @@ class PgvectorStore:
     async def probe_isolation(self, store: DesiredStore, placement: VectorPlacement) -> str | None:
         if not placement.namespace:
             return None  # a dedicated table holds nobody else's rows
-        schema, table = placement.table.split(".", 1)
+        table = placement.index.replace("-", "_")
         async with self.server.connect() as conn:
             async with conn.transaction():
+                shared = await fetch_one(conn, """
+                    SELECT has_table_privilege(%s, format('%%I.%%I', %s::text, %s::text),
+                                               'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
+                           AS reachable""", store.role, SHARED_SCHEMA, table)
+                # Through the tenant's eyes: the operator's tables only, no tenant object on this path.
                 await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(store.role)))
                 row = await fetch_one(conn, sql.SQL("SELECT count(*) AS foreign_rows FROM {} WHERE namespace <> {}").format(
-                    sql.Identifier(schema, table), sql.Literal(placement.namespace)))
+                    sql.Identifier(SHARED_SCHEMA, partition_name(store)), sql.Literal(placement.namespace)))
+        if shared["reachable"]:
+            return f"{store.role} holds privileges on the shared table {SHARED_SCHEMA}.{table}"
         if row["foreign_rows"]:
-            return f"{store.role} sees {row['foreign_rows']} rows of other namespaces in {placement.table}"
+            return f"{store.role} sees {row['foreign_rows']} rows of other namespaces in its partition"
         return None
 
     async def count(self, store: DesiredStore, placement: VectorPlacement) -> int:
-        database, table, where = self._data_target(store, placement)
-        async with self.server.connect(database) as conn:
-            row = await fetch_one(conn, sql.SQL("SELECT count(*) AS n FROM {} WHERE {}").format(table, where))
+        async with self._data_target(store, placement) as (conn, table):
+            row = await fetch_one(conn, sql.SQL("SELECT count(*) AS n FROM {}").format(table))
         return int(row["n"])
 
     async def read_batch(self, store: DesiredStore, placement: VectorPlacement, after_id: str | None,
                          limit: int) -> list[VectorRecord]:
-        database, table, where = self._data_target(store, placement)
-        query = sql.SQL("SELECT id, embedding::text AS embedding, metadata FROM {} WHERE {} AND id COLLATE \"C\" > %s "
-                        "ORDER BY id COLLATE \"C\" LIMIT %s").format(table, where)
-        async with self.server.connect(database) as conn:
-            rows = await (await conn.execute(query, (after_id or "", limit))).fetchall()
+        query = sql.SQL("SELECT id, embedding::text AS embedding, metadata FROM {} WHERE id COLLATE \"C\" > %s "
+                        "ORDER BY id COLLATE \"C\" LIMIT %s")
+        async with self._data_target(store, placement) as (conn, table):
+            rows = await (await conn.execute(query.format(table), (after_id or "", limit))).fetchall()
         return [VectorRecord(id=row["id"], values=json.loads(row["embedding"]), metadata=row["metadata"] or {})
                 for row in rows]
 
     async def write_batch(self, store: DesiredStore, placement: VectorPlacement,
                           records: Sequence[VectorRecord]) -> None:
-        database, table, _ = self._data_target(store, placement)
         rows = [(record.id, json.dumps(record.values), json.dumps(record.metadata)) for record in records]
-        async with self.server.connect(database) as conn:
+        async with self._data_target(store, placement, lock_mode="ROW EXCLUSIVE") as (conn, table):
+            vector_type = sql.Identifier(await extension_schema(conn, "vector") or "public", "vector")
             async with conn.transaction(), conn.cursor() as cursor:
                 if placement.namespace:
                     await cursor.executemany(sql.SQL(
-                        "INSERT INTO {} (namespace, id, embedding, metadata) VALUES ({}, %s, %s::vector, %s::jsonb) "
+                        "INSERT INTO {} (namespace, id, embedding, metadata) VALUES ({}, %s, %s::{}, %s::jsonb) "
                         "ON CONFLICT (namespace, id) DO UPDATE SET embedding = EXCLUDED.embedding, "
-                        "metadata = EXCLUDED.metadata").format(table, sql.Literal(placement.namespace)), rows)
+                        "metadata = EXCLUDED.metadata").format(table, sql.Literal(placement.namespace), vector_type), rows)
                 else:
                     await cursor.executemany(sql.SQL(
-                        "INSERT INTO {} (id, embedding, metadata) VALUES (%s, %s::vector, %s::jsonb) "
+                        "INSERT INTO {} (id, embedding, metadata) VALUES (%s, %s::{}, %s::jsonb) "
                         "ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, "
-                        "metadata = EXCLUDED.metadata").format(table), rows)
+                        "metadata = EXCLUDED.metadata").format(table, vector_type), rows)
 
     # --- teardown ---
 
@@ -367,6 +440,7 @@ class PgvectorStore:
                     await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(SHARED_SCHEMA, partition_name(store))))
                     steps.append(Step("NamespaceDropped", f"namespace {store.tenant_id} and its vectors removed from "
                                                           f"shared index {index_name_of(table)}"))
+                # Policies an older release put on the shared table itself.
                 for row in await (await conn.execute(
                         "SELECT tablename FROM pg_policies WHERE schemaname = %s AND policyname = %s",
                         (SHARED_SCHEMA, store.role))).fetchall():
@@ -377,8 +451,8 @@ class PgvectorStore:
         return steps
 
     async def _drop_if_empty(self, conn: psycopg.AsyncConnection[Any], table: str) -> list[Step]:
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                           (f"tenantstore:placement:{table.split('_')[1]}:{table.split('_')[2]}",))
+        _, dimension, metric, _ = table.split("_")
+        await bookkeeping.hold_lock(conn, placement_lock(int(dimension), metric))
         if await fetch_one(conn, "SELECT 1 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent "
                                  "JOIN pg_namespace n ON n.oid = p.relnamespace WHERE n.nspname = %s AND p.relname = %s",
                            SHARED_SCHEMA, table):
@@ -394,11 +468,83 @@ class PgvectorStore:
                 if not await fetch_one(conn, "SELECT 1 FROM pg_database WHERE datname = %s", store.database):
                     return []  # its database is already gone, and the table with it
         async with self.server.connect(store.database) as conn:
-            if not await self._dedicated_table_exists(conn, store):
-                return []
+            if await dedicated_table_kind(conn, store) != "ours":
+                return []  # gone, or no longer ours to drop (the tenant's schema goes with the tenant)
             await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(store.schema, DEDICATED_TABLE)))
         return [Step("DedicatedIndexDropped", f"dedicated vector table {store.database}.{store.schema}."
                                               f"{DEDICATED_TABLE} dropped")]
+
+    async def verify(self, tenants: Sequence[tuple[DesiredStore, VectorPlacement]]) -> dict[str, list[Drift]]:
+        drifts: dict[str, list[Drift]] = {}
+        shared = [(store, placement) for store, placement in tenants if placement.namespace]
+        if shared:
+            async with self.server.connect() as conn:
+                cursor = await conn.execute("""
+                    SELECT t.role, parent.relname AS parent, c.relforcerowsecurity AS forced,
+                           EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = t.role) AS policy,
+                           has_table_privilege(t.role, c.oid, 'SELECT') AND has_table_privilege(t.role, c.oid, 'DELETE')
+                             AS can_read,
+                           has_table_privilege(t.role, c.oid, 'INSERT') AND has_table_privilege(t.role, c.oid, 'UPDATE')
+                             AS can_write
+                      FROM unnest(%s::text[]) AS t(role)
+                      JOIN pg_roles r ON r.rolname = t.role
+                      JOIN pg_class c ON c.relname = t.role
+                      JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = %s
+                      LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
+                      LEFT JOIN pg_class parent ON parent.oid = i.inhparent""",
+                    ([partition_name(store) for store, _ in shared], SHARED_SCHEMA))
+                found = {row["role"]: row for row in await cursor.fetchall()}
+            for store, placement in shared:
+                if (kinds := self._namespace_drifts(store, placement, found.get(partition_name(store)))):
+                    drifts[store.tenant_id] = kinds
+        for store, placement in tenants:
+            if not placement.namespace and (kinds := await self._dedicated_drifts(store)):
+                drifts[store.tenant_id] = kinds
+        return drifts
+
+    @staticmethod
+    def _namespace_drifts(store: DesiredStore, placement: VectorPlacement, row: dict[str, Any] | None) -> list[Drift]:
+        partition = f"{SHARED_SCHEMA}.{partition_name(store)}"
+        if row is None:
+            # A missing role is the relational store's to report; a missing partition is this one's.
+            return [Drift("NamespaceMissing", f"namespace {store.tenant_id} ({partition}) is gone from shared index "
+                                              f"{placement.index}", holds_data=True)]
+        drifts = []
+        if row["parent"] != placement.index.replace("-", "_"):
+            drifts.append(Drift("NamespaceMissing", f"{partition} is no longer a namespace of shared index "
+                                                    f"{placement.index}", holds_data=True))
+        if not (row["forced"] and row["policy"]):
+            drifts.append(Drift("PolicyMissing", f"the row-level security policy of {partition} is gone"))
+        if not row["can_read"] or row["can_write"] != store.writes_allowed:
+            drifts.append(Drift("GrantMissing", f"{store.role}'s privileges on {partition} are not the ones the "
+                                                f"operator granted"))
+        return drifts
+
+    async def _dedicated_drifts(self, store: DesiredStore) -> list[Drift]:
+        table = f"{store.database}.{store.schema}.{DEDICATED_TABLE}"
+        try:
+            async with self.server.connect(store.database) as conn:
+                kind = await dedicated_table_kind(conn, store)
+                if kind is None:
+                    return [Drift("IndexMissing", f"dedicated vector table {table} does not exist", holds_data=True)]
+                if kind == "foreign":
+                    return [Drift(ObjectReplaced.reason, f"{table} was replaced by an object the operator did not make")]
+                row = await (await conn.execute("""
+                    SELECT bool_and(held) FILTER (WHERE privilege IN ('SELECT', 'DELETE')) AS can_read,
+                           bool_and(held) FILTER (WHERE privilege IN ('INSERT', 'UPDATE')) AS can_write
+                      FROM (SELECT privilege, has_table_privilege(%(role)s, format('%%I.%%I', %(schema)s::text,
+                                                                    %(table)s::text), privilege) AS held
+                              FROM unnest(ARRAY['SELECT', 'DELETE', 'INSERT', 'UPDATE']) AS privilege) AS privileges""",
+                    {"role": store.role, "schema": store.schema, "table": DEDICATED_TABLE})).fetchone()
+        except psycopg.errors.UndefinedObject:
+            return []  # its role is gone: the relational store reports that
+        except BackendUnavailable as error:
+            if "does not exist" in str(error):
+                return []  # its database is gone: the relational store reports that
+            raise
+        if not row["can_read"] or row["can_write"] != store.writes_allowed:
+            return [Drift("GrantMissing", f"{store.role}'s privileges on {table} are not the ones the operator granted")]
+        return []
 
     async def residue(self, store: DesiredStore) -> list[str]:
         left: list[str] = []
@@ -409,6 +555,28 @@ class PgvectorStore:
                                SHARED_SCHEMA, store.role):
                 left.append(f"row-level security policy {store.role}")
         return left
+
+
+def forced_row_security(table: sql.Identifier) -> list[sql.Composable]:
+    """Row-level security that binds the table's owner too; the admin reads through a policy of its own."""
+    return [sql.SQL("ALTER TABLE {} ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY").format(table),
+            sql.SQL("CREATE POLICY {} ON {} FOR ALL TO CURRENT_USER USING (true) WITH CHECK (true)").format(
+                sql.Identifier(OPERATOR_POLICY), table)]
+
+
+async def vector_type_of(conn: psycopg.AsyncConnection[Any], dimension: int) -> sql.Composable:
+    """`<schema>.vector(<dimension>)`, named where the extension lives, never found through search_path."""
+    schema = await extension_schema(conn, "vector")
+    return sql.SQL("{}({})").format(sql.Identifier(schema or "public", "vector"), sql.Literal(dimension))
+
+
+async def dedicated_table_kind(conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> str | None:
+    """None when absent; "ours" for the admin's own table; "foreign" for anything else under its name."""
+    row = await fetch_one(conn, """
+        SELECT c.relkind = 'r' AND c.relowner = (SELECT oid FROM pg_roles WHERE rolname = current_user) AS ours
+          FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+         WHERE n.nspname = %s AND c.relname = %s""", store.schema, DEDICATED_TABLE)
+    return None if row is None else ("ours" if row["ours"] else "foreign")
 
 
 def index_name_of(table: str) -> str:

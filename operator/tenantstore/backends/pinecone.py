@@ -3,7 +3,7 @@
 namespace isolation: the tenant's namespace (named after its tenantId) in a shared serverless index
 `shared-<dim>-<metric>-<n>` of its dimension and metric. Indexes of a (dimension, metric) form a pool; a
 tenant joins the first one with fewer than `capacity` namespaces, else the next index is created. The
-decision is made under a Postgres advisory lock on the class's Postgres, so parallel reconciles and
+decision is made under an operator lock (a bookkeeping row) on the class's Postgres, so parallel reconciles and
 operator replicas never put more than `capacity` tenants in one index. Shared indexes hold many tenants'
 data, so they too are created with deletion protection; an empty one is deleted only when the class does
 not keep empty indexes.
@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pinecone import (ApiError, AsyncPinecone, ConflictError, ForbiddenError, NotFoundError, PineconeConnectionError,
                       PineconeError, PineconeTimeoutError, RateLimitError, RetryConfig, ServiceError, UnauthorizedError)
 
-from tenantstore.backends import SharedIndex, Step, VectorPlacement, VectorRecord, VectorUsage
+from tenantstore.backends import SharedIndex, Step, VectorPlacement, VectorRecord, VectorUsage, bookkeeping
 from tenantstore.backends.postgres import PostgresServer
 from tenantstore.errors import (BackendUnavailable, ReconcileError, StoreClassInvalid, TenantIdConflict,
                                 VectorQuotaExceeded)
@@ -180,7 +180,7 @@ class PineconeStore:
 
     def __init__(self, client: PineconeClient, server: PostgresServer, settings: PineconeSettings):
         self.client = client
-        self.server = server  # the class's Postgres: its advisory locks serialize placement
+        self.server = server  # the class's Postgres: the operator's locks there serialize placement
         self.settings = settings
 
     @property
@@ -286,8 +286,7 @@ class PineconeStore:
     async def _placement_lock(self, store: DesiredStore) -> AsyncIterator[None]:
         """One placement (or pool shrink) at a time per (dimension, metric), across reconciles and replicas."""
         async with self.server.connect() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))",
-                               (f"tenantstore:pinecone-placement:{store.dimension}:{store.metric.value}",))
+            await bookkeeping.hold_lock(conn, f"pinecone-placement:{store.dimension}:{store.metric.value}")
             yield
 
     async def _ensure_namespace(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:

@@ -2,8 +2,13 @@
 
 The operator logs in as the StoreClass's admin role (CREATEROLE, CREATEDB, not a superuser). Each tenant
 role it creates is granted to the admin role, which is what lets a non-superuser end the tenant's
-sessions and drop what the tenant owns. The role's COMMENT records which TenantStore claimed it: that
-claim is atomic (CREATE ROLE either happens or fails), so two TenantStores never share a tenant.
+sessions and drop what the tenant owns. Which TenantStore claimed a role is recorded in the operator's
+bookkeeping, in the same transaction as CREATE ROLE, so two TenantStores never share a tenant.
+
+The admin's sessions trust nothing a tenant can make: their search_path is pinned to pg_catalog (a
+tenant that owns a schema, or a whole database's `public`, cannot slip a function or an operator into
+a name the operator calls), they never read through a tenant's objects, and they wait for a lock a
+tenant holds only for a bounded time.
 """
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import base64
 import contextlib
 import hashlib
 import hmac
+import asyncio
 import json
 import os
 from collections.abc import AsyncIterator, Sequence
@@ -22,22 +28,28 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
-from tenantstore.backends import RelationalPlacement, RelationalUsage, Step
-from tenantstore.errors import BackendUnavailable, TenantIdConflict
+from tenantstore.backends import Drift, RelationalPlacement, RelationalUsage, Step, bookkeeping
+from tenantstore.errors import BackendUnavailable, StoreClassInvalid, TenantIdConflict
 from tenantstore.models import DesiredStore, RelationalIsolation
+from tenantstore.redaction import redact
 
 CONNECT_TIMEOUT_SECONDS = 5
 # The operator's own dedicated vector table lives in the tenant's schema and stays the admin's.
 OPERATOR_VECTOR_TABLE = "vectors"
-# The operator's own bookkeeping in the shared database (the admin role owns it).
-OPERATOR_SCHEMA = "tenantstore"
-BASELINE_TABLE_NAME = "daily_query_baseline"
-BASELINE_TABLE = sql.Identifier(OPERATOR_SCHEMA, BASELINE_TABLE_NAME)
 RELATION_KEYWORDS = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW", "S": "SEQUENCE",
                      "f": "FOREIGN TABLE"}
-# DROP OWNED rewrites the ACLs of shared objects the role was granted (the shared vector tables and their
-# schema); two at once fail with "tuple concurrently updated", so teardowns take this lock for it.
-SHARED_ACL_LOCK = "tenantstore:shared-acl"
+# DROP OWNED rewrites the ACLs of shared objects the role was granted (the shared vector schema); two at
+# once fail with "tuple concurrently updated", so teardowns take this lock for it.
+SHARED_ACL_LOCK = "shared-acl"
+# Every admin session: names resolve in pg_catalog only (pg_temp last, so no temporary table shadows one),
+# the session acts as the admin even where a tenant's database sets a default role, and no lock a tenant
+# holds on its own objects stalls the operator for more than a few seconds.
+ADMIN_SESSION_OPTIONS = "-c search_path=pg_catalog,pg_temp -c role=none -c lock_timeout=10s"
+# What owner_of says of a role no TenantStore holds: another's data either way, never to be torn down.
+NOT_MANAGED = "(not managed by tenantstore)"
+RETAINED = "(retained)"
+# Written on every tenant role: tells the operator's roles from others, and nothing about the owner.
+MANAGED_COMMENT = json.dumps({"managedBy": "tenantstore"})
 
 
 def scram_sha256_verifier(password: str, iterations: int = 4096) -> str:
@@ -60,20 +72,34 @@ class PostgresServer:
     def __init__(self, admin_uri: str, shared_database: str):
         self.admin_uri = admin_uri
         self.shared_database = shared_database
-        params = conninfo_to_dict(admin_uri)
+        problem = None
+        try:
+            params = conninfo_to_dict(admin_uri)
+            self.port = int(params.get("port") or 5432)
+        except psycopg.Error as error:
+            problem = redact(first_line(error), [admin_uri])
+        except ValueError:  # the "port" may be a piece of a password with a raw '/' in it: never echo it
+            problem = "its port is not a number"
+        if problem is not None:  # raised outside the handler, so no traceback carries the driver's message
+            raise StoreClassInvalid(f"the admin URI cannot be parsed: {problem}")
+        self.password = str(params.get("password") or "")
         self.admin_role = str(params.get("user") or "")
         self.host = str(params.get("host") or "localhost")
-        self.port = int(params.get("port") or 5432)
         self._pool = psycopg_pool.AsyncConnectionPool(
             self.conninfo(shared_database), min_size=1, max_size=4, open=False, timeout=CONNECT_TIMEOUT_SECONDS * 2,
             check=psycopg_pool.AsyncConnectionPool.check_connection,
             kwargs={"autocommit": True, "row_factory": dict_row},
         )
         self._opened = False
+        self._prepared = False
+        self._preparing = asyncio.Lock()
 
     def conninfo(self, database: str) -> str:
         return make_conninfo(self.admin_uri, dbname=database, connect_timeout=CONNECT_TIMEOUT_SECONDS,
-                             application_name="tenantstore-operator")
+                             application_name="tenantstore-operator", options=ADMIN_SESSION_OPTIONS)
+
+    def scrub(self, text: str) -> str:
+        return redact(text, [self.admin_uri, self.password])
 
     async def close(self) -> None:
         if self._opened:
@@ -83,29 +109,70 @@ class PostgresServer:
     async def connect(self, database: str | None = None) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
         """An autocommit connection (CREATE DATABASE needs one); use `conn.transaction()` for atomic steps."""
         database = database or self.shared_database
+        unavailable: BackendUnavailable | None = None
         try:
             if database == self.shared_database:
                 if not self._opened:
                     await self._pool.open(wait=False)
                     self._opened = True
                 async with self._pool.connection() as conn:
+                    if not self._prepared:
+                        await self._prepare(conn)
                     yield conn
             else:
                 async with await psycopg.AsyncConnection.connect(
                         self.conninfo(database), autocommit=True, row_factory=dict_row) as conn:
                     yield conn
+        except psycopg.errors.LockNotAvailable as error:
+            # A lock held elsewhere (a tenant's on its own objects, or a long operator step): retry soon.
+            unavailable = BackendUnavailable(f"Postgres at {self.host}:{self.port}: a lock was not granted in "
+                                             f"time, retrying: {first_line(error)}", retry_after=5.0)
         except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
-            raise BackendUnavailable(f"Postgres at {self.host}:{self.port} is unreachable: {first_line(error)}") from error
+            unavailable = BackendUnavailable(f"Postgres at {self.host}:{self.port} is unreachable: "
+                                             f"{self.scrub(first_line(error))}")
         except psycopg.errors.InternalError_ as error:
-            # Two catalog updates of one row at once (e.g. grants on a shared table): transient, retry soon.
+            # Two catalog updates of one row at once (e.g. grants on a shared schema): transient, retry soon.
             if "tuple concurrently updated" not in str(error):
                 raise
-            raise BackendUnavailable(f"Postgres at {self.host}:{self.port}: concurrent catalog update, "
-                                     f"retrying: {first_line(error)}", retry_after=1.0) from error
+            unavailable = BackendUnavailable(f"Postgres at {self.host}:{self.port}: concurrent catalog update, "
+                                             f"retrying: {first_line(error)}", retry_after=1.0)
+        if unavailable is not None:  # outside the handler: the driver's exception (and any secret in it) stays behind
+            raise unavailable
+
+    async def _prepare(self, conn: psycopg.AsyncConnection[Any]) -> None:
+        """Once per server: the operator's bookkeeping, and a shared database only tenants of it may enter."""
+        async with self._preparing:
+            if self._prepared:
+                return
+            await bookkeeping.ensure_schema(conn)
+            await close_to_public(conn, self.shared_database)
+            self._prepared = True
 
 
 def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
+
+
+async def close_to_public(conn: psycopg.AsyncConnection[Any], database: str) -> None:
+    """Only the shared database's own (schema) tenants may connect to it, not every role of the server.
+
+    Tenants made before this rule get CONNECT first, so none of them loses its database. Where the admin
+    does not own the database nothing changes, and the class's Ready condition says so.
+    """
+    row = await fetch_one(conn, """
+        SELECT pg_get_userbyid(datdba) = current_user AS ours, EXISTS (
+                 SELECT 1 FROM aclexplode(COALESCE(datacl, acldefault('d', datdba)))
+                  WHERE grantee = 0 AND privilege_type = 'CONNECT') AS public_can_connect
+          FROM pg_database WHERE datname = current_database()""")
+    if not (row and row["ours"] and row["public_can_connect"]):
+        return
+    cursor = await conn.execute("""
+        SELECT n.nspname AS role FROM pg_namespace n JOIN pg_roles r ON r.rolname = n.nspname
+         WHERE starts_with(n.nspname, 'tenant_')""")
+    database_name = sql.Identifier(database)
+    statements = [sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database_name, sql.Identifier(row["role"]))
+                  for row in await cursor.fetchall()]
+    await execute_at_once(conn, [*statements, sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(database_name)])
 
 
 async def execute_at_once(conn: psycopg.AsyncConnection[Any], statements: Sequence[sql.Composable]) -> None:
@@ -117,22 +184,35 @@ async def execute_at_once(conn: psycopg.AsyncConnection[Any], statements: Sequen
     await conn.execute(sql.SQL(";\n").join(statements))
 
 
+async def extension_schema(conn: psycopg.AsyncConnection[Any], extension: str) -> str | None:
+    """Where an extension's objects live in this database: the operator names them there, never by search_path."""
+    row = await fetch_one(conn, "SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace "
+                                "WHERE e.extname = %s", extension)
+    return row["nspname"] if row else None
+
+
 async def fetch_one(conn: psycopg.AsyncConnection[Any], query: sql.Composable | str, *params: Any) -> dict[str, Any] | None:
     cursor = await conn.execute(query, params or None)
     return await cursor.fetchone()
 
 
-def role_claim(store: DesiredStore, claimed: bool) -> str:
-    owner = {"owner": store.uid, "ownerName": store.owner} if claimed else {"owner": None}
-    return json.dumps({"managedBy": "tenantstore", "tenantId": store.tenant_id, **owner}, sort_keys=True)
-
-
-def parse_claim(comment: str | None) -> dict[str, Any] | None:
+def legacy_claim(comment: str | None) -> bookkeeping.Claim | None:
+    """A claim older releases wrote into the role's COMMENT; moved into the bookkeeping when met."""
     try:
         claim = json.loads(comment or "")
     except ValueError:
         return None
-    return claim if isinstance(claim, dict) and claim.get("managedBy") == "tenantstore" else None
+    if not isinstance(claim, dict) or claim.get("managedBy") != "tenantstore" or not claim.get("ownerName"):
+        return None
+    namespace, _, name = str(claim["ownerName"]).partition("/")
+    return bookkeeping.Claim(claim.get("owner"), namespace, name)
+
+
+def is_managed(comment: str | None) -> bool:
+    try:
+        return json.loads(comment or "").get("managedBy") == "tenantstore"
+    except (ValueError, AttributeError):
+        return False
 
 
 class PostgresRelationalStore:
@@ -143,7 +223,10 @@ class PostgresRelationalStore:
         async with self.server.connect() as conn:
             row = await fetch_one(conn, """
                 SELECT current_user AS admin, rolsuper, rolcreaterole, rolcreatedb,
-                       has_database_privilege(current_database(), 'CREATE') AS can_create_schemas
+                       has_database_privilege(current_database(), 'CREATE') AS can_create_schemas,
+                       ARRAY(SELECT datname FROM pg_database d WHERE datallowconn AND EXISTS (
+                               SELECT 1 FROM aclexplode(COALESCE(d.datacl, acldefault('d', d.datdba)))
+                                WHERE grantee = 0 AND privilege_type = 'CONNECT') ORDER BY datname) AS open_databases
                   FROM pg_roles WHERE rolname = current_user""")
         problems = []
         if row["rolsuper"]:
@@ -154,6 +237,12 @@ class PostgresRelationalStore:
         if not row["can_create_schemas"]:
             problems.append(Step("AdminRoleLacksPrivileges", f"admin role {row['admin']} cannot create schemas in "
                                                              f"database {self.server.shared_database}"))
+        if row["open_databases"]:
+            # A tenant role must reach only its own database; these the admin cannot close itself.
+            names = ", ".join(row["open_databases"])
+            problems.append(Step("DatabasesOpenToPublic", f"every role, tenants included, may connect to database(s) "
+                                                          f"{names}; a superuser should run REVOKE CONNECT ON "
+                                                          f"DATABASE <name> FROM PUBLIC for each"))
         return problems
 
     async def owner_of(self, store: DesiredStore) -> str | None:
@@ -161,8 +250,10 @@ class PostgresRelationalStore:
             role = await self._inspect_role(conn, store.role)
         if role is None:
             return None
-        claim = parse_claim(role["claim"])
-        return claim.get("owner") if claim else "(not managed by tenantstore)"
+        claim = self._claim_of(role)
+        if claim is None:
+            return NOT_MANAGED
+        return claim.owner_uid or RETAINED
 
     async def ensure(self, store: DesiredStore, password: str, password_is_new: bool
                      ) -> tuple[RelationalPlacement, list[Step]]:
@@ -179,11 +270,19 @@ class PostgresRelationalStore:
         return placement, steps
 
     async def _inspect_role(self, conn: psycopg.AsyncConnection[Any], role: str) -> dict[str, Any] | None:
-        return await fetch_one(conn, """
+        return await fetch_one(conn, sql.SQL("""
             SELECT r.rolcanlogin AS can_login, r.rolconnlimit AS connection_limit,
-                   shobj_description(r.oid, 'pg_authid') AS claim,
-                   pg_has_role(current_user, r.oid, 'USAGE') AS admin_has_privileges
-              FROM pg_roles r WHERE r.rolname = %s""", role)
+                   shobj_description(r.oid, 'pg_authid') AS comment,
+                   pg_has_role(current_user, r.oid, 'USAGE') AS admin_has_privileges,
+                   c.role IS NOT NULL AS recorded, c.owner_uid, c.owner_namespace, c.owner_name
+              FROM pg_roles r LEFT JOIN {} c ON c.role = r.rolname
+             WHERE r.rolname = %s""").format(bookkeeping.CLAIMS), role)
+
+    @staticmethod
+    def _claim_of(role: dict[str, Any]) -> bookkeeping.Claim | None:
+        if role["recorded"]:
+            return bookkeeping.Claim(role["owner_uid"], role["owner_namespace"], role["owner_name"])
+        return legacy_claim(role["comment"])
 
     async def _ensure_role(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore, password: str,
                            password_is_new: bool) -> list[Step]:
@@ -195,25 +294,20 @@ class PostgresRelationalStore:
                     sql.SQL("CREATE ROLE {} {} CONNECTION LIMIT {} PASSWORD {}").format(
                         role, sql.SQL("NOLOGIN" if store.suspended else "LOGIN"),
                         sql.Literal(store.connection_limit), sql.Literal(scram_sha256_verifier(password))),
-                    sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(role_claim(store, claimed=True))),
+                    sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(MANAGED_COMMENT)),
                     # Membership (with inherit) lets the admin act as the tenant's owner: terminate, drop, grant.
-                    sql.SQL("GRANT {} TO CURRENT_USER").format(role)])
+                    sql.SQL("GRANT {} TO CURRENT_USER").format(role),
+                    bookkeeping.record_claim(store.role, store.tenant_id, store.uid, store.owner_namespace,
+                                             store.owner_name)])
                 return [Step("RoleCreated", f"Postgres role {store.role} created (connection limit "
                                             f"{store.connection_limit})")]
             except psycopg.errors.DuplicateObject:
                 existing = await self._inspect_role(conn, store.role)  # lost a race: judge the winner's claim
                 if existing is None:
                     raise
-        claim = parse_claim(existing["claim"])
-        if claim is None:
+        if not is_managed(existing["comment"]):
             raise TenantIdConflict(f"Postgres role {store.role} exists and was not made by tenantstore")
-        steps: list[Step] = []
-        if claim.get("owner") != store.uid:
-            if claim.get("owner") is not None:
-                raise TenantIdConflict(f"tenantId {store.tenant_id} is already claimed by TenantStore "
-                                       f"{claim.get('ownerName') or claim['owner']}")
-            await conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(role_claim(store, claimed=True))))
-            steps.append(Step("RoleAdopted", f"retained Postgres role {store.role} adopted by this TenantStore"))
+        steps = await self._ensure_claim(conn, store, existing)
         if not existing["admin_has_privileges"]:
             await conn.execute(sql.SQL("GRANT {} TO CURRENT_USER").format(role))
         if existing["connection_limit"] != store.connection_limit:
@@ -229,15 +323,45 @@ class PostgresRelationalStore:
             steps.append(Step("PasswordReset", f"role {store.role} got a new password (its Secret was missing)"))
         return steps
 
+    async def _ensure_claim(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore,
+                            existing: dict[str, Any]) -> list[Step]:
+        """Ours already, or a retained tenant of our own namespace to adopt; anything else is a conflict."""
+        claim = self._claim_of(existing)
+        if claim is None:
+            raise TenantIdConflict(f"Postgres role {store.role} carries no claim the operator can verify; "
+                                   f"it will not be adopted")
+        if not existing["recorded"]:  # a claim in an older release's COMMENT: move it into the bookkeeping
+            await execute_at_once(conn, [
+                bookkeeping.record_claim(store.role, store.tenant_id, claim.owner_uid, claim.owner_namespace,
+                                         claim.owner_name),
+                sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(store.role), sql.Literal(MANAGED_COMMENT))])
+        if claim.owner_uid == store.uid:
+            return []
+        if claim.owner_uid:
+            holder = (f"TenantStore {claim.owner_namespace}/{claim.owner_name}"
+                      if claim.owner_namespace == store.owner_namespace else "a TenantStore in another namespace")
+            raise TenantIdConflict(f"tenantId {store.tenant_id} is already claimed by {holder}")
+        # Retained data belongs to the namespace that made it: nobody elsewhere may adopt (or reset) it.
+        if claim.owner_namespace != store.owner_namespace or not await bookkeeping.adopt_claim(
+                conn, store.role, store.uid, store.owner_namespace, store.owner_name):
+            raise TenantIdConflict(f"tenantId {store.tenant_id} is retained by another namespace; only a "
+                                   f"TenantStore in that namespace can adopt it")
+        return [Step("RoleAdopted", f"retained Postgres role {store.role} adopted by this TenantStore")]
+
     async def _ensure_schema(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> list[Step]:
-        row = await fetch_one(conn, "SELECT pg_get_userbyid(nspowner) AS owner FROM pg_namespace WHERE nspname = %s",
-                              store.schema)
+        schema, role = sql.Identifier(store.schema), sql.Identifier(store.role)
+        grant_connect = sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(store.database), role)
+        row = await fetch_one(conn, "SELECT pg_get_userbyid(nspowner) AS owner, "
+                                    "has_database_privilege(%s, current_database(), 'CONNECT') AS can_connect "
+                                    "FROM pg_namespace WHERE nspname = %s", store.role, store.schema)
         if row is None:
-            await conn.execute(sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(
-                sql.Identifier(store.schema), sql.Identifier(store.role)))
+            await execute_at_once(conn, [sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(schema, role), grant_connect])
             return [Step("SchemaCreated", f"schema {store.schema} in database {store.database} created, owned by {store.role}")]
-        if row["owner"] not in (store.role, self.server.admin_role):  # the admin holds it while writes are blocked
+        # The holding role (or, from older releases, the admin) owns it while writes are blocked.
+        if row["owner"] not in (store.role, store.holding_role, self.server.admin_role):
             raise TenantIdConflict(f"schema {store.schema} exists and belongs to role {row['owner']}")
+        if not row["can_connect"]:
+            await conn.execute(grant_connect)
         return []
 
     async def _ensure_database(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> list[Step]:
@@ -263,9 +387,10 @@ class PostgresRelationalStore:
     # --- write access (quota Block) ---
     #
     # The tenant owns its schema or database, and Postgres cannot refuse an owner's writes. So while writes
-    # are blocked the admin role takes ownership of the tenant's schemas and relations and grants the tenant
-    # USAGE, SELECT, DELETE and TRUNCATE: reads and clean-up work, INSERT, UPDATE and DDL are refused.
-    # Unblocking hands everything back.
+    # are blocked the tenant's holding role (NOLOGIN, privileged nowhere) takes ownership of the tenant's
+    # schemas and relations, and the tenant keeps USAGE, SELECT, DELETE and TRUNCATE: reads and clean-up
+    # work; INSERT, UPDATE and DDL are refused. Never the admin: a tenant's view owned by the admin would
+    # read every tenant's rows. Unblocking hands everything back.
 
     async def ensure_write_access(self, store: DesiredStore) -> list[Step]:
         async with self.server.connect(store.database) as conn:
@@ -275,27 +400,44 @@ class PostgresRelationalStore:
             else:
                 row = await fetch_one(conn, "SELECT pg_get_userbyid(datdba) AS owner FROM pg_database "
                                             "WHERE datname = current_database()")
-            blocked = row is not None and row["owner"] != store.role
-            if row is None or blocked == (not store.writes_allowed):
+            if row is None:
+                return []
+            holder = row["owner"]
+            if holder == self.server.admin_role:  # blocked by an older release: the admin must let go first
+                async with conn.transaction():
+                    await self._hand_back(conn, store, holder)
+                holder = store.role
+            blocked = holder != store.role
+            if blocked == (not store.writes_allowed):
                 return []
             async with conn.transaction():
                 if store.writes_allowed:
-                    await self._hand_back(conn, store)
+                    await self._hand_back(conn, store, holder)
                     return [Step("WritesRestored", f"{store.role} owns its {store.relational.value} again")]
                 await self._take_over(conn, store)
                 return [Step("WritesBlocked", f"{store.role} can read and delete but not write its "
                                               f"{store.relational.value} until it is under quota")]
 
+    async def _ensure_holding_role(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> None:
+        if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", store.holding_role):
+            return
+        holder = sql.Identifier(store.holding_role)
+        # Membership lets the admin hand objects to it and back; the role itself can do nothing.
+        await execute_at_once(conn, [sql.SQL("CREATE ROLE {} NOLOGIN").format(holder),
+                                     sql.SQL("COMMENT ON ROLE {} IS {}").format(holder, sql.Literal(MANAGED_COMMENT)),
+                                     sql.SQL("GRANT {} TO CURRENT_USER").format(holder)])
+
     async def _take_over(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> None:
-        role = sql.Identifier(store.role)
+        await self._ensure_holding_role(conn, store)
+        role, holder = sql.Identifier(store.role), sql.Identifier(store.holding_role)
         if store.relational is RelationalIsolation.DATABASE:
-            await conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO CURRENT_USER").format(sql.Identifier(store.database)))
+            await conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(sql.Identifier(store.database), holder))
             await conn.execute(sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
                 sql.Identifier(store.database), role))
         schemas = await self._tenant_schemas(conn, store, owner=store.role)
         for schema in schemas:
-            await conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO CURRENT_USER").format(sql.Identifier(schema)))
-        await self._reassign_relations(conn, schemas, from_role=store.role, to_role=self.server.admin_role, store=store)
+            await conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(sql.Identifier(schema), holder))
+        await self._reassign_relations(conn, schemas, from_role=store.role, to_role=store.holding_role, store=store)
         for schema in schemas:
             await conn.execute(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), role))
             await conn.execute(sql.SQL("GRANT SELECT, DELETE, TRUNCATE ON ALL TABLES IN SCHEMA {} TO {}").format(
@@ -303,15 +445,15 @@ class PostgresRelationalStore:
             await conn.execute(sql.SQL("GRANT SELECT ON ALL SEQUENCES IN SCHEMA {} TO {}").format(
                 sql.Identifier(schema), role))
 
-    async def _hand_back(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> None:
+    async def _hand_back(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore, holder: str) -> None:
         if store.relational is RelationalIsolation.DATABASE:
             await conn.execute(sql.SQL("ALTER DATABASE {} OWNER TO {}").format(
                 sql.Identifier(store.database), sql.Identifier(store.role)))
-        schemas = await self._tenant_schemas(conn, store, owner=self.server.admin_role)
+        schemas = await self._tenant_schemas(conn, store, owner=holder)
         for schema in schemas:
             await conn.execute(sql.SQL("ALTER SCHEMA {} OWNER TO {}").format(
                 sql.Identifier(schema), sql.Identifier(store.role)))
-        await self._reassign_relations(conn, schemas, from_role=self.server.admin_role, to_role=store.role, store=store)
+        await self._reassign_relations(conn, schemas, from_role=holder, to_role=store.role, store=store)
 
     async def _tenant_schemas(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore, owner: str) -> list[str]:
         if store.relational is RelationalIsolation.SCHEMA:
@@ -361,24 +503,49 @@ class PostgresRelationalStore:
             elif await fetch_one(conn, "SELECT 1 FROM pg_database WHERE datname = %s", store.database):
                 await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(store.database)))
                 steps.append(Step("DatabaseDropped", f"database {store.database} dropped"))
-            if await self._inspect_role(conn, store.role) is not None:
-                # Grants and policies the role still holds in the shared database go with it.
+            doomed = [name for name in (store.role, store.holding_role)
+                      if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", name)]
+            if doomed:
+                await self._forget_statements(conn, store.role)
+                # Grants and policies the roles still hold in the shared database go with them.
                 await execute_at_once(conn, [
-                    sql.SQL("SELECT pg_advisory_xact_lock(hashtextextended({}, 0))").format(sql.Literal(SHARED_ACL_LOCK)),
-                    sql.SQL("DROP OWNED BY {}").format(role), sql.SQL("DROP ROLE IF EXISTS {}").format(role)])
+                    *bookkeeping.lock_statements(SHARED_ACL_LOCK),
+                    *(statement for name in doomed for statement in (
+                        sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)),
+                        sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))),
+                    *bookkeeping.forget_role(store.role)])
                 steps.append(Step("RoleDropped", f"Postgres role {store.role} dropped"))
+            else:
+                await execute_at_once(conn, bookkeeping.forget_role(store.role))
         return steps
+
+    async def _forget_statements(self, conn: psycopg.AsyncConnection[Any], role: str) -> None:
+        """Drop the role's entries (query texts included) from pg_stat_statements, where the admin may."""
+        schema = await extension_schema(conn, "pg_stat_statements")
+        if schema is None:
+            return
+        reset = sql.Identifier(schema, "pg_stat_statements_reset")
+        signature = f"{sql.Identifier(schema).as_string(conn)}.pg_stat_statements_reset(oid, oid, bigint, boolean)"
+        allowed = await fetch_one(conn, "SELECT to_regprocedure(%s) IS NOT NULL "
+                                        "AND has_function_privilege(%s, 'EXECUTE') AS allowed", signature, signature)
+        if allowed and allowed["allowed"]:
+            await conn.execute(sql.SQL("SELECT {}(r.oid, 0, 0, false) FROM pg_roles r WHERE r.rolname = %s").format(reset),
+                               (role,))
 
     async def release(self, store: DesiredStore) -> list[Step]:
         async with self.server.connect() as conn:
-            if await self._inspect_role(conn, store.role) is None:
-                return []
-            await conn.execute(sql.SQL("COMMENT ON ROLE {} IS {}").format(
-                sql.Identifier(store.role), sql.Literal(role_claim(store, claimed=False))))
+            role = await self._inspect_role(conn, store.role)
+            claim = self._claim_of(role) if role else None
+            if role is None or (claim is not None and claim.owner_uid not in (None, store.uid)):
+                return []  # gone, or someone else's
+            # The namespace stays on record: only a TenantStore of this namespace may adopt the tenant.
+            await execute_at_once(conn, [
+                bookkeeping.record_claim(store.role, store.tenant_id, None, store.owner_namespace, store.owner_name),
+                sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(store.role), sql.Literal(MANAGED_COMMENT))])
         where = (f"schema {store.schema} in database {store.database}" if store.relational is RelationalIsolation.SCHEMA
                  else f"database {store.database}")
         return [Step("Retained", f"kept Postgres role {store.role} and {where}; a new TenantStore with "
-                                 f"tenantId {store.tenant_id} adopts them")]
+                                 f"tenantId {store.tenant_id} in namespace {store.owner_namespace} adopts them")]
 
     async def measure(self, stores: Sequence[DesiredStore]) -> dict[str, RelationalUsage]:
         roles = [store.role for store in stores]
@@ -410,14 +577,14 @@ class PostgresRelationalStore:
 
     async def _daily_queries(self, conn: psycopg.AsyncConnection[Any], roles: list[str]) -> dict[str, int] | None:
         """Statements per role since the first measurement of the current UTC day (needs pg_stat_statements)."""
-        if not roles or not (await fetch_one(conn, "SELECT to_regclass('pg_stat_statements') IS NOT NULL AS present"))["present"]:
+        schema = await extension_schema(conn, "pg_stat_statements")
+        if not roles or schema is None:
             return None
-        await self._ensure_baseline_table(conn)
         async with conn.transaction():
             cursor = await conn.execute(sql.SQL("""
                 WITH totals AS (
                     SELECT r.rolname AS role, coalesce(sum(s.calls), 0)::bigint AS calls
-                      FROM pg_roles r LEFT JOIN pg_stat_statements s ON s.userid = r.oid
+                      FROM pg_roles r LEFT JOIN {statements} s ON s.userid = r.oid
                      WHERE r.rolname = ANY(%s) GROUP BY r.rolname),
                 today AS (SELECT (now() AT TIME ZONE 'UTC')::date AS day),
                 rebased AS (
@@ -428,17 +595,64 @@ class PostgresRelationalStore:
                     RETURNING role, calls)
                 SELECT t.role AS key, t.calls - coalesce(r.calls, kept.calls) AS value
                   FROM totals t LEFT JOIN rebased r ON r.role = t.role
-                  LEFT JOIN {baseline} kept ON kept.role = t.role""").format(baseline=BASELINE_TABLE), (roles,))
+                  LEFT JOIN {baseline} kept ON kept.role = t.role""").format(
+                statements=sql.Identifier(schema, "pg_stat_statements"), baseline=bookkeeping.BASELINES), (roles,))
             return {row["key"]: max(int(row["value"] or 0), 0) for row in await cursor.fetchall()}
 
-    async def _ensure_baseline_table(self, conn: psycopg.AsyncConnection[Any]) -> None:
-        present = await fetch_one(conn, "SELECT to_regclass(format('%%I.%%I', %s::text, %s::text)) IS NOT NULL AS present",
-                                  OPERATOR_SCHEMA, BASELINE_TABLE_NAME)
-        if present["present"]:
-            return
-        await conn.execute(sql.SQL("CREATE SCHEMA IF NOT EXISTS {}").format(sql.Identifier(OPERATOR_SCHEMA)))
-        await conn.execute(sql.SQL("CREATE TABLE IF NOT EXISTS {} (role name PRIMARY KEY, day date NOT NULL, "
-                                   "calls bigint NOT NULL)").format(BASELINE_TABLE))
+    async def verify(self, stores: Sequence[DesiredStore]) -> dict[str, list[Drift]]:
+        if not stores:
+            return {}
+        async with self.server.connect() as conn:
+            roles = {row["rolname"]: row for row in await (await conn.execute("""
+                SELECT rolname, rolcanlogin, rolconnlimit,
+                       has_database_privilege(oid, current_database(), 'CONNECT') AS can_connect
+                  FROM pg_roles WHERE rolname = ANY(%s)""", ([store.role for store in stores],))).fetchall()}
+            schemas = {row["nspname"]: row["owner"] for row in await (await conn.execute(
+                "SELECT nspname, pg_get_userbyid(nspowner) AS owner FROM pg_namespace WHERE nspname = ANY(%s)",
+                ([store.schema for store in stores if store.relational is RelationalIsolation.SCHEMA],))).fetchall()}
+            databases = {row["datname"]: row["owner"] for row in await (await conn.execute(
+                "SELECT datname, pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = ANY(%s)",
+                ([store.database for store in stores if store.relational is RelationalIsolation.DATABASE],))).fetchall()}
+        return {store.tenant_id: drifts for store in stores
+                if (drifts := self._drifts(store, roles.get(store.role), schemas, databases))}
+
+    def _drifts(self, store: DesiredStore, role: dict[str, Any] | None, schemas: dict[str, str],
+                databases: dict[str, str]) -> list[Drift]:
+        drifts: list[Drift] = []
+        if role is None:
+            drifts.append(Drift("RoleMissing", f"Postgres role {store.role} does not exist"))
+        else:
+            if role["rolcanlogin"] == store.suspended:
+                drifts.append(Drift("LoginChanged", f"role {store.role} {'can' if role['rolcanlogin'] else 'cannot'} "
+                                                    f"log in, the tenant is {'' if store.suspended else 'not '}suspended"))
+            if role["rolconnlimit"] != store.connection_limit:
+                drifts.append(Drift("ConnectionLimitChanged", f"role {store.role} has connection limit "
+                                                              f"{role['rolconnlimit']}, not {store.connection_limit}"))
+        owners = (store.role, store.holding_role, self.server.admin_role)
+        if store.relational is RelationalIsolation.SCHEMA:
+            if store.schema not in schemas:
+                drifts.append(Drift("SchemaMissing", f"schema {store.schema} does not exist in database "
+                                                     f"{store.database}", holds_data=True))
+            elif schemas[store.schema] not in owners:
+                drifts.append(Drift("OwnerChanged", f"schema {store.schema} belongs to {schemas[store.schema]}"))
+            if role is not None and not role["can_connect"]:
+                drifts.append(Drift("GrantMissing", f"role {store.role} may not connect to database {store.database}"))
+        elif store.database not in databases:
+            drifts.append(Drift("DatabaseMissing", f"database {store.database} does not exist", holds_data=True))
+        elif databases[store.database] not in owners:
+            drifts.append(Drift("OwnerChanged", f"database {store.database} belongs to {databases[store.database]}"))
+        return drifts
+
+    async def credentials_work(self, store: DesiredStore, password: str) -> bool | None:
+        conninfo = make_conninfo(host=self.server.host, port=self.server.port, user=store.role, password=password,
+                                 dbname=store.database, connect_timeout=CONNECT_TIMEOUT_SECONDS,
+                                 application_name="tenantstore-operator-verify")
+        try:
+            async with await psycopg.AsyncConnection.connect(conninfo):
+                return True
+        except psycopg.OperationalError as error:
+            # Only a refused password is drift; a full connection quota or an outage tells nothing.
+            return False if "password authentication failed" in str(error) else None
 
     async def residue(self, store: DesiredStore) -> list[str]:
         left: list[str] = []
@@ -450,4 +664,7 @@ class PostgresRelationalStore:
                     left.append(f"schema {store.schema}")
             elif await fetch_one(conn, "SELECT 1 FROM pg_database WHERE datname = %s", store.database):
                 left.append(f"database {store.database}")
+            if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", store.holding_role):
+                left.append(f"role {store.holding_role}")
+            left += await bookkeeping.records_of(conn, store.role)
         return left
