@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install controlplane helm kstatus promtool sync-crds sync-monitoring demo test test-unit clean bench bench-sweep
+.PHONY: install controlplane helm kstatus promtool sync-crds sync-monitoring demo test test-unit clean bench bench-sweep chaos
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +62,14 @@ bench: controlplane
 
 bench-sweep: controlplane
 	$(BIN)/python -m bench.provisioning --sweep $(SWEEP) $(BENCH_ARGS)
+
+# Chaos: N tenants of every tier provisioned and torn down while the operator is SIGKILLed (KILLS times, default
+# max(3, N/4)), Postgres goes away for a few seconds and the kube-apiserver restarts; SEED repeats a run.
+# `make chaos N=50`; `make test` runs it with 6 tenants and 3 kills. Prints one `chaos: seed=...` summary line.
+chaos: N = 50
+chaos: controlplane
+	CHAOS_N=$(N) $(if $(KILLS),CHAOS_KILLS=$(KILLS)) $(if $(SEED),CHAOS_SEED=$(SEED)) \
+	  $(BIN)/pytest tests/e2e/test_chaos.py -s -p no:cacheprovider
 
 clean:
 	rm -rf $(VENV) .pytest_cache

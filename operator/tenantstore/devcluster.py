@@ -711,6 +711,7 @@ class _Process:
 
     def __init__(self, name: str, argv: Sequence[str], log_path: Path) -> None:
         self.name = name
+        self.argv = list(argv)
         self.log_path = log_path
         with open(log_path, "ab") as log:
             # Own session: a Ctrl-C in the caller's terminal doesn't hit the
@@ -810,6 +811,24 @@ class ControlPlane:
         """Raise :class:`ControlPlaneError` (with its log tail) if a process has exited."""
         for process in self._processes:
             process.check_alive()
+
+    def restart_apiserver(self, downtime: float = 0, timeout: float = 60) -> None:
+        """Stop kube-apiserver (SIGTERM) and start it again on the same port, certificates and etcd.
+
+        Clients see a real outage: connections are refused for at least ``downtime`` seconds, then the same
+        server answers again. Returns once ``/readyz`` answers 200.
+        """
+        index = next(i for i, process in enumerate(self._processes) if process.name == "kube-apiserver")
+        stopped = self._processes[index]
+        stopped.stop(grace=10)
+        try:
+            time.sleep(downtime)
+        finally:  # started again even when interrupted: the rest of the control plane relies on it
+            restarted = self._processes[index] = _Process(stopped.name, stopped.argv, stopped.log_path)
+        context = self._admin_context()
+        _wait_until("kube-apiserver /readyz after a restart",
+                    lambda: _http_status(f"{self.server}/readyz", context) == 200, restarted,
+                    time.monotonic() + timeout)
 
     def stop(self, grace: float = 10) -> None:
         """Stop only the processes started here, newest first (SIGTERM, then SIGKILL)."""

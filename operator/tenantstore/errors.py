@@ -24,6 +24,14 @@ class StoreClassInvalid(ReconcileError):
     retry_after = 15.0
 
 
+class StoreClassNotReady(ReconcileError):
+    """The class's Postgres or vector service misses a prerequisite (its Ready condition names it); nothing is
+    made for a new tenant until it is fixed."""
+
+    reason = "StoreClassNotReady"
+    retry_after = 30.0
+
+
 class StoreClassNotAllowed(ReconcileError):
     """The class's spec.allowedNamespaces does not admit the TenantStore's namespace; nothing is made for it.
 

@@ -143,7 +143,7 @@ async def delete_tenantstore(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo
         async with memo.reconciles:
             with tracing.lifecycle(tracing.DELETE, body):
                 outcome = await reconcile.teardown_tenant(body, latest_classes(store_class_index), memo.backends,
-                                                          memo.secrets, namespaces=memo.namespaces)
+                                                          memo.secrets)
     except ReconcileError as error:
         metrics.RECONCILE_ERRORS.labels(error.reason).inc()
         patch.status["phase"] = Phase.DELETING.value

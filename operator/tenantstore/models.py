@@ -84,7 +84,11 @@ def parse_quantity(value: int | str) -> int:
         raise InvalidResource(f"{value!r} is not a quantity of bytes (for example 1Gi, 500M or 1048576)")
     number, suffix = match.groups()
     multiplier = _BINARY.get(suffix or "", _DECIMAL.get(suffix or "", 1))
-    return int(Decimal(number) * multiplier)
+    amount = Decimal(number) * multiplier
+    if amount != amount.to_integral_value():
+        # Never round: "0.5" would become 0, which means unlimited.
+        raise InvalidResource(f"{value!r} is not a whole number of bytes")
+    return int(amount)
 
 
 def format_quantity(value: int) -> int | str:

@@ -15,9 +15,9 @@ from typing import Any
 from tenantstore import conditions, migration, tracing
 from tenantstore.backends import RelationalPlacement, Step, VectorPlacement, VectorStore
 from tenantstore.conditions import Condition
-from tenantstore.errors import (BackendUnavailable, IsolationBroken, ReconcileError, SecretConflict,
-                                StoreClassInvalid, StoreClassNotAllowed, StoreClassNotFound, TenantIdConflict,
-                                TierChangeRefused, VectorQuotaExceeded)
+from tenantstore.errors import (BackendUnavailable, IsolationBroken, ObjectReplaced, ReconcileError, SecretConflict,
+                                StoreClassInvalid, StoreClassNotAllowed, StoreClassNotFound, StoreClassNotReady,
+                                TenantIdConflict, TierChangeRefused, VectorQuotaExceeded)
 from tenantstore.kube import NOT_READ, NamespaceLabels, SecretDeletion, Secrets, password_in
 from tenantstore.models import (DeletionPolicy, DesiredStore, InvalidResource, Phase, RelationalIsolation,
                                 StoreClass, TenantStoreSpec, VectorIsolation, desired_store, effective_quotas)
@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 PHASE_BY_REASON = {
     StoreClassNotFound.reason: Phase.PENDING,
+    StoreClassNotReady.reason: Phase.PENDING,
     VectorQuotaExceeded.reason: Phase.PENDING,
     BackendUnavailable.reason: Phase.PROVISIONING,
     StoreClassInvalid.reason: Phase.FAILED,
@@ -38,7 +39,14 @@ PHASE_BY_REASON = {
 
 
 # A tenant that was serving and meets these keeps its phase: it still serves; Ready=False tells the rest.
-KEEPS_PHASE = (BackendUnavailable.reason, TierChangeRefused.reason, StoreClassNotAllowed.reason)
+KEEPS_PHASE = (BackendUnavailable.reason, TierChangeRefused.reason, StoreClassNotAllowed.reason,
+               StoreClassNotReady.reason)
+
+# Failures no retry can end: they wait for a person (a spec, a Secret, a class or a namespace to change).
+# kstatus (Flux's `wait`, kpt) reads Stalled=True as Failed; every other failure stays InProgress.
+TERMINAL_REASONS = frozenset({"InvalidSpec", StoreClassInvalid.reason, StoreClassNotAllowed.reason,
+                              TenantIdConflict.reason, SecretConflict.reason, TierChangeRefused.reason,
+                              ObjectReplaced.reason, IsolationBroken.reason})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,9 +153,11 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
     meta = body["metadata"]
     generation = meta.get("generation", 0)
     current = body.get("status") or {}
+    made_in: str | None = None  # the class whose backends this reconcile started to change
     try:
         spec = TenantStoreSpec.from_body(body)
-        store_class = resolve_store_class(spec.store_class_name, classes)
+        # The class it was made in, once recorded: moving the default annotation never moves a tenant.
+        store_class = resolve_store_class(current.get("storeClassName") or spec.store_class_name, classes)
         await check_admitted(store_class, meta["namespace"], namespaces, provisioned=bool(current.get("relational")))
         check_claim(spec.tenant_id, claim_ref(body), claims)
         # Writes stay blocked while the last measured usage is over a Block quota (the measurement job decides).
@@ -158,11 +168,15 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         refuse_relational_move(store, current)
         backends = await registry.for_class(store_class)
         tracing.annotate({"gen_ai.provider.name": backends.vector.backend})
+        if not current.get("storeClassName"):
+            # Everything that can be checked is checked before anything is made.
+            await registry.require_ready(store_class, backends)
 
         with tracing.backend_call("kubernetes", "read_secret"):
             current_secret = await secrets.read_tenant_secret(meta["namespace"], spec.secret_name, body)
         password = password_in(current_secret)
         password_is_new = password is None
+        made_in = store_class.name
         with tracing.backend_call("postgres", "ensure"):
             relational, steps = await backends.relational.ensure(store, password or (password := new_password()),
                                                                   password_is_new)
@@ -194,6 +208,8 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
     except ReconcileError as error:
         outcome = failed_outcome(current, generation, error.reason, str(error),
                                  PHASE_BY_REASON.get(error.reason, Phase.FAILED), error.retry_after)
+        if made_in and not current.get("storeClassName"):
+            outcome.status["storeClassName"] = made_in  # something may exist there now: teardown must look
         outcome.warning = error
         return outcome
 
@@ -219,8 +235,8 @@ def converged_status(spec: TenantStoreSpec, store_class: StoreClass, store: Desi
         "phase": phase.value,
         "observedGeneration": generation,
         "conditions": conditions.merge_conditions(
-            previous_conditions, [ready, verdict.condition(), capped_condition(spec, store), *extra_conditions],
-            generation),
+            previous_conditions, [ready, verdict.condition(), capped_condition(spec, store),
+                                  *stalled_condition(previous_conditions, None), *extra_conditions], generation),
         "storeClassName": store_class.name,
         "observedStoreClassGeneration": store_class.generation,
         "isolation": {"relational": store.relational.value, "vector": store.vector.value},
@@ -299,9 +315,22 @@ def failed_outcome(current: Mapping[str, Any], generation: int, reason: str, mes
         "phase": current.get("phase") if reason in KEEPS_PHASE and current.get("phase") in
         (Phase.READY, Phase.SUSPENDED) else phase.value,
         "observedGeneration": generation,
-        "conditions": conditions.merge_conditions(current.get("conditions"), [ready], generation),
+        "conditions": conditions.merge_conditions(
+            current.get("conditions"), [ready, *stalled_condition(current.get("conditions"), reason, message)],
+            generation),
     }
     return Outcome(status=status, events=[], retry_after=retry_after)
+
+
+def stalled_condition(previous: Sequence[Mapping[str, Any]] | None, reason: str | None,
+                      message: str = "") -> list[Condition]:
+    """Stalled=True on a terminal failure; False once it is over (absent on tenants that never stalled)."""
+    if reason in TERMINAL_REASONS:
+        return [Condition("Stalled", True, reason, message)]
+    if conditions.find(previous, "Stalled") is not None:
+        return [Condition("Stalled", False, "Progressing" if reason else "Converged",
+                          "nothing waits for a person" if reason else "the tenant's store is as its spec says")]
+    return []
 
 
 def claim_ref(body: Mapping[str, Any]) -> ClaimRef:
@@ -323,7 +352,7 @@ def store_as_provisioned(spec: TenantStoreSpec, store_class: StoreClass, body: M
 
 
 async def teardown_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreClass | InvalidResource],
-                          registry: BackendRegistry, secrets: Secrets, *, namespaces: NamespaceLabels) -> Outcome:
+                          registry: BackendRegistry, secrets: Secrets) -> Outcome:
     """The finalizer's work. Raises ReconcileError (the finalizer stays) until everything is verifiably gone."""
     meta, current = body["metadata"], body.get("status") or {}
     namespace = meta["namespace"]
@@ -331,16 +360,11 @@ async def teardown_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreCl
         spec = TenantStoreSpec.from_body(body)
     except InvalidResource:
         return Outcome(status={}, events=[])  # nothing can have been made for a spec we never accepted
-    try:
-        store_class = resolve_store_class(current.get("storeClassName") or spec.store_class_name, classes)
-    except (StoreClassNotFound, StoreClassInvalid):
-        if current.get("relational"):
-            raise  # it was provisioned: keep the finalizer until the class is back, or the data would leak
+    if not (current.get("relational") or current.get("storeClassName")):
+        # No reconcile ever reached a backend (each records the class first): there is nothing to remove,
+        # whatever state the class, its Secrets or its namespace rules are in now.
         return Outcome(status={}, events=[])
-    if not current.get("relational") and not await admitted(store_class, namespace, namespaces):
-        # Never provisioned, and refused: reconciles stop at the namespace check, before any backend call, so
-        # there is nothing to remove (the same judgement as for a class that is gone, above).
-        return Outcome(status={}, events=[])
+    store_class = resolve_store_class(current.get("storeClassName") or spec.store_class_name, classes)
     store = store_as_provisioned(spec, store_class, body)
     backends = await registry.for_class(store_class)
     events: list[Step] = []

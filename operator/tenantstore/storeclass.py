@@ -17,7 +17,7 @@ async def check_store_class(body: Mapping[str, Any], status: Mapping[str, Any] |
     try:
         store_class = StoreClass.from_body(body)
         backends = await registry.for_class(store_class)
-        problems = await backends.relational.preflight() + await backends.vector.preflight()
+        problems = await registry.preflight(store_class, backends, max_age=0)  # fresh: this is the class's check
     except ReconcileError as error:
         ready = Condition("Ready", False, error.reason, str(error))
     except InvalidResource as error:

@@ -92,7 +92,7 @@ async def test_a_reconcile_is_one_span_with_a_child_per_backend_call(env: LocalE
         assert outcome.status["phase"] == "Ready"
         body["status"] = outcome.status
         with tracing.lifecycle(tracing.DELETE, body):
-            await reconcile.teardown_tenant(body, classes, registry, secrets, namespaces=Namespaces(api))
+            await reconcile.teardown_tenant(body, classes, registry, secrets)
     finally:
         await registry.close()
         await api.close()

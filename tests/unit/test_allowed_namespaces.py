@@ -181,17 +181,15 @@ async def test_an_unrestricted_class_never_reads_the_namespace() -> None:
 
 async def test_deleting_a_refused_never_provisioned_tenant_touches_no_backend() -> None:
     classes = {"gold": StoreClass.from_body(class_body(GOLD_ONLY))}
-    outcome = await reconcile.teardown_tenant(tenant(), classes, NoBackends(), NoBackends(),  # type: ignore[arg-type]
-                                              namespaces=FixedNamespaces({}))
+    outcome = await reconcile.teardown_tenant(tenant(), classes, NoBackends(), NoBackends())  # type: ignore[arg-type]
     assert outcome.events == [] and outcome.status == {}
 
 
 async def test_deleting_a_provisioned_tenant_outside_the_selector_still_tears_it_down() -> None:
     classes = {"gold": StoreClass.from_body(class_body(GOLD_ONLY))}
-    provisioned = tenant({"phase": "Ready", "relational": {"role": "tenant_acme"}})
+    provisioned = tenant({"phase": "Ready", "relational": {"role": "tenant_acme"}, "storeClassName": "gold"})
     with pytest.raises(AssertionError, match="backends of gold touched"):
-        await reconcile.teardown_tenant(provisioned, classes, NoBackends(), NoBackends(),  # type: ignore[arg-type]
-                                        namespaces=FixedNamespaces({}))
+        await reconcile.teardown_tenant(provisioned, classes, NoBackends(), NoBackends())  # type: ignore[arg-type]
 
 
 def test_the_periodic_job_reconciles_provisioned_tenants_whose_admission_changed() -> None:

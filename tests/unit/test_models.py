@@ -29,6 +29,12 @@ def test_quantities_parse_as_kubernetes_writes_them(text: str | int, expected: i
     assert parse_quantity(text) == expected
 
 
+@pytest.mark.parametrize("fraction", ["0.5", "1.5", "1.0001k"])
+def test_a_fraction_of_a_byte_is_refused_not_rounded_to_unlimited(fraction: str) -> None:
+    with pytest.raises(InvalidResource, match="whole number of bytes"):
+        parse_quantity(fraction)
+
+
 def test_a_bad_quantity_names_itself() -> None:
     with pytest.raises(InvalidResource, match="12 parsecs"):
         parse_quantity("12 parsecs")

@@ -29,7 +29,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
 from tenantstore.backends import Drift, RelationalPlacement, RelationalUsage, Step, bookkeeping
-from tenantstore.errors import BackendUnavailable, StoreClassInvalid, TenantIdConflict
+from tenantstore.errors import BackendUnavailable, ReconcileError, StoreClassInvalid, TenantIdConflict
 from tenantstore.models import DesiredStore, RelationalIsolation
 from tenantstore.redaction import redact
 
@@ -109,7 +109,7 @@ class PostgresServer:
     async def connect(self, database: str | None = None) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
         """An autocommit connection (CREATE DATABASE needs one); use `conn.transaction()` for atomic steps."""
         database = database or self.shared_database
-        unavailable: BackendUnavailable | None = None
+        unavailable: ReconcileError | None = None
         try:
             if database == self.shared_database:
                 if not self._opened:
@@ -127,9 +127,11 @@ class PostgresServer:
             # A lock held elsewhere (a tenant's on its own objects, or a long operator step): retry soon.
             unavailable = BackendUnavailable(f"Postgres at {self.host}:{self.port}: a lock was not granted in "
                                              f"time, retrying: {first_line(error)}", retry_after=5.0)
-        except (psycopg.OperationalError, psycopg_pool.PoolTimeout) as error:
-            unavailable = BackendUnavailable(f"Postgres at {self.host}:{self.port} is unreachable: "
-                                             f"{self.scrub(first_line(error))}")
+        except psycopg_pool.PoolTimeout:
+            # The pool only says it waited: one direct attempt tells a refused login from an outage.
+            unavailable = await self._diagnose(database)
+        except psycopg.OperationalError as error:
+            unavailable = self._refusal(error, database)
         except psycopg.errors.InternalError_ as error:
             # Two catalog updates of one row at once (e.g. grants on a shared schema): transient, retry soon.
             if "tuple concurrently updated" not in str(error):
@@ -138,6 +140,23 @@ class PostgresServer:
                                              f"retrying: {first_line(error)}", retry_after=1.0)
         if unavailable is not None:  # outside the handler: the driver's exception (and any secret in it) stays behind
             raise unavailable
+
+    async def _diagnose(self, database: str) -> ReconcileError:
+        try:
+            async with await psycopg.AsyncConnection.connect(self.conninfo(database)):
+                pass
+        except psycopg.OperationalError as error:
+            return self._refusal(error, database)
+        return BackendUnavailable(f"Postgres at {self.host}:{self.port}: no connection free in the operator's pool")
+
+    def _refusal(self, error: psycopg.OperationalError, database: str) -> ReconcileError:
+        message = self.scrub(first_line(error))
+        # The server answered and said no to the class's own settings: fixing them is up to a person.
+        if database == self.shared_database and any(sign in message for sign in (
+                "password authentication failed", "role \"", "database \"", "no password supplied",
+                "is not permitted to log in", "permission denied for database")):
+            return StoreClassInvalid(f"the admin login of Postgres at {self.host}:{self.port} is refused: {message}")
+        return BackendUnavailable(f"Postgres at {self.host}:{self.port} is unreachable: {message}")
 
     async def _prepare(self, conn: psycopg.AsyncConnection[Any]) -> None:
         """Once per server: the operator's bookkeeping, and a shared database only tenants of it may enter."""
