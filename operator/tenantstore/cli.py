@@ -13,6 +13,8 @@ def run(args: argparse.Namespace) -> int:
 
     if args.usage_interval:
         os.environ["TENANTSTORE_USAGE_INTERVAL"] = str(args.usage_interval)  # read when handlers register
+    if args.verify_interval:
+        os.environ["TENANTSTORE_VERIFY_INTERVAL"] = str(args.verify_interval)
     if args.migration_batch:
         os.environ["TENANTSTORE_MIGRATION_BATCH"] = str(args.migration_batch)
 
@@ -80,6 +82,9 @@ def main(argv: list[str] | None = None) -> int:
     election.add_argument("--renew-deadline", type=float, default=10.0,
                           help="seconds the leader keeps retrying a renewal before it stops leading")
     election.add_argument("--retry-period", type=float, default=2.0, help="seconds between Lease attempts")
+    run_parser.add_argument("--verify-interval", type=float, default=None,
+                            help="seconds between checks of every provisioned tenant against its backends, per "
+                                 "StoreClass (default: $TENANTSTORE_VERIFY_INTERVAL or 60)")
     run_parser.add_argument("--usage-interval", type=float, default=None,
                             help="seconds between usage measurements of each StoreClass's tenants "
                                  "(default: $TENANTSTORE_USAGE_INTERVAL or 60)")

@@ -23,6 +23,9 @@ TENANTSTORES = (GROUP, VERSION, "tenantstores")
 STORECLASS_CHECK_INTERVAL_SECONDS = 60.0
 # How often each StoreClass's tenants are measured (tenantstore run --usage-interval).
 USAGE_INTERVAL_SECONDS = float(os.environ.get("TENANTSTORE_USAGE_INTERVAL", "60"))
+# How often each StoreClass's provisioned tenants are checked against their backends (--verify-interval).
+VERIFY_INTERVAL_SECONDS = float(os.environ.get("TENANTSTORE_VERIFY_INTERVAL", "60"))
+TENANT_SECRETS = {"labels": {kube.MANAGED_BY_LABEL: kube.MANAGED_BY}}
 # Reconciles and teardowns that talk to the backends at once. Kopf starts a worker per TenantStore, so a
 # thousand created at once would otherwise all wait on the small Postgres pool and time out (bench/README.md).
 # (Kopf's own settings.queueing.worker_limit cannot do this: below the number of objects it deadlocks the
@@ -67,6 +70,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.statuses = kube.TenantStatuses(memo.api)
     memo.backends = BackendRegistry(memo.secrets)
     memo.reconciles = asyncio.Semaphore(MAX_CONCURRENT_RECONCILES)
+    memo.canary_turns = collections.Counter()
 
 
 @kopf.on.cleanup()
@@ -114,25 +118,51 @@ def latest_classes(index: kopf.Index[str, Any]) -> dict[str, StoreClass | Invali
     return {name: next(iter(store), None) for name, store in index.items() if store}
 
 
+@kopf.index("", "v1", "secrets", **TENANT_SECRETS)
+async def tenant_secrets(body: kopf.Body, namespace: str, name: str, **_: Any) -> dict[tuple[str, str], str | None]:
+    """The password in each tenant Secret, so verification checks Secrets without reading them."""
+    return {(namespace, name): kube.password_in_data(body.get("data"))}
+
+
 @kopf.on.resume(*TENANTSTORES)
 @kopf.on.create(*TENANTSTORES)
 @kopf.on.update(*TENANTSTORES, field="spec")
-@redacted_errors
-async def reconcile_tenantstore(body: kopf.Body, spec: kopf.Spec, status: kopf.Status, meta: kopf.Meta,
-                                patch: kopf.Patch, memo: kopf.Memo, reason: kopf.Reason,
-                                store_class_index: kopf.Index[str, Any], tenant_id_index: kopf.Index[str, ClaimRef],
-                                **_: Any) -> None:
+async def reconcile_tenantstore(body: kopf.Body, status: kopf.Status, meta: kopf.Meta, patch: kopf.Patch,
+                                memo: kopf.Memo, reason: kopf.Reason, store_class_index: kopf.Index[str, Any],
+                                tenant_id_index: kopf.Index[str, ClaimRef], **_: Any) -> None:
     if reason == kopf.Reason.RESUME and is_converged(meta, status):
         return  # a restart must not touch the backends of tenants that need nothing
-    others = [ref for ref in tenant_id_index.get(spec.get("tenantId", ""), ()) if ref.uid != meta["uid"]]
+    operation = tracing.CREATE if reason == kopf.Reason.CREATE else tracing.UPDATE
+    write(body, patch, await reconcile_through(memo, body, latest_classes(store_class_index), tenant_id_index,
+                                               operation))
+
+
+async def reconcile_through(memo: kopf.Memo, body: Mapping[str, Any], classes: Mapping[str, Any],
+                            tenant_id_index: kopf.Index[str, ClaimRef], operation: str = tracing.UPDATE,
+                            check_credentials: bool = False) -> Outcome:
+    """The one reconcile path: the handlers, the usage job, verification and repair all come through here,
+    under the same concurrency limit, with the same span and duration metric."""
+    uid = body["metadata"]["uid"]
+    others = [ref for ref in tenant_id_index.get((body.get("spec") or {}).get("tenantId", ""), ()) if ref.uid != uid]
     async with memo.reconciles:  # the wait for a turn is not part of the reconcile's span and duration
-        with tracing.lifecycle(tracing.CREATE if reason == kopf.Reason.CREATE else tracing.UPDATE, body) as span:
-            outcome = await reconcile.reconcile_tenant(body, latest_classes(store_class_index), others, memo.backends,
-                                                       memo.secrets, report=status_reporter(memo, body),
-                                                       namespaces=memo.namespaces)
+        with tracing.lifecycle(operation, body) as span:
+            outcome = await reconcile.reconcile_tenant(body, classes, others, memo.backends, memo.secrets,
+                                                       report=status_reporter(memo, body), namespaces=memo.namespaces,
+                                                       check_credentials=check_credentials)
             if outcome.warning is not None:
                 span.set_status(tracing.Status(tracing.StatusCode.ERROR, outcome.warning.reason))
-    write(body, patch, outcome)
+    return outcome
+
+
+async def record(memo: kopf.Memo, body: Mapping[str, Any], outcome: Outcome) -> None:
+    """What `write` does for a Kopf handler, for reconciles started elsewhere (timers, Secret events)."""
+    events.post(body, outcome.events)
+    if outcome.warning is not None:
+        metrics.RECONCILE_ERRORS.labels(outcome.warning.reason).inc()
+        warn_on_transition(body, outcome)
+    changes = outcome.status_patch(body.get("status"))
+    if changes:
+        await memo.statuses.patch(body, changes)
 
 
 @kopf.on.delete(*TENANTSTORES)
@@ -186,16 +216,7 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
             continue
         if fleet.needs_reconcile(store_class, tenant) or fleet.admission_changed(store_class, tenant,
                                                                                  namespace_labels):
-            others = [ref for ref in tenant_id_index.get(tenant["spec"].get("tenantId", ""), ())
-                      if ref.uid != tenant["metadata"]["uid"]]
-            outcome = await reconcile.reconcile_tenant(tenant, classes, others, memo.backends, memo.secrets,
-                                                       report=status_reporter(memo, tenant),
-                                                       namespaces=memo.namespaces)
-            events.post(tenant, outcome.events)
-            warn_on_transition(tenant, outcome)
-            changes = outcome.status_patch(tenant.get("status"))
-            if changes:
-                await memo.statuses.patch(tenant, changes)
+            await record(memo, tenant, await reconcile_through(memo, tenant, classes, tenant_id_index))
     try:
         measured = await fleet.measure_class(store_class, tenants, memo.backends, memo.statuses, memo.secrets,
                                              conditions.now_rfc3339())
@@ -208,6 +229,131 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
         (events.warn if condition.status else events.info)(body, reason=condition.reason, message=condition.message)
     for result in measured:
         events.post(result.body, result.events, warning=result.warning)
+
+
+@kopf.timer(*STORECLASSES, interval=VERIFY_INTERVAL_SECONDS, initial_delay=VERIFY_INTERVAL_SECONDS / 2,
+            backoff=VERIFY_INTERVAL_SECONDS)
+async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
+                         store_class_index: kopf.Index[str, Any], tenant_id_index: kopf.Index[str, ClaimRef],
+                         tenants_by_class: kopf.Index[str, dict[str, Any]],
+                         tenant_secrets: kopf.Index[tuple[str, str], str | None], **_: Any) -> None:
+    """Per StoreClass: are its provisioned tenants still as made? Report or repair what is not (driftPolicy)."""
+    await asyncio.sleep(random.uniform(0, VERIFY_INTERVAL_SECONDS / 10))  # jitter: classes don't all fire at once
+    classes = latest_classes(store_class_index)
+    store_class = classes.get(name)
+    if not isinstance(store_class, StoreClass):
+        return
+    memo.canary_turns[name] += 1
+    started = time.monotonic()
+    passwords = {key: next(iter(values), None) for key, values in tenant_secrets.items() if values}
+    checked = await verify.check_class(store_class, list(tenants_by_class.get(name, ())), memo.backends, passwords,
+                                       memo.canary_turns[name])
+    metrics.VERIFY_DURATION.labels(name).observe(time.monotonic() - started)
+    if checked.outage is not None:
+        await report_outage(memo, body, status, patch, store_class, list(tenants_by_class.get(name, ())),
+                            checked.outage)
+        return
+    broken = []
+    for tenant in checked.checked:
+        if tenant.isolation:
+            broken.append(tenant)
+            await report_broken_isolation(memo, store_class, tenant)
+        elif tenant.drifts:
+            await act_on_drift(memo, store_class, tenant, classes, tenant_id_index)
+        elif verify.needs_recovery(tenant):
+            await record(memo, tenant.body, await reconcile_through(memo, tenant.body, classes, tenant_id_index))
+    isolation = conditions.Condition("IsolationBroken", bool(broken), IsolationBroken.reason if broken else "Isolated",
+                                     "; ".join(str(t.isolation) for t in broken) or
+                                     "the isolation canary saw only the probing tenant's rows in every shared index")
+    updates = [isolation]
+    ready = conditions.find(status.get("conditions"), "Ready") or {}
+    if ready.get("reason") == "BackendUnavailable":  # back: say so now, not at the class's next check
+        updates.append(conditions.Condition("Ready", True, "BackendsReachable",
+                                            "the class's backends answered the verification pass"))
+    patch.status.update(conditions.status_changes(status, {"conditions": conditions.merge_conditions(
+        status.get("conditions"), updates, body.get("metadata", {}).get("generation", 0))}))
+
+
+async def act_on_drift(memo: kopf.Memo, store_class: StoreClass, tenant: verify.Checked, classes: Mapping[str, Any],
+                       tenant_id_index: kopf.Index[str, ClaimRef]) -> None:
+    body, drifts = tenant.body, tenant.drifts
+    ready = conditions.find((body.get("status") or {}).get("conditions"), "Ready") or {}
+    if ready.get("reason") not in {drift.kind for drift in drifts}:  # newly found, not still there
+        for drift in drifts:
+            metrics.DRIFT_DETECTED.labels(drift.kind).inc()
+        events.warn(body, reason="DriftDetected", message="; ".join(drift.message for drift in drifts))
+    if store_class.drift_policy is DriftPolicy.REPORT:
+        changes = conditions.status_changes(body.get("status"), verify.drift_status(body, drifts))
+        if changes:
+            await memo.statuses.patch(body, changes)
+        return
+    if lost := tenant.data_lost:
+        changes = verify.data_loss_status(body, lost)
+        await memo.statuses.patch(body, changes)
+        events.warn(body, reason="DataLost",
+                    message=str((conditions.find(changes["conditions"], reconcile.DATA_LOSS.condition) or {})
+                                .get("message")))
+        body = {**body, "status": {**(body.get("status") or {}), **changes}}
+    outcome = await reconcile_through(memo, body, classes, tenant_id_index,
+                                      check_credentials=any(d.kind == verify.CREDENTIALS_OUT_OF_SYNC for d in drifts))
+    await record(memo, body, outcome)
+    if outcome.warning is None:
+        events.info(body, reason="DriftRepaired", message="repaired: " + "; ".join(d.message for d in drifts))
+
+
+async def report_broken_isolation(memo: kopf.Memo, store_class: StoreClass, tenant: verify.Checked) -> None:
+    body = tenant.body
+    index = ((body.get("status") or {}).get("vectorStore") or {}).get("index", "")
+    metrics.ISOLATION_PROBE_FAILURES.labels(store_class.name, index).inc()
+    ready = conditions.find((body.get("status") or {}).get("conditions"), "Ready") or {}
+    if ready.get("reason") != IsolationBroken.reason:
+        events.warn(body, reason=IsolationBroken.reason, message=str(tenant.isolation))
+    changes = conditions.status_changes(body.get("status"), verify.isolation_status(body, str(tenant.isolation)))
+    if changes:
+        await memo.statuses.patch(body, changes)
+
+
+async def report_outage(memo: kopf.Memo, body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch,
+                        store_class: StoreClass, tenants: list[Mapping[str, Any]], outage: ReconcileError) -> None:
+    """The class's backends do not answer: the class and its Ready tenants say so (tenants keep their phase)."""
+    generation = body.get("metadata", {}).get("generation", 0)
+    down = conditions.Condition("Ready", False, outage.reason, str(outage))
+    patch.status.update(conditions.status_changes(status, {"conditions": conditions.merge_conditions(
+        status.get("conditions"), [down], generation)}))
+    for tenant in verify.verifiable(tenants):
+        ready = conditions.find((tenant.get("status") or {}).get("conditions"), "Ready") or {}
+        if ready.get("status") != "True":
+            continue
+        outcome = reconcile.failed_outcome(tenant.get("status") or {}, tenant["metadata"].get("generation", 0),
+                                           outage.reason, str(outage), Phase.PROVISIONING, outage.retry_after)
+        outcome.warning = outage
+        await record(memo, tenant, outcome)
+
+
+@kopf.on.event("", "v1", "secrets", **TENANT_SECRETS)
+async def tenant_secret_changed(body: kopf.Body, type: str | None, memo: kopf.Memo,  # noqa: A002 (Kopf's name)
+                                store_class_index: kopf.Index[str, Any], tenant_id_index: kopf.Index[str, ClaimRef],
+                                **_: Any) -> None:
+    """A tenant Secret deleted or edited by hand is repaired now, not at the next verification pass."""
+    if type not in ("DELETED", "MODIFIED") or (type == "MODIFIED" and not kube.edited_by_hand(body)):
+        return
+    owner = next((ref for ref in body.get("metadata", {}).get("ownerReferences") or ()
+                  if ref.get("kind") == "TenantStore"), None)
+    if owner is None:
+        return
+    tenant = await memo.statuses.read(body["metadata"]["namespace"], owner["name"])
+    if tenant is None or tenant["metadata"].get("uid") != owner.get("uid") or not verify.verifiable([tenant]):
+        return
+    classes = latest_classes(store_class_index)
+    store_class = classes.get(tenant["status"].get("storeClassName", ""))
+    if not isinstance(store_class, StoreClass):
+        return
+    key = (body["metadata"]["namespace"], body["metadata"]["name"])
+    passwords = {} if type == "DELETED" else {key: kube.password_in_data(body.get("data"))}
+    checked = await verify.check_class(store_class, [tenant], memo.backends, passwords, canary_turn=None)
+    for found in checked.checked:  # an outage is the verification pass's to report
+        if found.drifts:
+            await act_on_drift(memo, store_class, found, classes, tenant_id_index)
 
 
 def status_reporter(memo: kopf.Memo, body: Mapping[str, Any]) -> Any:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import base64
 import enum
+import hashlib
+import json
 import os
 import time
 from collections.abc import Mapping
@@ -24,6 +26,8 @@ MANAGED_BY = "tenantstore-operator"
 # Set on a tenant's Secret while a Block quota is exceeded: clients of backends that cannot refuse one
 # tenant's writes (Pinecone) are expected to stop writing.
 WRITES_BLOCKED_ANNOTATION = "tenancy.dev/writes-blocked"
+# The digest of the data the operator last wrote: a watch event whose data does not match was a hand edit.
+DATA_DIGEST_ANNOTATION = "tenancy.dev/data-digest"
 # A StoreClass's Secrets (admin URI, Pinecone key) are read at most this often: every reconcile used to read
 # the admin Secret, a third of the operator's Secret reads. A rotated value is picked up within this time.
 CLASS_SECRET_CACHE_SECONDS = 30.0
@@ -40,6 +44,11 @@ async def api_client() -> client.ApiClient:
 
 def decode(data: Mapping[str, str] | None) -> dict[str, str]:
     return {key: base64.b64decode(value).decode() for key, value in (data or {}).items()}
+
+
+def password_in_data(data: Mapping[str, str] | None) -> str | None:
+    """The password in a Secret's data as the API holds it (base64 values)."""
+    return decode(data).get("password") or None
 
 
 def password_in(secret: client.V1Secret | None) -> str | None:
@@ -115,6 +124,7 @@ class Secrets:
         secret = await self.read(namespace, name) if current is NOT_READ else current
         if secret is None:
             annotations = {WRITES_BLOCKED_ANNOTATION: "true"} if writes_blocked else {}
+            annotations[DATA_DIGEST_ANNOTATION] = data_digest(encoded)
             body = {"metadata": {"name": name, "annotations": annotations, **wanted_meta}, "type": "Opaque",
                     "data": encoded}
             await self.core.create_namespaced_secret(namespace, body)
@@ -122,7 +132,8 @@ class Secrets:
         self._check_ours(secret, owner)
         owned = any(ref.uid == owner["metadata"]["uid"] for ref in secret.metadata.owner_references or ())
         labels = secret.metadata.labels or {}
-        annotations = with_writes_blocked(secret.metadata.annotations, writes_blocked)
+        annotations = {**with_writes_blocked(secret.metadata.annotations, writes_blocked),
+                       DATA_DIGEST_ANNOTATION: data_digest(encoded)}
         if secret.data == encoded and owned and all(labels.get(k) == v for k, v in wanted_meta["labels"].items()) \
                 and annotations == (secret.metadata.annotations or {}):
             return False
@@ -214,6 +225,14 @@ class TenantStatuses:
     def __init__(self, api: client.ApiClient):
         self.custom = client.CustomObjectsApi(api)
 
+    async def read(self, namespace: str, name: str) -> dict[str, Any] | None:
+        try:
+            return await self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "tenantstores", name)
+        except ApiException as error:
+            if error.status == 404:
+                return None
+            raise
+
     async def patch(self, body: Mapping[str, Any], changes: Mapping[str, Any]) -> None:
         meta = body["metadata"]
         try:
@@ -223,6 +242,17 @@ class TenantStatuses:
         except ApiException as error:
             if error.status != 404:  # deleted meanwhile: nothing left to report on
                 raise
+
+
+def data_digest(encoded: Mapping[str, str] | None) -> str:
+    """A digest of a Secret's data as the API holds it (base64 values), independent of key order."""
+    return hashlib.sha256(json.dumps(dict(encoded or {}), sort_keys=True).encode()).hexdigest()[:32]
+
+
+def edited_by_hand(secret: Mapping[str, Any]) -> bool:
+    """A tenant Secret whose data is not what the operator last wrote there."""
+    annotations = (secret.get("metadata") or {}).get("annotations") or {}
+    return annotations.get(DATA_DIGEST_ANNOTATION) != data_digest(secret.get("data"))
 
 
 def with_writes_blocked(annotations: Mapping[str, str] | None, blocked: bool) -> dict[str, str]:

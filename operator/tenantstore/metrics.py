@@ -31,6 +31,15 @@ RECONCILE_DURATION = Histogram(
 RECONCILE_ERRORS = Counter(
     "tenantstore_reconcile_errors_total", "Reconciles that ended short of the desired state, by condition reason.",
     ("reason",), registry=REGISTRY)
+DRIFT_DETECTED = Counter(
+    "tenantstore_drift_detected_total", "Drift the verification pass found in provisioned tenants, by kind.",
+    ("kind",), registry=REGISTRY)
+ISOLATION_PROBE_FAILURES = Counter(
+    "tenantstore_isolation_probe_failures_total", "Isolation canary probes that saw past a tenant's namespace.",
+    ("storeclass", "index"), registry=REGISTRY)
+VERIFY_DURATION = Histogram(
+    "tenantstore_verify_duration_seconds", "Time of one verification pass over a StoreClass's tenants.",
+    ("storeclass",), buckets=LATENCY_BUCKETS, registry=REGISTRY)
 BACKEND_DURATION = Histogram(
     "tenantstore_backend_operation_duration_seconds", "Latency of backend operations, by backend and operation.",
     ("backend", "operation"), buckets=LATENCY_BUCKETS, registry=REGISTRY)

@@ -60,6 +60,11 @@ class QuotaAction(enum.StrEnum):
     ALERT = "Alert"
 
 
+class DriftPolicy(enum.StrEnum):
+    REPAIR = "Repair"  # make again what is missing, put Secret and role back in sync
+    REPORT = "Report"  # say what is wrong (Ready=False), change nothing
+
+
 class Phase(enum.StrEnum):
     PENDING = "Pending"
     PROVISIONING = "Provisioning"
@@ -269,6 +274,7 @@ class StoreClass:
     tiers: Mapping[Tier, TierPolicy]
     pinecone: PineconeSettings | None = None  # set when vector_backend is "pinecone"
     allowed_namespaces: AllowedNamespaces = AllowedNamespaces()
+    drift_policy: DriftPolicy = DriftPolicy.REPAIR
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> StoreClass:
@@ -292,6 +298,7 @@ class StoreClass:
                    for tier in Tier},
             pinecone=PineconeSettings.from_dict(vector.get("pinecone")) if vector_backend == "pinecone" else None,
             allowed_namespaces=AllowedNamespaces.from_dict(spec.get("allowedNamespaces")),
+            drift_policy=DriftPolicy(spec.get("driftPolicy") or DriftPolicy.REPAIR),
         )
 
 

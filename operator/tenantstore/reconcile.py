@@ -49,6 +49,43 @@ TERMINAL_REASONS = frozenset({"InvalidSpec", StoreClassInvalid.reason, StoreClas
                               ObjectReplaced.reason, IsolationBroken.reason})
 
 
+# What the verification pass may find; each is the Ready reason while it lasts (verify.py, the backends' verify).
+DRIFT_REASONS = frozenset({"RoleMissing", "LoginChanged", "ConnectionLimitChanged", "SchemaMissing",
+                           "DatabaseMissing", "OwnerChanged", "GrantMissing", "NamespaceMissing", "PolicyMissing",
+                           "IndexMissing", "SecretMissing", "CredentialsOutOfSync", ObjectReplaced.reason})
+
+
+@dataclasses.dataclass(frozen=True)
+class DataLossNotice:
+    """A store re-made empty after its data was dropped behind the operator's back stays flagged until a
+    person says they know: an annotation whose value is the DataLost condition's lastTransitionTime."""
+
+    condition: str = "DataLost"
+    annotation: str = "tenancy.dev/data-loss-acknowledged"
+
+    def pending(self, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
+        lost = conditions.find((body.get("status") or {}).get("conditions"), self.condition)
+        return lost if lost is not None and lost.get("status") == "True" else None
+
+    def acknowledged(self, body: Mapping[str, Any]) -> bool:
+        lost = self.pending(body)
+        annotations = body.get("metadata", {}).get("annotations") or {}
+        return lost is not None and annotations.get(self.annotation) == lost.get("lastTransitionTime")
+
+    def hold(self, body: Mapping[str, Any], updates: list[Condition]) -> list[Condition]:
+        """Ready stays False while a loss is unacknowledged; an acknowledged one is closed."""
+        lost = self.pending(body)
+        if lost is None:
+            return updates
+        if self.acknowledged(body):
+            return [*updates, Condition(self.condition, False, "Acknowledged", "the data loss was acknowledged")]
+        held = Condition("Ready", False, self.condition, str(lost.get("message", "")))
+        return [held if update.type == "Ready" and update.status else update for update in updates]
+
+
+DATA_LOSS = DataLossNotice()
+
+
 @dataclasses.dataclass(frozen=True)
 class ClaimRef:
     """A TenantStore as the tenant-id index remembers it: enough to tell who claimed a tenantId first."""
@@ -148,8 +185,13 @@ async def no_report(changes: dict[str, Any]) -> None:
 
 async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreClass | InvalidResource],
                            claims: Sequence[ClaimRef], registry: BackendRegistry, secrets: Secrets,
-                           report: migration.Report = no_report, *, namespaces: NamespaceLabels) -> Outcome:
-    """`report` writes status while a long step (a migration) runs; the returned Outcome is the final word."""
+                           report: migration.Report = no_report, *, namespaces: NamespaceLabels,
+                           check_credentials: bool = False) -> Outcome:
+    """`report` writes status while a long step (a migration) runs; the returned Outcome is the final word.
+
+    `check_credentials`: log in with the Secret's password first, and give the role that password when it no
+    longer works (someone edited the Secret, or the role's password, by hand).
+    """
     meta = body["metadata"]
     generation = meta.get("generation", 0)
     current = body.get("status") or {}
@@ -176,6 +218,8 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
             current_secret = await secrets.read_tenant_secret(meta["namespace"], spec.secret_name, body)
         password = password_in(current_secret)
         password_is_new = password is None
+        if check_credentials and password and not store.suspended:
+            password_is_new = await backends.relational.credentials_work(store, password) is False
         made_in = store_class.name
         with tracing.backend_call("postgres", "ensure"):
             relational, steps = await backends.relational.ensure(store, password or (password := new_password()),
@@ -216,7 +260,7 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
     migrated = [Condition("Migrating", False, "Done", f"vectors live in {vector.index}")] \
         if move or conditions.find(current.get("conditions"), "Migrating") else []
     status = converged_status(spec, store_class, store, relational, vector, verdict, generation,
-                              current.get("conditions"), migrated)
+                              current.get("conditions"), migrated, hold=lambda updates: DATA_LOSS.hold(body, updates))
     if move is not None:
         # Status was written while the move ran, so the body's copy is stale: state the end result in full.
         await report(status)
@@ -226,8 +270,12 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
 def converged_status(spec: TenantStoreSpec, store_class: StoreClass, store: DesiredStore,
                      relational: RelationalPlacement, vector: VectorPlacement, verdict: Verdict, generation: int,
                      previous_conditions: Sequence[Mapping[str, Any]] | None = None,
-                     extra_conditions: Sequence[Condition] = ()) -> dict[str, Any]:
-    """The status of a tenant whose backends are in place (Ready, or Suspended)."""
+                     extra_conditions: Sequence[Condition] = (),
+                     hold: Callable[[list[Condition]], list[Condition]] = lambda updates: updates) -> dict[str, Any]:
+    """The status of a tenant whose backends are in place (Ready, or Suspended).
+
+    `hold` may keep Ready False for a reason only a person can clear (an unacknowledged data loss).
+    """
     phase = Phase.SUSPENDED if spec.suspended else Phase.READY
     ready = Condition("Ready", True, "Provisioned", ready_message(store, relational, vector)) if not spec.suspended \
         else Condition("Ready", False, "Suspended", "the tenant is suspended: its role cannot log in; data is kept")
@@ -235,8 +283,9 @@ def converged_status(spec: TenantStoreSpec, store_class: StoreClass, store: Desi
         "phase": phase.value,
         "observedGeneration": generation,
         "conditions": conditions.merge_conditions(
-            previous_conditions, [ready, verdict.condition(), capped_condition(spec, store),
-                                  *stalled_condition(previous_conditions, None), *extra_conditions], generation),
+            previous_conditions, hold([ready, verdict.condition(), capped_condition(spec, store),
+                                       *stalled_condition(previous_conditions, None), *extra_conditions]),
+            generation),
         "storeClassName": store_class.name,
         "observedStoreClassGeneration": store_class.generation,
         "isolation": {"relational": store.relational.value, "vector": store.vector.value},

@@ -39,9 +39,10 @@ CLUSTER_RULES = [
     {"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]},
     {"apiGroups": ["tenancy.dev"], "resources": ["storeclasses"], "verbs": ["list", "watch", "patch"]},
     {"apiGroups": ["tenancy.dev"], "resources": ["storeclasses/status"], "verbs": ["patch"]},
-    {"apiGroups": ["tenancy.dev"], "resources": ["tenantstores"], "verbs": ["list", "watch", "patch"]},
+    {"apiGroups": ["tenancy.dev"], "resources": ["tenantstores"], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": ["tenancy.dev"], "resources": ["tenantstores/status"], "verbs": ["patch"]},
-    {"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "create", "update", "patch", "delete"]},
+    {"apiGroups": [""], "resources": ["secrets"],
+     "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
 ]
 PERMISSION_PROBLEMS = ("Forbidden", "forbidden", "APIForbiddenError", "Not enough permissions")
@@ -241,11 +242,13 @@ IN_TENANTS = ("-n", TENANT_NAMESPACE)
 IN_RELEASE = ("-n", RELEASE_NAMESPACE)
 NEEDED = [
     ("list", "tenantstores.tenancy.dev", *ANYWHERE), ("watch", "tenantstores.tenancy.dev", *ANYWHERE),
+    ("get", "tenantstores.tenancy.dev", *IN_TENANTS),  # the owner of a tenant Secret edited by hand
     ("patch", "tenantstores.tenancy.dev", *IN_TENANTS),
     ("patch", "tenantstores.tenancy.dev", "--subresource=status", *IN_TENANTS),
     ("list", "storeclasses.tenancy.dev"), ("watch", "storeclasses.tenancy.dev"), ("patch", "storeclasses.tenancy.dev"),
     ("patch", "storeclasses.tenancy.dev", "--subresource=status"),
-    *[(verb, "secrets", *IN_TENANTS) for verb in ("get", "create", "update", "patch", "delete")],
+    # Tenant Secrets are watched (label-selected) so one deleted or edited by hand is repaired at once.
+    *[(verb, "secrets", *IN_TENANTS) for verb in ("get", "list", "watch", "create", "update", "patch", "delete")],
     ("get", "secrets/pg-admin", "-n", "tenantstore-system"),
     ("create", "events", *IN_TENANTS), ("list", "customresourcedefinitions"), ("watch", "customresourcedefinitions"),
     ("get", "namespaces"),  # labels, for StoreClasses with spec.allowedNamespaces
@@ -257,7 +260,6 @@ REFUSED = [
     ("*", "*", *ANYWHERE), ("delete", "namespaces"), ("create", "namespaces"), ("list", "namespaces"),
     ("watch", "namespaces"), ("patch", "namespaces"), ("get", "pods", *IN_TENANTS),
     ("create", "pods", *IN_TENANTS), ("delete", "pods", *IN_RELEASE), ("get", "configmaps", *IN_RELEASE),
-    ("list", "secrets", *ANYWHERE), ("watch", "secrets", *IN_TENANTS),  # by name only: it cannot enumerate Secrets
     ("create", "tenantstores.tenancy.dev", *IN_TENANTS), ("delete", "tenantstores.tenancy.dev", *IN_TENANTS),
     ("delete", "storeclasses.tenancy.dev"), ("update", "tenantstores.tenancy.dev", *IN_TENANTS),
     ("create", "customresourcedefinitions"), ("delete", "customresourcedefinitions"),

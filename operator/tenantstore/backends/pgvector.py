@@ -379,19 +379,23 @@ class PgvectorStore:
     async def probe_isolation(self, store: DesiredStore, placement: VectorPlacement) -> str | None:
         if not placement.namespace:
             return None  # a dedicated table holds nobody else's rows
-        table = placement.index.replace("-", "_")
         async with self.server.connect() as conn:
             async with conn.transaction():
+                # Any privilege on any other relation of the shared schema (its shared table, a neighbour's
+                # partition) is a way past its namespace.
                 shared = await fetch_one(conn, """
-                    SELECT has_table_privilege(%s, format('%%I.%%I', %s::text, %s::text),
-                                               'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
-                           AS reachable""", store.role, SHARED_SCHEMA, table)
+                    SELECT string_agg(c.relname, ', ' ORDER BY c.relname) AS reachable
+                      FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = %s AND c.relname <> %s AND c.relkind IN ('r', 'p', 'v', 'm')
+                       AND has_table_privilege(%s, c.oid,
+                                               'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')""",
+                                         SHARED_SCHEMA, partition_name(store), store.role)
                 # Through the tenant's eyes: the operator's tables only, no tenant object on this path.
                 await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(store.role)))
                 row = await fetch_one(conn, sql.SQL("SELECT count(*) AS foreign_rows FROM {} WHERE namespace <> {}").format(
                     sql.Identifier(SHARED_SCHEMA, partition_name(store)), sql.Literal(placement.namespace)))
         if shared["reachable"]:
-            return f"{store.role} holds privileges on the shared table {SHARED_SCHEMA}.{table}"
+            return f"{store.role} holds privileges on {shared['reachable']} in {SHARED_SCHEMA}, beyond its own partition"
         if row["foreign_rows"]:
             return f"{store.role} sees {row['foreign_rows']} rows of other namespaces in its partition"
         return None

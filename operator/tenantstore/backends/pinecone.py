@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pinecone import (ApiError, AsyncPinecone, ConflictError, ForbiddenError, NotFoundError, PineconeConnectionError,
                       PineconeError, PineconeTimeoutError, RateLimitError, RetryConfig, ServiceError, UnauthorizedError)
 
-from tenantstore.backends import SharedIndex, Step, VectorPlacement, VectorRecord, VectorUsage, bookkeeping
+from tenantstore.backends import Drift, SharedIndex, Step, VectorPlacement, VectorRecord, VectorUsage, bookkeeping
 from tenantstore.backends.postgres import PostgresServer
 from tenantstore.errors import (BackendUnavailable, ReconcileError, StoreClassInvalid, TenantIdConflict,
                                 VectorQuotaExceeded)
@@ -431,6 +431,33 @@ class PineconeStore:
         if model.host:
             await self.client.forget(model.host)
         return steps
+
+    async def verify(self, tenants: Sequence[tuple[DesiredStore, VectorPlacement]]) -> dict[str, list[Drift]]:
+        """Each namespace still in its shared index (one listing per index), each dedicated index still there."""
+        drifts: dict[str, list[Drift]] = {}
+        with pinecone_errors("verifying the tenants' namespaces and indexes"):
+            by_host: dict[str, list[tuple[DesiredStore, VectorPlacement]]] = {}
+            for store, placement in tenants:
+                if placement.namespace:
+                    by_host.setdefault(placement.host, []).append((store, placement))
+            for host, members in by_host.items():
+                try:
+                    present = set(await self._namespaces(host))
+                except NotFoundError:
+                    present = set()  # the whole shared index is gone
+                for store, placement in members:
+                    if placement.namespace not in present:
+                        drifts[store.tenant_id] = [Drift("NamespaceMissing", f"namespace {placement.namespace} is gone "
+                                                                             f"from shared index {placement.index}",
+                                                         holds_data=True)]
+            dedicated = [(store, placement) for store, placement in tenants if not placement.namespace]
+            if dedicated:
+                indexes = {model.name for model in await self._list_indexes()}
+                for store, placement in dedicated:
+                    if placement.index not in indexes:
+                        drifts[store.tenant_id] = [Drift("IndexMissing", f"dedicated index {placement.index} is gone",
+                                                         holds_data=True)]
+        return drifts
 
     async def residue(self, store: DesiredStore) -> list[str]:
         with pinecone_errors(f"looking for what is left of tenant {store.tenant_id}"):

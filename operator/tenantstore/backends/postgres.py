@@ -339,7 +339,8 @@ class PostgresRelationalStore:
             steps.append(Step("LoginChanged", f"role {store.role} can {'no longer' if store.suspended else 'again'} log in"))
         if password_is_new:
             await conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(scram_sha256_verifier(password))))
-            steps.append(Step("PasswordReset", f"role {store.role} got a new password (its Secret was missing)"))
+            steps.append(Step("PasswordReset", f"role {store.role}'s password set to the one its Secret holds (the "
+                                                f"Secret was missing, or no longer matched the role)"))
         return steps
 
     async def _ensure_claim(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore,

@@ -1,0 +1,101 @@
+"""What the verification pass sees of tenants broken behind the operator's back, on a real PostgreSQL 18."""
+from __future__ import annotations
+
+import dataclasses
+
+import psycopg
+import pytest
+from test_postgres_backends import provision, tenant, tenant_uri
+
+from tenantstore.backends.pgvector import PgvectorStore
+from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServer
+from tenantstore.models import RelationalIsolation, VectorIsolation
+
+
+@pytest.fixture
+async def server(admin_uri: str):
+    server = PostgresServer(admin_uri, "tenants")
+    yield server
+    await server.close()
+
+
+async def drifts_of(server: PostgresServer, store, placement) -> set[str]:
+    relational = await PostgresRelationalStore(server).verify([store])
+    vector = await PgvectorStore(server).verify([(store, placement)])
+    return {drift.kind for drift in relational.get(store.tenant_id, []) + vector.get(store.tenant_id, [])}
+
+
+async def teardown(server: PostgresServer, store) -> None:
+    await PgvectorStore(server).teardown(store)
+    await PostgresRelationalStore(server).teardown(store)
+    assert await PostgresRelationalStore(server).residue(store) == []
+
+
+@pytest.mark.parametrize("breakage, expected", [
+    ("DROP SCHEMA tenant_vshared CASCADE", {"SchemaMissing"}),
+    ("DROP TABLE tenantstore_vectors.tenant_vshared", {"NamespaceMissing"}),
+    ("DROP POLICY tenant_vshared ON tenantstore_vectors.tenant_vshared", {"PolicyMissing"}),
+    ("REVOKE SELECT ON tenantstore_vectors.tenant_vshared FROM tenant_vshared", {"GrantMissing"}),
+    ("ALTER ROLE tenant_vshared NOLOGIN", {"LoginChanged"}),
+    ("ALTER ROLE tenant_vshared CONNECTION LIMIT 1", {"ConnectionLimitChanged"}),
+    ("REVOKE CONNECT ON DATABASE tenants FROM tenant_vshared", {"GrantMissing"}),
+])
+async def test_a_broken_shared_tenant_is_seen_and_a_reconcile_repairs_it(
+        server: PostgresServer, postgres, breakage: str, expected: set[str]) -> None:
+    store = tenant("vshared")
+    relational, placement, _ = await provision(server, store, "vshared-pw")
+    assert await drifts_of(server, store, placement) == set()
+    with psycopg.connect(postgres.superuser_uri("tenants"), autocommit=True) as conn:
+        conn.execute(breakage)
+    assert await drifts_of(server, store, placement) == expected
+
+    await provision(server, store, "vshared-pw")  # what Repair runs: the same ensure as provisioning
+    assert await drifts_of(server, store, placement) == set()
+    assert await PostgresRelationalStore(server).credentials_work(store, "vshared-pw") is True
+    await teardown(server, store)
+
+
+async def test_a_dropped_role_and_a_changed_password_are_seen(server: PostgresServer, postgres) -> None:
+    store = tenant("vrole")
+    _, placement, _ = await provision(server, store, "vrole-pw")
+    with psycopg.connect(postgres.superuser_uri("tenants"), autocommit=True) as conn:
+        conn.execute("ALTER ROLE tenant_vrole PASSWORD 'changed-by-hand'")
+    assert await PostgresRelationalStore(server).credentials_work(store, "vrole-pw") is False
+    with psycopg.connect(postgres.superuser_uri("tenants"), autocommit=True) as conn:
+        conn.execute("DROP OWNED BY tenant_vrole")
+        conn.execute("DROP ROLE tenant_vrole")
+    assert await drifts_of(server, store, placement) >= {"RoleMissing", "SchemaMissing"}
+    await provision(server, store, "vrole-pw")
+    assert await drifts_of(server, store, placement) == set()
+    await teardown(server, store)
+
+
+async def test_a_dropped_database_or_dedicated_table_is_seen(server: PostgresServer, postgres) -> None:
+    store = tenant("vdedicated", RelationalIsolation.DATABASE, VectorIsolation.DEDICATED)
+    relational, placement, _ = await provision(server, store, "vdedicated-pw")
+    with psycopg.connect(tenant_uri(server, relational, "vdedicated-pw"), autocommit=True) as conn:
+        conn.execute("DROP TABLE public.vectors")
+    assert await drifts_of(server, store, placement) == {"IndexMissing"}
+    with psycopg.connect(tenant_uri(server, relational, "vdedicated-pw"), autocommit=True) as conn:
+        conn.execute("CREATE VIEW public.vectors AS SELECT 'x'::text AS id")
+    assert await drifts_of(server, store, placement) == {"ObjectReplaced"}
+    with psycopg.connect(postgres.superuser_uri("tenants"), autocommit=True) as conn:
+        conn.execute("DROP DATABASE tenant_vdedicated WITH (FORCE)")
+    found = await PostgresRelationalStore(server).verify([store])
+    assert [(d.kind, d.holds_data) for d in found["vdedicated"]] == [("DatabaseMissing", True)]
+    await teardown(server, store)
+
+
+async def test_the_canary_sees_a_privilege_beyond_the_tenants_partition(server: PostgresServer, postgres) -> None:
+    store = tenant("vcanary", dimension=11)
+    _, placement, _ = await provision(server, store, "vcanary-pw")
+    vectors = PgvectorStore(server)
+    assert await vectors.probe_isolation(store, placement) is None
+    with psycopg.connect(postgres.superuser_uri("tenants"), autocommit=True) as conn:
+        conn.execute("GRANT SELECT ON tenantstore_vectors.shared_11_cosine_1 TO tenant_vcanary")
+    problem = await vectors.probe_isolation(store, placement)
+    assert problem is not None and "shared_11_cosine_1" in problem
+    with psycopg.connect(postgres.superuser_uri("tenants"), autocommit=True) as conn:
+        conn.execute("REVOKE SELECT ON tenantstore_vectors.shared_11_cosine_1 FROM tenant_vcanary")
+    assert await vectors.probe_isolation(dataclasses.replace(store), placement) is None
+    await teardown(server, store)
