@@ -75,10 +75,10 @@ class Secrets:
                 return None
             raise
 
-    async def value(self, ref: SecretKeyRef) -> str:
+    async def value(self, ref: SecretKeyRef, fresh: bool = False) -> str:
         """One key of a Secret a StoreClass names (the admin URI, an API key), cached for a short while."""
         cached = self._class_values.get(ref)
-        if cached is not None and time.monotonic() - cached[1] < CLASS_SECRET_CACHE_SECONDS:
+        if not fresh and cached is not None and time.monotonic() - cached[1] < CLASS_SECRET_CACHE_SECONDS:
             return cached[0]
         try:
             secret = await self.read(ref.namespace, ref.name)

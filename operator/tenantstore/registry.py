@@ -37,7 +37,10 @@ class BackendRegistry:
         self._preflights: dict[tuple[str, int, tuple[str, str]], tuple[float, list[Step]]] = {}
 
     async def for_class(self, store_class: StoreClass) -> Backends:
-        admin_uri = await self.secrets.value(store_class.admin_secret)
+        current = self._servers.get(self._class_keys.get(store_class.name, (("", ""), None))[0])
+        # After a refused login the cached URI may be the old one of a rotation: read the Secret again.
+        admin_uri = await self.secrets.value(store_class.admin_secret,
+                                             fresh=current is not None and current.login_refused)
         key = (admin_uri, store_class.shared_database)
         server = self._servers.get(key)
         if server is None:

@@ -258,7 +258,7 @@ async def test_the_server_fails_loudly_on_requests_outside_the_spec(pinecone_ser
 async def test_the_registry_builds_the_store_from_the_class_and_its_secret(
         pinecone_server: PineconeTestServer, admin_uri: str) -> None:
     class FakeSecrets:
-        async def value(self, ref: SecretKeyRef) -> str:
+        async def value(self, ref: SecretKeyRef, fresh: bool = False) -> str:
             return {"pg-admin": admin_uri, "pinecone": pinecone_server.api_key}[ref.name]
 
     body = {"metadata": {"name": "vectors"}, "spec": {

@@ -99,3 +99,34 @@ async def test_the_canary_sees_a_privilege_beyond_the_tenants_partition(server: 
         conn.execute("REVOKE SELECT ON tenantstore_vectors.shared_11_cosine_1 FROM tenant_vcanary")
     assert await vectors.probe_isolation(dataclasses.replace(store), placement) is None
     await teardown(server, store)
+
+
+async def test_a_rotated_admin_uri_gets_a_new_pool_and_the_old_one_is_closed(admin_uri: str, postgres) -> None:
+    from tenantstore.models import SecretKeyRef, StoreClass
+    from tenantstore.registry import BackendRegistry
+
+    class RotatingSecrets:
+        uri = admin_uri
+
+        async def value(self, ref: SecretKeyRef, fresh: bool = False) -> str:
+            return self.uri
+
+    secrets = RotatingSecrets()
+    store_class = StoreClass.from_body({"metadata": {"name": "rotating"}, "spec": {
+        "postgres": {"adminSecretRef": {"name": "pg-admin", "namespace": "ops"}}}})
+    registry = BackendRegistry(secrets)  # type: ignore[arg-type]
+    try:
+        before = await registry.for_class(store_class)
+        assert await before.relational.preflight() == []
+        with psycopg.connect(postgres.superuser_uri("tenants"), autocommit=True) as conn:
+            conn.execute("ALTER ROLE tenantstore_admin PASSWORD 'rotated-password'")
+        secrets.uri = admin_uri.replace(admin_uri.split(":")[2].split("@")[0], "rotated-password")
+        after = await registry.for_class(store_class)
+        assert after.server is not before.server
+        assert before.server._pool.closed  # no pool left behind per rotation
+        assert await after.relational.preflight() == []
+    finally:
+        with psycopg.connect(postgres.superuser_uri("tenants"), autocommit=True) as conn:
+            conn.execute(psycopg.sql.SQL("ALTER ROLE tenantstore_admin PASSWORD {}").format(
+                psycopg.sql.Literal(admin_uri.split(":")[2].split("@")[0])))
+        await registry.close()

@@ -93,6 +93,7 @@ class PostgresServer:
         self._opened = False
         self._prepared = False
         self._preparing = asyncio.Lock()
+        self.login_refused = False
 
     def conninfo(self, database: str) -> str:
         return make_conninfo(self.admin_uri, dbname=database, connect_timeout=CONNECT_TIMEOUT_SECONDS,
@@ -152,6 +153,8 @@ class PostgresServer:
     def _refusal(self, error: psycopg.OperationalError, database: str) -> ReconcileError:
         message = self.scrub(first_line(error))
         # The server answered and said no to the class's own settings: fixing them is up to a person.
+        if "password authentication failed" in message:
+            self.login_refused = True  # the class's Secret may hold a rotated password by now: re-read it
         if database == self.shared_database and any(sign in message for sign in (
                 "password authentication failed", "role \"", "database \"", "no password supplied",
                 "is not permitted to log in", "permission denied for database")):
