@@ -2,21 +2,26 @@
 from __future__ import annotations
 
 import asyncio
+import collections
 import copy
 import functools
+import logging
 import os
 import random
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
 import kopf
 
-from tenantstore import conditions, events, fleet, kube, metrics, reconcile, redaction, tracing
-from tenantstore.errors import ReconcileError
-from tenantstore.models import FINALIZER, GROUP, VERSION, InvalidResource, Phase, StoreClass
+from tenantstore import conditions, events, fleet, kube, metrics, reconcile, redaction, tracing, verify
+from tenantstore.errors import IsolationBroken, ReconcileError
+from tenantstore.models import FINALIZER, GROUP, VERSION, DriftPolicy, InvalidResource, Phase, StoreClass
 from tenantstore.reconcile import ClaimRef, Outcome
 from tenantstore.registry import BackendRegistry
 from tenantstore.storeclass import check_store_class, pool_status
+
+logger = logging.getLogger(__name__)
 
 STORECLASSES = (GROUP, VERSION, "storeclasses")
 TENANTSTORES = (GROUP, VERSION, "tenantstores")
@@ -249,6 +254,10 @@ async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, patch:
     checked = await verify.check_class(store_class, list(tenants_by_class.get(name, ())), memo.backends, passwords,
                                        memo.canary_turns[name])
     metrics.VERIFY_DURATION.labels(name).observe(time.monotonic() - started)
+    logger.info("verified StoreClass %s: %d tenants, %d adrift, %s, in %.2f s", name, len(checked.checked),
+                sum(1 for tenant in checked.checked if tenant.drifts or tenant.isolation),
+                f"backends unavailable ({checked.outage.reason})" if checked.outage else "backends answered",
+                time.monotonic() - started)
     if checked.outage is not None:
         await report_outage(memo, body, status, patch, store_class, list(tenants_by_class.get(name, ())),
                             checked.outage)

@@ -13,7 +13,6 @@ admin checks what it is (under a lock) before it reads or writes there.
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import json
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
