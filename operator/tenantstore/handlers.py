@@ -3,13 +3,15 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import contextlib
 import copy
+import dataclasses
 import functools
 import logging
 import os
 import random
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from typing import Any, ParamSpec, TypeVar
 
 import kopf
@@ -76,6 +78,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.backends = BackendRegistry(memo.secrets)
     memo.reconciles = asyncio.Semaphore(MAX_CONCURRENT_RECONCILES)
     memo.canary_turns = collections.Counter()
+    memo.tenant_locks = collections.defaultdict(asyncio.Lock)  # one reconcile at a time per tenant (by uid)
 
 
 @kopf.on.cleanup()
@@ -144,9 +147,19 @@ async def reconcile_tenantstore(body: kopf.Body, status: kopf.Status, meta: kopf
 
 async def reconcile_through(memo: kopf.Memo, body: Mapping[str, Any], classes: Mapping[str, Any],
                             tenant_id_index: kopf.Index[str, ClaimRef], operation: str = tracing.UPDATE,
-                            check_credentials: bool = False) -> Outcome:
+                            check_credentials: bool = False, held: bool = False) -> Outcome:
     """The one reconcile path: the handlers, the usage job, verification and repair all come through here,
-    under the same concurrency limit, with the same span and duration metric."""
+    one at a time per tenant, under the same concurrency limit, with the same span and duration metric.
+
+    `held`: the caller already holds the tenant's lock (see `current_tenant`).
+    """
+    uid = body["metadata"]["uid"]
+    async with contextlib.nullcontext() if held else memo.tenant_locks[uid]:
+        return await _reconcile(memo, body, classes, tenant_id_index, operation, check_credentials)
+
+
+async def _reconcile(memo: kopf.Memo, body: Mapping[str, Any], classes: Mapping[str, Any],
+                     tenant_id_index: kopf.Index[str, ClaimRef], operation: str, check_credentials: bool) -> Outcome:
     uid = body["metadata"]["uid"]
     others = [ref for ref in tenant_id_index.get((body.get("spec") or {}).get("tenantId", ""), ()) if ref.uid != uid]
     async with memo.reconciles:  # the wait for a turn is not part of the reconcile's span and duration
@@ -157,6 +170,30 @@ async def reconcile_through(memo: kopf.Memo, body: Mapping[str, Any], classes: M
             if outcome.warning is not None:
                 span.set_status(tracing.Status(tracing.StatusCode.ERROR, outcome.warning.reason))
     return outcome
+
+
+@contextlib.asynccontextmanager
+async def current_tenant(memo: kopf.Memo, seen: Mapping[str, Any]) -> AsyncIterator[dict[str, Any] | None]:
+    """The tenant as it is now, held against every other reconcile of it, when it is still as `seen` (a
+    snapshot a periodic job judged): same spec, settled, made the same way. None when it is busy or has moved
+    on since; the next run looks again. A job never acts on a stale view of a tenant that is changing."""
+    lock = memo.tenant_locks[seen["metadata"]["uid"]]
+    if lock.locked():
+        yield None
+        return
+    async with lock:
+        fresh = await memo.statuses.read(seen["metadata"]["namespace"], seen["metadata"]["name"])
+        yield fresh if fresh is not None and unchanged_since(seen, fresh) else None
+
+
+def unchanged_since(seen: Mapping[str, Any], fresh: Mapping[str, Any]) -> bool:
+    status, before = fresh.get("status") or {}, seen.get("status") or {}
+    return (fresh["metadata"].get("uid") == seen["metadata"].get("uid")
+            and not fresh["metadata"].get("deletionTimestamp")
+            and fresh["metadata"].get("generation") == seen["metadata"].get("generation")
+            == status.get("observedGeneration")
+            and not status.get("migration")
+            and all(status.get(key) == before.get(key) for key in ("phase", "relational", "vectorStore", "isolation")))
 
 
 async def record(memo: kopf.Memo, body: Mapping[str, Any], outcome: Outcome) -> None:
@@ -175,7 +212,7 @@ async def record(memo: kopf.Memo, body: Mapping[str, Any], outcome: Outcome) -> 
 async def delete_tenantstore(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
                              store_class_index: kopf.Index[str, Any], **_: Any) -> None:
     try:
-        async with memo.reconciles:
+        async with memo.tenant_locks[body["metadata"]["uid"]], memo.reconciles:
             with tracing.lifecycle(tracing.DELETE, body):
                 outcome = await reconcile.teardown_tenant(body, latest_classes(store_class_index), memo.backends,
                                                           memo.secrets)
@@ -185,6 +222,7 @@ async def delete_tenantstore(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo
         events.warn(body, reason=error.reason, message=f"teardown will be retried: {error}")
         # A temporary error keeps the finalizer; a permanent one would release it and leak the tenant's data.
         raise kopf.TemporaryError(redaction.redact(str(error)), delay=error.retry_after or 30) from error
+    memo.tenant_locks.pop(body["metadata"]["uid"], None)
     events.post(body, outcome.events)
 
 
@@ -221,7 +259,9 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
             continue
         if fleet.needs_reconcile(store_class, tenant) or fleet.admission_changed(store_class, tenant,
                                                                                  namespace_labels):
-            await record(memo, tenant, await reconcile_through(memo, tenant, classes, tenant_id_index))
+            async with current_tenant(memo, tenant) as fresh:
+                if fresh is not None:
+                    await record(memo, fresh, await reconcile_through(memo, fresh, classes, tenant_id_index, held=True))
     try:
         measured = await fleet.measure_class(store_class, tenants, memo.backends, memo.statuses, memo.secrets,
                                              conditions.now_rfc3339())
@@ -270,7 +310,10 @@ async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, patch:
         elif tenant.drifts:
             await act_on_drift(memo, store_class, tenant, classes, tenant_id_index)
         elif verify.needs_recovery(tenant):
-            await record(memo, tenant.body, await reconcile_through(memo, tenant.body, classes, tenant_id_index))
+            async with current_tenant(memo, tenant.body) as fresh:
+                if fresh is not None:
+                    await record(memo, fresh, await reconcile_through(memo, fresh, classes, tenant_id_index,
+                                                                      held=True))
     isolation = conditions.Condition("IsolationBroken", bool(broken), IsolationBroken.reason if broken else "Isolated",
                                      "; ".join(str(t.isolation) for t in broken) or
                                      "the isolation canary saw only the probing tenant's rows in every shared index")
@@ -285,29 +328,32 @@ async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, patch:
 
 async def act_on_drift(memo: kopf.Memo, store_class: StoreClass, tenant: verify.Checked, classes: Mapping[str, Any],
                        tenant_id_index: kopf.Index[str, ClaimRef]) -> None:
-    body, drifts = tenant.body, tenant.drifts
-    ready = conditions.find((body.get("status") or {}).get("conditions"), "Ready") or {}
-    if ready.get("reason") not in {drift.kind for drift in drifts}:  # newly found, not still there
-        for drift in drifts:
-            metrics.DRIFT_DETECTED.labels(drift.kind).inc()
-        events.warn(body, reason="DriftDetected", message="; ".join(drift.message for drift in drifts))
-    if store_class.drift_policy is DriftPolicy.REPORT:
-        changes = conditions.status_changes(body.get("status"), verify.drift_status(body, drifts))
-        if changes:
+    async with current_tenant(memo, tenant.body) as body:
+        if body is None:
+            return  # it changed while checked (or is being changed): what was seen may be that change
+        drifts = tenant.drifts
+        ready = conditions.find((body.get("status") or {}).get("conditions"), "Ready") or {}
+        if ready.get("reason") not in {drift.kind for drift in drifts}:  # newly found, not still there
+            for drift in drifts:
+                metrics.DRIFT_DETECTED.labels(drift.kind).inc()
+            events.warn(body, reason="DriftDetected", message="; ".join(drift.message for drift in drifts))
+        if store_class.drift_policy is DriftPolicy.REPORT:
+            changes = conditions.status_changes(body.get("status"), verify.drift_status(body, drifts))
+            if changes:
+                await memo.statuses.patch(body, changes)
+            return
+        if lost := dataclasses.replace(tenant, body=body).data_lost:
+            changes = verify.data_loss_status(body, lost)
             await memo.statuses.patch(body, changes)
-        return
-    if lost := tenant.data_lost:
-        changes = verify.data_loss_status(body, lost)
-        await memo.statuses.patch(body, changes)
-        events.warn(body, reason="DataLost",
-                    message=str((conditions.find(changes["conditions"], reconcile.DATA_LOSS.condition) or {})
-                                .get("message")))
-        body = {**body, "status": {**(body.get("status") or {}), **changes}}
-    outcome = await reconcile_through(memo, body, classes, tenant_id_index,
-                                      check_credentials=any(d.kind == verify.CREDENTIALS_OUT_OF_SYNC for d in drifts))
-    await record(memo, body, outcome)
-    if outcome.warning is None:
-        events.info(body, reason="DriftRepaired", message="repaired: " + "; ".join(d.message for d in drifts))
+            events.warn(body, reason="DataLost",
+                        message=str((conditions.find(changes["conditions"], reconcile.DATA_LOSS.condition) or {})
+                                    .get("message")))
+            body = {**body, "status": {**(body.get("status") or {}), **changes}}
+        outcome = await reconcile_through(memo, body, classes, tenant_id_index, held=True, check_credentials=any(
+            drift.kind == verify.CREDENTIALS_OUT_OF_SYNC for drift in drifts))
+        await record(memo, body, outcome)
+        if outcome.warning is None:
+            events.info(body, reason="DriftRepaired", message="repaired: " + "; ".join(d.message for d in drifts))
 
 
 async def report_broken_isolation(memo: kopf.Memo, store_class: StoreClass, tenant: verify.Checked) -> None:
