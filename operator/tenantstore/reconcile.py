@@ -51,8 +51,9 @@ TERMINAL_REASONS = frozenset({"InvalidSpec", StoreClassInvalid.reason, StoreClas
 
 # What the verification pass may find; each is the Ready reason while it lasts (verify.py, the backends' verify).
 DRIFT_REASONS = frozenset({"RoleMissing", "LoginChanged", "ConnectionLimitChanged", "SchemaMissing",
-                           "DatabaseMissing", "OwnerChanged", "GrantMissing", "NamespaceMissing", "PolicyMissing",
-                           "IndexMissing", "SecretMissing", "CredentialsOutOfSync", ObjectReplaced.reason})
+                           "DatabaseMissing", "DatabaseSettingsChanged", "OwnerChanged", "GrantMissing",
+                           "NamespaceMissing", "PolicyMissing", "IndexMissing", "SecretMissing",
+                           "CredentialsOutOfSync", ObjectReplaced.reason})
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,7 +21,8 @@ import psycopg
 from psycopg import sql
 
 from tenantstore.backends import Drift, SharedIndex, Step, VectorPlacement, VectorRecord, VectorUsage, bookkeeping
-from tenantstore.backends.postgres import PostgresServer, execute_at_once, extension_schema, fetch_one
+from tenantstore.backends.postgres import (PostgresServer, execute_at_once, extension_schema, fetch_one,
+                                           reopened_database)
 from tenantstore.errors import BackendUnavailable, ObjectReplaced
 from tenantstore.models import DesiredStore, Metric, VectorIsolation, dedicated_index_name, shared_index_name
 
@@ -440,7 +441,10 @@ class PgvectorStore:
             async with conn.transaction():
                 table = await self._current_shared_table(conn, store)
                 if table is not None:
-                    await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(SHARED_SCHEMA, partition_name(store))))
+                    # CASCADE: any tenant may define a view over any partition (CREATE VIEW checks no privilege
+                    # on what it reads); such a view must not keep this tenant's data alive.
+                    await conn.execute(sql.SQL("DROP TABLE {} CASCADE").format(
+                        sql.Identifier(SHARED_SCHEMA, partition_name(store))))
                     steps.append(Step("NamespaceDropped", f"namespace {store.tenant_id} and its vectors removed from "
                                                           f"shared index {index_name_of(table)}"))
                 # Policies an older release put on the shared table itself.
@@ -460,7 +464,7 @@ class PgvectorStore:
                                  "JOIN pg_namespace n ON n.oid = p.relnamespace WHERE n.nspname = %s AND p.relname = %s",
                            SHARED_SCHEMA, table):
             return []
-        await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(SHARED_SCHEMA, table)))
+        await conn.execute(sql.SQL("DROP TABLE {} CASCADE").format(sql.Identifier(SHARED_SCHEMA, table)))
         return [Step("SharedIndexDropped", f"shared index {index_name_of(table)} was empty and the class does not "
                                            f"keep empty indexes")]
 
@@ -468,12 +472,17 @@ class PgvectorStore:
         """Its own table (a tier change back to a shared index; a full teardown drops the schema anyway)."""
         if store.database != self.server.shared_database:
             async with self.server.connect() as conn:
-                if not await fetch_one(conn, "SELECT 1 FROM pg_database WHERE datname = %s", store.database):
+                row = await fetch_one(conn, "SELECT NOT datallowconn OR datconnlimit <> -1 AS closed "
+                                            "FROM pg_database WHERE datname = %s", store.database)
+                if row is None:
                     return []  # its database is already gone, and the table with it
+                if row["closed"]:  # its owner closed it: open it again, the operator must get in
+                    await conn.execute(reopened_database(store.database))
         async with self.server.connect(store.database) as conn:
             if await dedicated_table_kind(conn, store) != "ours":
                 return []  # gone, or no longer ours to drop (the tenant's schema goes with the tenant)
-            await conn.execute(sql.SQL("DROP TABLE {}").format(sql.Identifier(store.schema, DEDICATED_TABLE)))
+            # CASCADE: a view another role made over it must not keep it alive.
+            await conn.execute(sql.SQL("DROP TABLE {} CASCADE").format(sql.Identifier(store.schema, DEDICATED_TABLE)))
         return [Step("DedicatedIndexDropped", f"dedicated vector table {store.database}.{store.schema}."
                                               f"{DEDICATED_TABLE} dropped")]
 
@@ -541,10 +550,10 @@ class PgvectorStore:
                     {"role": store.role, "schema": store.schema, "table": DEDICATED_TABLE})).fetchone()
         except psycopg.errors.UndefinedObject:
             return []  # its role is gone: the relational store reports that
-        except BackendUnavailable as error:
-            if "does not exist" in str(error):
-                return []  # its database is gone: the relational store reports that
-            raise
+        except BackendUnavailable:
+            # Its database is gone or closed by its owner: the relational store reports that. (One tenant's
+            # database never makes the whole class look unreachable.)
+            return []
         if not row["can_read"] or row["can_write"] != store.writes_allowed:
             return [Drift("GrantMissing", f"{store.role}'s privileges on {table} are not the ones the operator granted")]
         return []

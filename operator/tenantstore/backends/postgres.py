@@ -175,6 +175,12 @@ def first_line(error: BaseException) -> str:
     return (str(error).strip().splitlines() or [type(error).__name__])[0]
 
 
+def reopened_database(database: str) -> sql.Composed:
+    """What a tenant may have changed of the database it owns, back as the operator made it."""
+    return sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS true CONNECTION LIMIT -1 IS_TEMPLATE false").format(
+        sql.Identifier(database))
+
+
 async def close_to_public(conn: psycopg.AsyncConnection[Any], database: str) -> None:
     """Only the shared database's own (schema) tenants may connect to it, not every role of the server.
 
@@ -392,7 +398,8 @@ class PostgresRelationalStore:
         query = """
             SELECT pg_get_userbyid(datdba) AS owner,
                    EXISTS (SELECT 1 FROM aclexplode(COALESCE(datacl, acldefault('d', datdba))) WHERE grantee = 0)
-                     AS public_can_connect
+                     AS public_can_connect,
+                   NOT datallowconn OR datconnlimit <> -1 OR datistemplate AS settings_changed
               FROM pg_database WHERE datname = %s"""
         row = await fetch_one(conn, query, store.database)
         if row is None:
@@ -405,6 +412,10 @@ class PostgresRelationalStore:
         if row["public_can_connect"]:
             # Only the tenant (and, through it, the operator) may connect to a tenant's database.
             await conn.execute(sql.SQL("REVOKE ALL ON DATABASE {} FROM PUBLIC").format(sql.Identifier(store.database)))
+        if row["settings_changed"]:
+            await conn.execute(reopened_database(store.database))
+            steps.append(Step("DatabaseSettingsRestored", f"database {store.database} accepts connections again and "
+                                                          f"is no template"))
         return steps
 
     # --- write access (quota Block) ---
@@ -524,6 +535,8 @@ class PostgresRelationalStore:
                     await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(store.schema)))
                     steps.append(Step("SchemaDropped", f"schema {store.schema} dropped from database {store.database}"))
             elif await fetch_one(conn, "SELECT 1 FROM pg_database WHERE datname = %s", store.database):
+                # Its owner may have made it a template (which cannot be dropped): undone first.
+                await conn.execute(reopened_database(store.database))
                 await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(store.database)))
                 steps.append(Step("DatabaseDropped", f"database {store.database} dropped"))
             doomed = [name for name in (store.role, store.holding_role)
@@ -633,14 +646,16 @@ class PostgresRelationalStore:
             schemas = {row["nspname"]: row["owner"] for row in await (await conn.execute(
                 "SELECT nspname, pg_get_userbyid(nspowner) AS owner FROM pg_namespace WHERE nspname = ANY(%s)",
                 ([store.schema for store in stores if store.relational is RelationalIsolation.SCHEMA],))).fetchall()}
-            databases = {row["datname"]: row["owner"] for row in await (await conn.execute(
-                "SELECT datname, pg_get_userbyid(datdba) AS owner FROM pg_database WHERE datname = ANY(%s)",
+            databases = {row["datname"]: row for row in await (await conn.execute(
+                "SELECT datname, pg_get_userbyid(datdba) AS owner, "
+                "NOT datallowconn OR datconnlimit <> -1 OR datistemplate AS settings_changed "
+                "FROM pg_database WHERE datname = ANY(%s)",
                 ([store.database for store in stores if store.relational is RelationalIsolation.DATABASE],))).fetchall()}
         return {store.tenant_id: drifts for store in stores
                 if (drifts := self._drifts(store, roles.get(store.role), schemas, databases))}
 
     def _drifts(self, store: DesiredStore, role: dict[str, Any] | None, schemas: dict[str, str],
-                databases: dict[str, str]) -> list[Drift]:
+                databases: dict[str, dict[str, Any]]) -> list[Drift]:
         drifts: list[Drift] = []
         if role is None:
             drifts.append(Drift("RoleMissing", f"Postgres role {store.role} does not exist"))
@@ -662,8 +677,12 @@ class PostgresRelationalStore:
                 drifts.append(Drift("GrantMissing", f"role {store.role} may not connect to database {store.database}"))
         elif store.database not in databases:
             drifts.append(Drift("DatabaseMissing", f"database {store.database} does not exist", holds_data=True))
-        elif databases[store.database] not in owners:
-            drifts.append(Drift("OwnerChanged", f"database {store.database} belongs to {databases[store.database]}"))
+        elif databases[store.database]["owner"] not in owners:
+            drifts.append(Drift("OwnerChanged", f"database {store.database} belongs to "
+                                                f"{databases[store.database]['owner']}"))
+        elif databases[store.database]["settings_changed"]:
+            drifts.append(Drift("DatabaseSettingsChanged", f"database {store.database} refuses connections or is "
+                                                           f"marked a template"))
         return drifts
 
     async def credentials_work(self, store: DesiredStore, password: str) -> bool | None:

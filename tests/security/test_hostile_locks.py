@@ -1,0 +1,121 @@
+"""Locks and connections: a tenant may not lock what is not its own, and what it may hold (its own rows and
+tables, any advisory key, an open transaction, all its connections) stalls neither other tenants nor the operator."""
+from __future__ import annotations
+
+import psycopg
+import pytest
+from hostile_kit import (
+    BOOKKEEPING_SCHEMA,
+    DATABASE,
+    DEADLINE_SECONDS,
+    DEDICATED,
+    LOCK_MODES,
+    NAMESPACE,
+    SCHEMA,
+    Attempts,
+    Fleet,
+    FreshTenants,
+    SqlAttack,
+    Superuser,
+    connections_of,
+    finishes_within,
+    hold_everything,
+    operator_teardown,
+    others_keep_working,
+    run_sql_attack,
+    wait_until,
+)
+
+from tenantstore.backends.pgvector import PgvectorStore
+from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServer
+
+LOCK_TARGETS = {
+    "ONLY the shared parent": "ONLY {shared}",
+    "the shared parent and its partitions": "{shared}",
+    "a victim's partition": "{victim_partition}",
+    "the operator's claims": f"{BOOKKEEPING_SCHEMA}.claims",
+    "the operator's lock rows": f"{BOOKKEEPING_SCHEMA}.locks",
+    "the operator's daily query baselines": f"{BOOKKEEPING_SCHEMA}.daily_query_baseline",
+}
+TABLE_LOCKS = [SqlAttack(f"free tenant locks {target} IN {mode} MODE", "free", (f"LOCK TABLE {table} IN {mode} MODE",),
+                         transaction=True, inert_when_empty=False)
+               for target, table in LOCK_TARGETS.items() for mode in LOCK_MODES]
+TABLE_LOCKS += [SqlAttack(f"free tenant locks the moving tenant's dedicated table IN {mode} MODE", "free",
+                          (f"LOCK TABLE {{mover_dedicated}} IN {mode} MODE",), transaction=True,
+                          inert_when_empty=False)
+                for mode in ("ACCESS SHARE", "ACCESS EXCLUSIVE")]
+ROW_LOCKS = [SqlAttack(f"free tenant locks rows of {target} FOR {strength}", "free",
+                       (f"SELECT id FROM {table} FOR {strength}",), transaction=True)
+             for target, table in (("the shared parent", "{shared}"), ("a victim's partition", "{victim_partition}"))
+             for strength in ("UPDATE", "NO KEY UPDATE", "SHARE", "KEY SHARE")]
+
+
+@pytest.mark.parametrize("attack", TABLE_LOCKS + ROW_LOCKS, ids=str)
+def test_locking_what_is_not_ones_own_is_refused(attack: SqlAttack, fleet: Fleet, attempts: Attempts) -> None:
+    run_sql_attack(attempts, fleet, attack)
+
+
+async def test_an_open_transaction_holding_everything_it_can_stalls_nobody(
+        fleet: Fleet, fresh: FreshTenants, operator_server: PostgresServer, attempts: Attempts) -> None:
+    """The attacker inserts, locks its rows and its own tables, takes every advisory key and stays idle in its
+    transaction; each phase below is judged while it holds all of that."""
+    attacker = await fresh.make("hxhold")
+    doomed = await fresh.make("hxholddrop")
+    server = operator_server
+    failures = []
+
+    def judge(name: str, refused: bool, detail: str) -> None:
+        try:
+            attempts.record(name, refused, detail)
+        except AssertionError as failure:  # every phase is judged; the test fails at the end
+            failures.append(str(failure))
+
+    with hold_everything(attacker, fleet):
+        problems = others_keep_working(fleet)
+    judge("an idle transaction holding every lock it can blocks other tenants' reads and writes",
+          not problems, "; ".join(problems) or "others read and wrote")
+
+    async def provision_next() -> None:
+        await fresh.make("hxholdnew", seed=False)
+
+    async def measure_others() -> str:
+        victims = [fleet["victim"], fleet["pro_victim"], fleet["enterprise_victim"]]
+        documents = await PgvectorStore(server).measure([(tenant.store, tenant.vectors) for tenant in victims])
+        await PostgresRelationalStore(server).measure([tenant.store for tenant in victims])
+        wrong = {tenant.id: documents.get(tenant.id) for tenant in victims
+                 if documents.get(tenant.id) is None or documents[tenant.id].documents != 3}
+        return f"wrong documents: {wrong}" if wrong else ""
+
+    phases = {
+        "an idle transaction holding every lock it can blocks provisioning into its shared index": provision_next,
+        "an idle transaction holding every lock it can blocks another tenant's teardown":
+            lambda: operator_teardown(server, doomed.store),
+        "an idle transaction holding every lock it can stalls the usage measurement of other tenants": measure_others,
+    }
+    for name, phase in phases.items():
+        held = hold_everything(attacker, fleet)
+        try:
+            timed = await finishes_within(phase(), DEADLINE_SECONDS, release=held.close)
+        finally:
+            held.close()
+        complaint = timed.result if isinstance(timed.result, str) and timed.result else ""
+        judge(name, timed.in_time and timed.error is None and not complaint, complaint or timed.describe())
+    assert not failures, "\n".join(failures)
+
+
+@pytest.mark.parametrize("tier", ["free", "enterprise"])
+async def test_connections_beyond_the_connection_limit_are_refused(tier: str, fleet: Fleet, fresh: FreshTenants,
+                                                                superuser: Superuser, attempts: Attempts) -> None:
+    relational, vector = (SCHEMA, NAMESPACE) if tier == "free" else (DATABASE, DEDICATED)
+    tenant = await fresh.make(f"hxconn{tier[0]}", relational, vector, connection_limit=2)
+    wait_until(lambda: connections_of(superuser, tenant.role) == 0, 10, f"the seeding connection of {tenant.role} to end")
+    connections = [tenant.connect() for _ in range(tenant.store.connection_limit)]
+    try:
+        attempts.refused(f"{tier} tenant opens more connections than its connection limit", lambda: tenant.connect().close(),
+                         expect=psycopg.OperationalError, message="too many connections for role")
+        problems = others_keep_working(fleet)
+        assert not problems, f"a tenant at its connection limit disturbed others: {problems}"
+    finally:
+        for connection in connections:
+            connection.close()
+
