@@ -1,6 +1,8 @@
 """Typed errors; each carries the reason that ends up in the TenantStore's Ready condition."""
 from __future__ import annotations
 
+from tenantstore.api import Reason
+
 
 class ReconcileError(Exception):
     """A reason the tenant cannot converge now. `retry_after` None means: wait for a spec change."""
@@ -15,12 +17,12 @@ class ReconcileError(Exception):
 
 
 class StoreClassNotFound(ReconcileError):
-    reason = "StoreClassNotFound"
+    reason = Reason.STORE_CLASS_NOT_FOUND
     retry_after = 5.0
 
 
 class StoreClassInvalid(ReconcileError):
-    reason = "StoreClassInvalid"
+    reason = Reason.STORE_CLASS_INVALID
     retry_after = 15.0
 
 
@@ -28,7 +30,7 @@ class StoreClassNotReady(ReconcileError):
     """The class's Postgres or vector service misses a prerequisite (its Ready condition names it); nothing is
     made for a new tenant until it is fixed."""
 
-    reason = "StoreClassNotReady"
+    reason = Reason.STORE_CLASS_NOT_READY
     retry_after = 30.0
 
 
@@ -38,48 +40,48 @@ class StoreClassNotAllowed(ReconcileError):
     Retried on a schedule so that labelling the namespace (or changing the class) takes effect by itself.
     """
 
-    reason = "StoreClassNotAllowed"
+    reason = Reason.STORE_CLASS_NOT_ALLOWED
     retry_after = 30.0
 
 
 class TenantIdConflict(ReconcileError):
-    reason = "TenantIdConflict"
+    reason = Reason.TENANT_ID_CONFLICT
     retry_after = 30.0
 
 
 class SecretConflict(ReconcileError):
-    reason = "SecretConflict"
+    reason = Reason.SECRET_CONFLICT
     retry_after = 30.0
 
 
 class BackendUnavailable(ReconcileError):
-    reason = "BackendUnavailable"
+    reason = Reason.BACKEND_UNAVAILABLE
     retry_after = 5.0
 
 
 class VectorQuotaExceeded(ReconcileError):
     """The vector service refused to create an index or a namespace: a plan limit is reached."""
 
-    reason = "VectorQuotaExceeded"
+    reason = Reason.VECTOR_QUOTA_EXCEEDED
     retry_after = 30.0
 
 
 class IsolationBroken(ReconcileError):
     """The tenant could see rows of another namespace: never report such a tenant Ready."""
 
-    reason = "IsolationBroken"
+    reason = Reason.ISOLATION_BROKEN
     retry_after = 60.0
 
 
-class TierChangeRefused(ReconcileError):
+class RelationalMigrationUnsupported(ReconcileError):
     """A tier change the operator cannot carry out; the tenant stays as it is until the spec changes."""
 
-    reason = "RelationalMigrationUnsupported"
+    reason = Reason.RELATIONAL_MIGRATION_UNSUPPORTED
     retry_after = None
 
 
 class ObjectReplaced(ReconcileError):
     """Something the operator made was replaced by an object it did not make; the operator will not touch it."""
 
-    reason = "ObjectReplaced"
+    reason = Reason.OBJECT_REPLACED
     retry_after = 60.0

@@ -11,21 +11,22 @@ from typing import Any
 
 import kopf
 
-from tenantstore.backends import Step
+from tenantstore.api import Reason
+from tenantstore.backends import NAMESPACE_CREATED, Step
 from tenantstore.redaction import redact
 
-PROVISIONED = "Provisioned"
+PROVISIONED = Reason.PROVISIONED
 TEARDOWN_VERIFIED = "TeardownVerified"
 # What creating or tearing down a tenant does every time; folded into a Provisioned or TeardownVerified Event.
 ROUTINE_PROVISIONING = frozenset({
-    "RoleCreated", "SchemaCreated", "DatabaseCreated", "NamespaceCreated", "NamespaceIsolated",
+    "RoleCreated", "SchemaCreated", "DatabaseCreated", NAMESPACE_CREATED, "NamespaceIsolated",
     "VectorAccessGranted", "DedicatedIndexCreated", "DeletionProtectionEnabled", "IsolationVerified",
     "SecretWritten"})
 ROUTINE_TEARDOWN = frozenset({
     "SessionsTerminated", "NamespaceDropped", "NamespaceDeleted", "DedicatedIndexDropped", "DedicatedIndexDeleted",
     "DeletionProtectionDisabled", "SchemaDropped", "DatabaseDropped", "RoleDropped", "SecretDeleted"})
 # Reasons posted as Warnings when they come from the usage measurement.
-QUOTA_WARNINGS = frozenset({"WritesBlocked", "LimitReached"})
+QUOTA_WARNINGS = frozenset({Reason.WRITES_BLOCKED, Reason.LIMIT_REACHED})
 
 
 def summarize(steps: Sequence[Step]) -> list[Step]:

@@ -14,7 +14,8 @@ from typing import Any
 from tenantstore import conditions
 from tenantstore.backends import Step, VectorPlacement
 from tenantstore.errors import BackendUnavailable, StoreClassNotAllowed
-from tenantstore.kube import WRITES_BLOCKED_ANNOTATION, NamespaceLabels, Secrets, TenantStatuses
+from tenantstore.api import WRITES_BLOCKED_ANNOTATION, ConditionType, Reason
+from tenantstore.kube import NamespaceLabels, Secrets, TenantStatuses
 from tenantstore.models import InvalidResource, StoreClass, TenantStoreSpec, effective_quotas
 from tenantstore.quota import Usage, Verdict, judge
 from tenantstore.reconcile import store_as_provisioned
@@ -71,7 +72,7 @@ def admission_changed(store_class: StoreClass, body: Mapping[str, Any],
     labels = labels_by_namespace.get(body["metadata"].get("namespace", ""))
     if labels is None:
         return False
-    ready = conditions.find((body.get("status") or {}).get("conditions"), "Ready") or {}
+    ready = conditions.find((body.get("status") or {}).get("conditions"), ConditionType.READY) or {}
     return store_class.allowed_namespaces.allows(labels) == (ready.get("reason") == StoreClassNotAllowed.reason)
 
 
@@ -100,9 +101,9 @@ async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, 
                       connections=rel.connections, daily_queries=rel.daily_queries)
         verdict = judge(usage, effective_quotas(spec, store_class)[0], spec.quota_action)
         status = body.get("status") or {}
-        previous = conditions.find(status.get("conditions"), "QuotaExceeded") or {}
+        previous = conditions.find(status.get("conditions"), ConditionType.QUOTA_EXCEEDED) or {}
         events: list[Step] = []
-        if (previous.get("reason") == "WritesBlocked") != verdict.blocks_writes:
+        if (previous.get("reason") == Reason.WRITES_BLOCKED) != verdict.blocks_writes:
             store = dataclasses.replace(store, writes_allowed=not verdict.blocks_writes)
             events += await backends.relational.ensure_write_access(store)
             events += await backends.vector.ensure_write_access(store, placement)

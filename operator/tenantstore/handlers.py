@@ -18,7 +18,8 @@ import kopf
 
 from tenantstore import conditions, events, fleet, kube, metrics, reconcile, redaction, tracing, verify
 from tenantstore.errors import IsolationBroken, ReconcileError
-from tenantstore.models import FINALIZER, GROUP, VERSION, DriftPolicy, InvalidResource, Phase, StoreClass
+from tenantstore.api import FINALIZER, GROUP, MANAGED_BY, MANAGED_BY_LABEL, VERSION, ConditionType, Phase, Reason
+from tenantstore.models import DriftPolicy, InvalidResource, StoreClass
 from tenantstore.reconcile import ClaimRef, Outcome
 from tenantstore.registry import BackendRegistry
 from tenantstore.storeclass import check_store_class, pool_status
@@ -32,7 +33,7 @@ STORECLASS_CHECK_INTERVAL_SECONDS = 60.0
 USAGE_INTERVAL_SECONDS = float(os.environ.get("TENANTSTORE_USAGE_INTERVAL", "60"))
 # How often each StoreClass's provisioned tenants are checked against their backends (--verify-interval).
 VERIFY_INTERVAL_SECONDS = float(os.environ.get("TENANTSTORE_VERIFY_INTERVAL", "60"))
-TENANT_SECRETS = {"labels": {kube.MANAGED_BY_LABEL: kube.MANAGED_BY}}
+TENANT_SECRETS = {"labels": {MANAGED_BY_LABEL: MANAGED_BY}}
 # Reconciles and teardowns that talk to the backends at once. Kopf starts a worker per TenantStore, so a
 # thousand created at once would otherwise all wait on the small Postgres pool and time out (bench/README.md).
 # (Kopf's own settings.queueing.worker_limit cannot do this: below the number of objects it deadlocks the
@@ -314,13 +315,13 @@ async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, patch:
                 if fresh is not None:
                     await record(memo, fresh, await reconcile_through(memo, fresh, classes, tenant_id_index,
                                                                       held=True))
-    isolation = conditions.Condition("IsolationBroken", bool(broken), IsolationBroken.reason if broken else "Isolated",
+    isolation = conditions.Condition(ConditionType.ISOLATION_BROKEN, bool(broken), Reason.ISOLATION_BROKEN if broken else Reason.ISOLATED,
                                      "; ".join(str(t.isolation) for t in broken) or
                                      "the isolation canary saw only the probing tenant's rows in every shared index")
     updates = [isolation]
-    ready = conditions.find(status.get("conditions"), "Ready") or {}
-    if ready.get("reason") == "BackendUnavailable":  # back: say so now, not at the class's next check
-        updates.append(conditions.Condition("Ready", True, "BackendsReachable",
+    ready = conditions.find(status.get("conditions"), ConditionType.READY) or {}
+    if ready.get("reason") == Reason.BACKEND_UNAVAILABLE:  # back: say so now, not at the class's next check
+        updates.append(conditions.Condition(ConditionType.READY, True, Reason.BACKENDS_REACHABLE,
                                             "the class's backends answered the verification pass"))
     patch.status.update(conditions.status_changes(status, {"conditions": conditions.merge_conditions(
         status.get("conditions"), updates, body.get("metadata", {}).get("generation", 0))}))
@@ -332,11 +333,11 @@ async def act_on_drift(memo: kopf.Memo, store_class: StoreClass, tenant: verify.
         if body is None:
             return  # it changed while checked (or is being changed): what was seen may be that change
         drifts = tenant.drifts
-        ready = conditions.find((body.get("status") or {}).get("conditions"), "Ready") or {}
+        ready = conditions.find((body.get("status") or {}).get("conditions"), ConditionType.READY) or {}
         if ready.get("reason") not in {drift.kind for drift in drifts}:  # newly found, not still there
             for drift in drifts:
                 metrics.DRIFT_DETECTED.labels(drift.kind).inc()
-            events.warn(body, reason="DriftDetected", message="; ".join(drift.message for drift in drifts))
+            events.warn(body, reason=Reason.DRIFT_DETECTED, message="; ".join(drift.message for drift in drifts))
         if store_class.drift_policy is DriftPolicy.REPORT:
             changes = conditions.status_changes(body.get("status"), verify.drift_status(body, drifts))
             if changes:
@@ -345,22 +346,22 @@ async def act_on_drift(memo: kopf.Memo, store_class: StoreClass, tenant: verify.
         if lost := dataclasses.replace(tenant, body=body).data_lost:
             changes = verify.data_loss_status(body, lost)
             await memo.statuses.patch(body, changes)
-            events.warn(body, reason="DataLost",
+            events.warn(body, reason=Reason.DATA_LOST,
                         message=str((conditions.find(changes["conditions"], reconcile.DATA_LOSS.condition) or {})
                                     .get("message")))
             body = {**body, "status": {**(body.get("status") or {}), **changes}}
         outcome = await reconcile_through(memo, body, classes, tenant_id_index, held=True, check_credentials=any(
-            drift.kind == verify.CREDENTIALS_OUT_OF_SYNC for drift in drifts))
+            drift.kind == Reason.CREDENTIALS_OUT_OF_SYNC for drift in drifts))
         await record(memo, body, outcome)
         if outcome.warning is None:
-            events.info(body, reason="DriftRepaired", message="repaired: " + "; ".join(d.message for d in drifts))
+            events.info(body, reason=Reason.DRIFT_REPAIRED, message="repaired: " + "; ".join(d.message for d in drifts))
 
 
 async def report_broken_isolation(memo: kopf.Memo, store_class: StoreClass, tenant: verify.Checked) -> None:
     body = tenant.body
     index = ((body.get("status") or {}).get("vectorStore") or {}).get("index", "")
     metrics.ISOLATION_PROBE_FAILURES.labels(store_class.name, index).inc()
-    ready = conditions.find((body.get("status") or {}).get("conditions"), "Ready") or {}
+    ready = conditions.find((body.get("status") or {}).get("conditions"), ConditionType.READY) or {}
     if ready.get("reason") != IsolationBroken.reason:
         events.warn(body, reason=IsolationBroken.reason, message=str(tenant.isolation))
     changes = conditions.status_changes(body.get("status"), verify.isolation_status(body, str(tenant.isolation)))
@@ -372,11 +373,11 @@ async def report_outage(memo: kopf.Memo, body: Mapping[str, Any], status: Mappin
                         store_class: StoreClass, tenants: list[Mapping[str, Any]], outage: ReconcileError) -> None:
     """The class's backends do not answer: the class and its Ready tenants say so (tenants keep their phase)."""
     generation = body.get("metadata", {}).get("generation", 0)
-    down = conditions.Condition("Ready", False, outage.reason, str(outage))
+    down = conditions.Condition(ConditionType.READY, False, outage.reason, str(outage))
     patch.status.update(conditions.status_changes(status, {"conditions": conditions.merge_conditions(
         status.get("conditions"), [down], generation)}))
     for tenant in verify.verifiable(tenants):
-        ready = conditions.find((tenant.get("status") or {}).get("conditions"), "Ready") or {}
+        ready = conditions.find((tenant.get("status") or {}).get("conditions"), ConditionType.READY) or {}
         if ready.get("status") != "True":
             continue
         outcome = reconcile.failed_outcome(tenant.get("status") or {}, tenant["metadata"].get("generation", 0),
@@ -447,6 +448,6 @@ def warn_on_transition(body: Mapping[str, Any], outcome: Outcome) -> None:
     """A Warning Event when the Ready reason turns to the outcome's warning: one per transition, not per retry."""
     if outcome.warning is None:
         return
-    previous = conditions.find((body.get("status") or {}).get("conditions"), "Ready") or {}
+    previous = conditions.find((body.get("status") or {}).get("conditions"), ConditionType.READY) or {}
     if previous.get("reason") != outcome.warning.reason:
         events.warn(body, reason=outcome.warning.reason, message=str(outcome.warning))

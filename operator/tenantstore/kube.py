@@ -19,15 +19,10 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from tenantstore import redaction
 from tenantstore.errors import BackendUnavailable, SecretConflict, StoreClassInvalid
-from tenantstore.models import API_VERSION, GROUP, TENANT_ID_LABEL, VERSION, SecretKeyRef
+from tenantstore.api import (API_VERSION, DATA_DIGEST_ANNOTATION, GROUP, MANAGED_BY, MANAGED_BY_LABEL,
+                             TENANT_ID_LABEL, VERSION, WRITES_BLOCKED_ANNOTATION)
+from tenantstore.models import SecretKeyRef
 
-MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
-MANAGED_BY = "tenantstore-operator"
-# Set on a tenant's Secret while a Block quota is exceeded: clients of backends that cannot refuse one
-# tenant's writes (Pinecone) are expected to stop writing.
-WRITES_BLOCKED_ANNOTATION = "tenancy.dev/writes-blocked"
-# The digest of the data the operator last wrote: a watch event whose data does not match was a hand edit.
-DATA_DIGEST_ANNOTATION = "tenancy.dev/data-digest"
 # A StoreClass's Secrets (admin URI, Pinecone key) are read at most this often: every reconcile used to read
 # the admin Secret, a third of the operator's Secret reads. A rotated value is picked up within this time.
 CLASS_SECRET_CACHE_SECONDS = 30.0

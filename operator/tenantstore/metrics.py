@@ -16,7 +16,8 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from tenantstore.models import Phase, Tier, parse_quantity
+from tenantstore.api import ConditionType, Phase
+from tenantstore.models import Tier, parse_quantity
 
 TENANT_LABELS = ("tenant", "namespace", "tier", "storeclass")
 QUOTA_RESOURCES = {"documents": ("documents", "maxDocuments"), "storage_bytes": ("storageBytes", "maxStorageBytes"),
@@ -62,8 +63,8 @@ class TenantSnapshot:
             labels=(spec.get("tenantId", ""), body["metadata"].get("namespace", ""), spec.get("tier", "free"),
                     status.get("storeClassName") or spec.get("storeClassName") or ""),
             phase=status.get("phase") or Phase.PENDING.value,
-            ready=conditions.get("Ready") == "True",
-            quota_exceeded=conditions.get("QuotaExceeded") == "True",
+            ready=conditions.get(ConditionType.READY) == "True",
+            quota_exceeded=conditions.get(ConditionType.QUOTA_EXCEEDED) == "True",
             usage=dict(status.get("usage") or {}),
             quotas=dict(status.get("quotas") or {}),
         )

@@ -13,14 +13,12 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
+# Re-exported for callers that know them from here; the vocabulary lives in tenantstore.api.
+from tenantstore.api import (API_VERSION, DEFAULT_CLASS_ANNOTATION, FINALIZER, GROUP,  # noqa: F401
+                             TENANT_ID_LABEL, VERSION, Phase)
+
 from tenantstore.labelselector import InvalidSelector, LabelSelector
 
-GROUP = "tenancy.dev"
-VERSION = "v1alpha1"
-API_VERSION = f"{GROUP}/{VERSION}"
-FINALIZER = "tenancy.dev/cleanup"
-DEFAULT_CLASS_ANNOTATION = "storeclass.tenancy.dev/is-default-class"
-TENANT_ID_LABEL = "tenancy.dev/tenant-id"
 TENANT_ID_PATTERN = re.compile(r"^[a-z0-9]([a-z0-9-]{0,38}[a-z0-9])?$")
 
 
@@ -65,14 +63,6 @@ class DriftPolicy(enum.StrEnum):
     REPORT = "Report"  # say what is wrong (Ready=False), change nothing
 
 
-class Phase(enum.StrEnum):
-    PENDING = "Pending"
-    PROVISIONING = "Provisioning"
-    READY = "Ready"
-    SUSPENDED = "Suspended"
-    MIGRATING = "Migrating"
-    DELETING = "Deleting"
-    FAILED = "Failed"
 
 
 _QUANTITY = re.compile(r"^([0-9]+(?:\.[0-9]+)?)([KMGTPE]i|[kMGTPE])?$")

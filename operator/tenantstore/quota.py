@@ -5,6 +5,7 @@ import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
+from tenantstore.api import ConditionType, Reason
 from tenantstore.conditions import Condition
 from tenantstore.models import QuotaAction, Quotas
 
@@ -63,12 +64,12 @@ class Verdict:
 
     def condition(self) -> Condition:
         if not self.excesses:
-            return Condition("QuotaExceeded", False, "WithinLimits", "usage is within every quota")
+            return Condition(ConditionType.QUOTA_EXCEEDED, False, Reason.WITHIN_LIMITS, "usage is within every quota")
         figures = ", ".join(e.describe() for e in self.excesses)
         if self.blocks_writes:
-            return Condition("QuotaExceeded", True, "WritesBlocked",
+            return Condition(ConditionType.QUOTA_EXCEEDED, True, Reason.WRITES_BLOCKED,
                              f"{figures}: writes are refused until usage falls under the limit or the quota is raised")
-        return Condition("QuotaExceeded", True, "LimitReached", f"{figures} (quotaAction {self.action.value}: "
+        return Condition(ConditionType.QUOTA_EXCEEDED, True, Reason.LIMIT_REACHED, f"{figures} (quotaAction {self.action.value}: "
                                                                  "reported, not blocked)")
 
 

@@ -13,13 +13,14 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from tenantstore import conditions, migration, tracing
-from tenantstore.backends import RelationalPlacement, Step, VectorPlacement, VectorStore
+from tenantstore.api import DATA_LOSS_ACKNOWLEDGED_ANNOTATION, TERMINAL_REASONS, ConditionType, Phase, Reason
+from tenantstore.backends import NAMESPACE_CREATED, RelationalPlacement, Step, VectorPlacement, VectorStore
 from tenantstore.conditions import Condition
-from tenantstore.errors import (BackendUnavailable, IsolationBroken, ObjectReplaced, ReconcileError, SecretConflict,
+from tenantstore.errors import (BackendUnavailable, IsolationBroken, ReconcileError, SecretConflict,
                                 StoreClassInvalid, StoreClassNotAllowed, StoreClassNotFound, StoreClassNotReady,
-                                TenantIdConflict, TierChangeRefused, VectorQuotaExceeded)
+                                TenantIdConflict, RelationalMigrationUnsupported, VectorQuotaExceeded)
 from tenantstore.kube import NOT_READ, NamespaceLabels, SecretDeletion, Secrets, password_in
-from tenantstore.models import (DeletionPolicy, DesiredStore, InvalidResource, Phase, RelationalIsolation,
+from tenantstore.models import (DeletionPolicy, DesiredStore, InvalidResource, RelationalIsolation,
                                 StoreClass, TenantStoreSpec, VectorIsolation, desired_store, effective_quotas)
 from tenantstore.quota import Usage, Verdict, judge
 from tenantstore.registry import BackendRegistry
@@ -39,21 +40,11 @@ PHASE_BY_REASON = {
 
 
 # A tenant that was serving and meets these keeps its phase: it still serves; Ready=False tells the rest.
-KEEPS_PHASE = (BackendUnavailable.reason, TierChangeRefused.reason, StoreClassNotAllowed.reason,
+KEEPS_PHASE = (BackendUnavailable.reason, RelationalMigrationUnsupported.reason, StoreClassNotAllowed.reason,
                StoreClassNotReady.reason)
 
-# Failures no retry can end: they wait for a person (a spec, a Secret, a class or a namespace to change).
-# kstatus (Flux's `wait`, kpt) reads Stalled=True as Failed; every other failure stays InProgress.
-TERMINAL_REASONS = frozenset({"InvalidSpec", StoreClassInvalid.reason, StoreClassNotAllowed.reason,
-                              TenantIdConflict.reason, SecretConflict.reason, TierChangeRefused.reason,
-                              ObjectReplaced.reason, IsolationBroken.reason})
 
 
-# What the verification pass may find; each is the Ready reason while it lasts (verify.py, the backends' verify).
-DRIFT_REASONS = frozenset({"RoleMissing", "LoginChanged", "ConnectionLimitChanged", "SchemaMissing",
-                           "DatabaseMissing", "DatabaseSettingsChanged", "OwnerChanged", "GrantMissing",
-                           "NamespaceMissing", "PolicyMissing", "IndexMissing", "SecretMissing",
-                           "CredentialsOutOfSync", ObjectReplaced.reason})
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,8 +52,8 @@ class DataLossNotice:
     """A store re-made empty after its data was dropped behind the operator's back stays flagged until a
     person says they know: an annotation whose value is the DataLost condition's lastTransitionTime."""
 
-    condition: str = "DataLost"
-    annotation: str = "tenancy.dev/data-loss-acknowledged"
+    condition: str = ConditionType.DATA_LOST
+    annotation: str = DATA_LOSS_ACKNOWLEDGED_ANNOTATION
 
     def pending(self, body: Mapping[str, Any]) -> Mapping[str, Any] | None:
         lost = conditions.find((body.get("status") or {}).get("conditions"), self.condition)
@@ -79,9 +70,9 @@ class DataLossNotice:
         if lost is None:
             return updates
         if self.acknowledged(body):
-            return [*updates, Condition(self.condition, False, "Acknowledged", "the data loss was acknowledged")]
-        held = Condition("Ready", False, self.condition, str(lost.get("message", "")))
-        return [held if update.type == "Ready" and update.status else update for update in updates]
+            return [*updates, Condition(self.condition, False, Reason.ACKNOWLEDGED, "the data loss was acknowledged")]
+        held = Condition(ConditionType.READY, False, Reason.DATA_LOST, str(lost.get("message", "")))
+        return [held if update.type == ConditionType.READY and update.status else update for update in updates]
 
 
 DATA_LOSS = DataLossNotice()
@@ -238,7 +229,7 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
                                                           writes_blocked=verdict.blocks_writes))
         tracing.annotate({"gen_ai.memory.namespace": vector.namespace or vector.index})
         steps += vector_steps
-        if any(step.reason == "NamespaceCreated" for step in vector_steps):
+        if any(step.reason == NAMESPACE_CREATED for step in vector_steps):
             steps += await probe_isolation(backends.vector, store, vector)
         with tracing.backend_call("kubernetes", "apply_secret"):
             written = await secrets.apply_tenant_secret(meta["namespace"], spec.secret_name, body,
@@ -249,7 +240,7 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         if written:
             steps.append(Step("SecretWritten", f"credentials written to Secret {spec.secret_name}"))
     except InvalidResource as error:
-        return failed_outcome(current, generation, "InvalidSpec", str(error), Phase.FAILED, retry_after=None)
+        return failed_outcome(current, generation, Reason.INVALID_SPEC, str(error), Phase.FAILED, retry_after=None)
     except ReconcileError as error:
         outcome = failed_outcome(current, generation, error.reason, str(error),
                                  PHASE_BY_REASON.get(error.reason, Phase.FAILED), error.retry_after)
@@ -258,8 +249,8 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         outcome.warning = error
         return outcome
 
-    migrated = [Condition("Migrating", False, "Done", f"vectors live in {vector.index}")] \
-        if move or conditions.find(current.get("conditions"), "Migrating") else []
+    migrated = [Condition(ConditionType.MIGRATING, False, Reason.DONE, f"vectors live in {vector.index}")] \
+        if move or conditions.find(current.get("conditions"), ConditionType.MIGRATING) else []
     status = converged_status(spec, store_class, store, relational, vector, verdict, generation,
                               current.get("conditions"), migrated, hold=lambda updates: DATA_LOSS.hold(body, updates))
     if move is not None:
@@ -278,8 +269,9 @@ def converged_status(spec: TenantStoreSpec, store_class: StoreClass, store: Desi
     `hold` may keep Ready False for a reason only a person can clear (an unacknowledged data loss).
     """
     phase = Phase.SUSPENDED if spec.suspended else Phase.READY
-    ready = Condition("Ready", True, "Provisioned", ready_message(store, relational, vector)) if not spec.suspended \
-        else Condition("Ready", False, "Suspended", "the tenant is suspended: its role cannot log in; data is kept")
+    ready = Condition(ConditionType.READY, True, Reason.PROVISIONED, ready_message(store, relational, vector)) \
+        if not spec.suspended else Condition(ConditionType.READY, False, Reason.SUSPENDED,
+                                             "the tenant is suspended: its role cannot log in; data is kept")
     return {
         "phase": phase.value,
         "observedGeneration": generation,
@@ -300,7 +292,7 @@ def converged_status(spec: TenantStoreSpec, store_class: StoreClass, store: Desi
 def refuse_relational_move(store: DesiredStore, status: Mapping[str, Any]) -> None:
     recorded = (status.get("isolation") or {}).get("relational")
     if recorded and recorded != store.relational.value:
-        raise TierChangeRefused(
+        raise RelationalMigrationUnsupported(
             f"the new tier keeps relational data in a {store.relational.value}, the tenant's is in a {recorded}: "
             f"moving tables between a schema and a database is not supported yet. The tenant keeps working as it "
             f"is; revert spec.tier, or use a StoreClass whose tiers keep the relational isolation")
@@ -313,7 +305,7 @@ async def run_move(vectors: VectorStore, store: DesiredStore, move: migration.Mo
     steps: list[Step] = []
     if (status.get("migration") or {}).get("state") != migration.SOURCE_PENDING_DELETION:
         await report({"phase": Phase.MIGRATING.value, "conditions": conditions.merge_conditions(
-            status.get("conditions"), [Condition("Migrating", True, "Copying",
+            status.get("conditions"), [Condition(ConditionType.MIGRATING, True, Reason.COPYING,
                                                  f"moving vectors from {move.source.vector.value} to "
                                                  f"{move.target.vector.value} isolation")], generation)})
         target, steps = await migration.move_vectors(vectors, move, report)
@@ -343,9 +335,10 @@ async def probe_isolation(vectors: VectorStore, store: DesiredStore, placement: 
 
 def capped_condition(spec: TenantStoreSpec, store: DesiredStore) -> Condition:
     if not store.quotas_capped:
-        return Condition("QuotasCapped", False, "WithinCeilings", "spec.quotas is within the tier's ceilings")
+        return Condition(ConditionType.QUOTAS_CAPPED, False, Reason.WITHIN_CEILINGS,
+                         "spec.quotas is within the tier's ceilings")
     fields = ", ".join(f"spec.quotas.{name}" for name in store.quotas_capped)
-    return Condition("QuotasCapped", True, "AboveTierCeiling",
+    return Condition(ConditionType.QUOTAS_CAPPED, True, Reason.ABOVE_TIER_CEILING,
                      f"{fields} asks for more than the {spec.tier.value} tier allows; the tier's ceiling applies "
                      f"(see status.quotas)")
 
@@ -360,7 +353,7 @@ def ready_message(store: DesiredStore, relational: RelationalPlacement, vector: 
 
 def failed_outcome(current: Mapping[str, Any], generation: int, reason: str, message: str, phase: Phase,
                    retry_after: float | None) -> Outcome:
-    ready = Condition("Ready", False, reason, message)
+    ready = Condition(ConditionType.READY, False, reason, message)
     status = {
         "phase": current.get("phase") if reason in KEEPS_PHASE and current.get("phase") in
         (Phase.READY, Phase.SUSPENDED) else phase.value,
@@ -376,9 +369,9 @@ def stalled_condition(previous: Sequence[Mapping[str, Any]] | None, reason: str 
                       message: str = "") -> list[Condition]:
     """Stalled=True on a terminal failure; False once it is over (absent on tenants that never stalled)."""
     if reason in TERMINAL_REASONS:
-        return [Condition("Stalled", True, reason, message)]
-    if conditions.find(previous, "Stalled") is not None:
-        return [Condition("Stalled", False, "Progressing" if reason else "Converged",
+        return [Condition(ConditionType.STALLED, True, reason, message)]
+    if conditions.find(previous, ConditionType.STALLED) is not None:
+        return [Condition(ConditionType.STALLED, False, Reason.PROGRESSING if reason else Reason.CONVERGED,
                           "nothing waits for a person" if reason else "the tenant's store is as its spec says")]
     return []
 

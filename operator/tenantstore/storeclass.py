@@ -5,6 +5,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from tenantstore import conditions
+from tenantstore.api import ConditionType, Reason
 from tenantstore.conditions import Condition
 from tenantstore.errors import ReconcileError, VectorQuotaExceeded
 from tenantstore.models import InvalidResource, StoreClass
@@ -19,14 +20,14 @@ async def check_store_class(body: Mapping[str, Any], status: Mapping[str, Any] |
         backends = await registry.for_class(store_class)
         problems = await registry.preflight(store_class, backends, max_age=0)  # fresh: this is the class's check
     except ReconcileError as error:
-        ready = Condition("Ready", False, error.reason, str(error))
+        ready = Condition(ConditionType.READY, False, error.reason, str(error))
     except InvalidResource as error:
-        ready = Condition("Ready", False, "InvalidSpec", str(error))
+        ready = Condition(ConditionType.READY, False, Reason.INVALID_SPEC, str(error))
     else:
         if problems:
-            ready = Condition("Ready", False, problems[0].reason, "; ".join(p.message for p in problems))
+            ready = Condition(ConditionType.READY, False, problems[0].reason, "; ".join(p.message for p in problems))
         else:
-            ready = Condition("Ready", True, "BackendsReachable",
+            ready = Condition(ConditionType.READY, True, Reason.BACKENDS_REACHABLE,
                               f"Postgres {backends.server.host}:{backends.server.port} and the "
                               f"{store_class.vector_backend} backend meet the prerequisites")
     return {
@@ -44,11 +45,11 @@ async def pool_status(store_class: StoreClass, status: Mapping[str, Any] | None,
     crowded = [index for index in pool if index.tenants >= store_class.shared_index_alert_threshold * capacity]
     if crowded:
         names = ", ".join(f"{index.name} ({index.tenants}/{capacity})" for index in crowded)
-        condition = Condition("SharedIndexesNearCapacity", True, "AboveAlertThreshold",
+        condition = Condition(ConditionType.SHARED_INDEXES_NEAR_CAPACITY, True, "AboveAlertThreshold",
                               f"{names} past {store_class.shared_index_alert_threshold:.0%} of capacity; new "
                               f"tenants go to the next index with room, or a new one")
     else:
-        condition = Condition("SharedIndexesNearCapacity", False, "BelowAlertThreshold",
+        condition = Condition(ConditionType.SHARED_INDEXES_NEAR_CAPACITY, False, "BelowAlertThreshold",
                               f"every shared index is under {store_class.shared_index_alert_threshold:.0%} of capacity")
     current = (status or {}).get("conditions")
     updates = [condition, vector_quota_condition(tenants)]
@@ -61,11 +62,11 @@ async def pool_status(store_class: StoreClass, status: Mapping[str, Any] | None,
 def vector_quota_condition(tenants: Sequence[Mapping[str, Any]]) -> Condition:
     """True while the vector service's plan limits keep some of the class's tenants from being provisioned."""
     blocked = [f"{t['metadata'].get('namespace')}/{t['metadata']['name']}" for t in tenants
-               if (conditions.find((t.get("status") or {}).get("conditions"), "Ready") or {}).get("reason")
+               if (conditions.find((t.get("status") or {}).get("conditions"), ConditionType.READY) or {}).get("reason")
                == VectorQuotaExceeded.reason]
     if not blocked:
-        return Condition("VectorQuotaExceeded", False, "WithinPlanLimits", "no tenant is waiting for a plan limit")
-    return Condition("VectorQuotaExceeded", True, VectorQuotaExceeded.reason,
+        return Condition(ConditionType.VECTOR_QUOTA_EXCEEDED, False, "WithinPlanLimits", "no tenant is waiting for a plan limit")
+    return Condition(ConditionType.VECTOR_QUOTA_EXCEEDED, True, VectorQuotaExceeded.reason,
                      f"the vector service refuses new indexes or namespaces (plan limit) for {len(blocked)} "
                      f"tenant(s): {', '.join(sorted(blocked)[:5])}")
 

@@ -16,16 +16,15 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 from tenantstore import conditions
+from tenantstore.api import DRIFT_REASONS, ConditionType, Phase, Reason
 from tenantstore.backends import Drift, VectorPlacement
-from tenantstore.errors import BackendUnavailable, IsolationBroken, ReconcileError
-from tenantstore.models import DesiredStore, InvalidResource, Phase, StoreClass, TenantStoreSpec
-from tenantstore.reconcile import DATA_LOSS, DRIFT_REASONS, store_as_provisioned
+from tenantstore.errors import BackendUnavailable, ReconcileError
+from tenantstore.models import DesiredStore, InvalidResource, StoreClass, TenantStoreSpec
+from tenantstore.reconcile import DATA_LOSS, store_as_provisioned
 from tenantstore.registry import Backends, BackendRegistry
 
 logger = logging.getLogger(__name__)
 
-SECRET_MISSING = "SecretMissing"
-CREDENTIALS_OUT_OF_SYNC = "CredentialsOutOfSync"
 # Logins that check tenants' Secrets at once: each costs the server a SCRAM exchange.
 LOGIN_CONCURRENCY = 8
 
@@ -43,7 +42,7 @@ class Checked:
         """What went with the tenant's data: a store that held something, gone (re-made, it is empty)."""
         usage = (self.body.get("status") or {}).get("usage") or {}
         had_data = bool(usage.get("documents") or usage.get("storageBytes"))
-        return [drift for drift in self.drifts if drift.holds_data and (had_data or drift.kind == "DatabaseMissing")]
+        return [drift for drift in self.drifts if drift.holds_data and (had_data or drift.kind == Reason.DATABASE_MISSING)]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,8 +66,8 @@ def verifiable(tenants: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 
 def writes_allowed(body: Mapping[str, Any]) -> bool:
-    quota = conditions.find((body.get("status") or {}).get("conditions"), "QuotaExceeded") or {}
-    return quota.get("reason") != "WritesBlocked"
+    quota = conditions.find((body.get("status") or {}).get("conditions"), ConditionType.QUOTA_EXCEEDED) or {}
+    return quota.get("reason") != Reason.WRITES_BLOCKED
 
 
 async def check_class(store_class: StoreClass, tenants: Sequence[Mapping[str, Any]], registry: BackendRegistry,
@@ -116,7 +115,7 @@ async def check_secrets(backends: Backends, parsed: Sequence[tuple[Mapping[str, 
     async def check(body: Mapping[str, Any], spec: TenantStoreSpec, store: DesiredStore) -> None:
         key = (body["metadata"]["namespace"], spec.secret_name)
         if key not in passwords:
-            found[store.tenant_id] = [Drift(SECRET_MISSING, f"Secret {spec.secret_name} does not exist")]
+            found[store.tenant_id] = [Drift(Reason.SECRET_MISSING, f"Secret {spec.secret_name} does not exist")]
             return
         password = passwords[key]
         if store.suspended or store.tenant_id in relational:
@@ -124,7 +123,7 @@ async def check_secrets(backends: Backends, parsed: Sequence[tuple[Mapping[str, 
         async with logins:
             works = await backends.relational.credentials_work(store, password) if password else False
         if works is False:
-            found[store.tenant_id] = [Drift(CREDENTIALS_OUT_OF_SYNC, f"the password in Secret {spec.secret_name} "
+            found[store.tenant_id] = [Drift(Reason.CREDENTIALS_OUT_OF_SYNC, f"the password in Secret {spec.secret_name} "
                                                                      f"does not log in as {store.role}")]
 
     await asyncio.gather(*(check(body, spec, store) for body, spec, store, _ in parsed))
@@ -160,16 +159,16 @@ def drift_status(body: Mapping[str, Any], drifts: Sequence[Drift]) -> dict[str, 
     status = body.get("status") or {}
     message = "; ".join(drift.message for drift in drifts) + " (driftPolicy Report: repair it, or set Repair)"
     return {"conditions": conditions.merge_conditions(status.get("conditions"),
-                                                      [conditions.Condition("Ready", False, drifts[0].kind, message)],
+                                                      [conditions.Condition(ConditionType.READY, False, drifts[0].kind, message)],
                                                       body["metadata"].get("generation", 0))}
 
 
 def isolation_status(body: Mapping[str, Any], problem: str) -> dict[str, Any]:
     status = body.get("status") or {}
-    reason = IsolationBroken.reason
+    reason = Reason.ISOLATION_BROKEN
     return {"conditions": conditions.merge_conditions(
-        status.get("conditions"), [conditions.Condition("Ready", False, reason, problem),
-                                   conditions.Condition("Stalled", True, reason, problem)],
+        status.get("conditions"), [conditions.Condition(ConditionType.READY, False, reason, problem),
+                                   conditions.Condition(ConditionType.STALLED, True, reason, problem)],
         body["metadata"].get("generation", 0))}
 
 
@@ -193,9 +192,9 @@ def data_loss_status(body: Mapping[str, Any], lost: Sequence[Drift]) -> dict[str
 def needs_recovery(checked: Checked) -> bool:
     """Nothing is wrong now, but the status still says something was: reconcile it back to the truth."""
     status = checked.body.get("status") or {}
-    ready = conditions.find(status.get("conditions"), "Ready") or {}
-    if ready.get("reason") in DRIFT_REASONS or ready.get("reason") in (BackendUnavailable.reason,
-                                                                       IsolationBroken.reason):
+    ready = conditions.find(status.get("conditions"), ConditionType.READY) or {}
+    if ready.get("reason") in DRIFT_REASONS or ready.get("reason") in (Reason.BACKEND_UNAVAILABLE,
+                                                                       Reason.ISOLATION_BROKEN):
         return True
     return DATA_LOSS.acknowledged(checked.body)
 

@@ -13,6 +13,10 @@ from typing import Any, Protocol
 from tenantstore.models import DesiredStore
 
 
+# The step of a tenant joining a shared index: reconcile then looks through the tenant's eyes (isolation probe).
+NAMESPACE_CREATED = "NamespaceCreated"
+
+
 @dataclasses.dataclass(frozen=True)
 class Step:
     """One change a backend made; it becomes a Kubernetes Event."""

@@ -20,7 +20,8 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tenantstore.backends import Drift, SharedIndex, Step, VectorPlacement, VectorRecord, VectorUsage, bookkeeping
+from tenantstore.backends import (NAMESPACE_CREATED, Drift, SharedIndex, Step, VectorPlacement, VectorRecord,
+                                  VectorUsage, bookkeeping)
 from tenantstore.backends.postgres import (PostgresServer, execute_at_once, extension_schema, fetch_one,
                                            reopened_database)
 from tenantstore.errors import BackendUnavailable, ObjectReplaced
@@ -94,7 +95,7 @@ class PgvectorStore:
                         steps.append(Step("SharedIndexCreated", f"shared index {index_name_of(table)} created"))
                     # Every free or pro tenant of the index waits for this: its DDL goes in one round trip.
                     await execute_at_once(conn, self._new_partition(store, table))
-                    steps.append(Step("NamespaceCreated", f"namespace {store.tenant_id} placed in shared index "
+                    steps.append(Step(NAMESPACE_CREATED, f"namespace {store.tenant_id} placed in shared index "
                                                           f"{index_name_of(table)}"))
                     steps += self._new_partition_steps(store, table)
                 else:

@@ -34,7 +34,8 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from pinecone import (ApiError, AsyncPinecone, ConflictError, ForbiddenError, NotFoundError, PineconeConnectionError,
                       PineconeError, PineconeTimeoutError, RateLimitError, RetryConfig, ServiceError, UnauthorizedError)
 
-from tenantstore.backends import Drift, SharedIndex, Step, VectorPlacement, VectorRecord, VectorUsage, bookkeeping
+from tenantstore.backends import (NAMESPACE_CREATED, Drift, SharedIndex, Step, VectorPlacement, VectorRecord,
+                                  VectorUsage, bookkeeping)
 from tenantstore.backends.postgres import PostgresServer
 from tenantstore.errors import (BackendUnavailable, ReconcileError, StoreClassInvalid, TenantIdConflict,
                                 VectorQuotaExceeded)
@@ -313,7 +314,7 @@ class PineconeStore:
             chosen = await self._wait_ready(name)
             steps.append(Step("SharedIndexCreated", f"shared index {name} created"))
         await self._create_namespace(chosen, store.tenant_id)
-        steps.append(Step("NamespaceCreated", f"namespace {store.tenant_id} placed in shared index {chosen.name}"))
+        steps.append(Step(NAMESPACE_CREATED, f"namespace {store.tenant_id} placed in shared index {chosen.name}"))
         return self._shared_placement(store, chosen), steps
 
     async def _create_namespace(self, model: Any, namespace: str) -> None:
