@@ -7,22 +7,15 @@ import sys
 
 
 def run(args: argparse.Namespace) -> int:
-    import os  # noqa: PLC0415
-
     import kopf  # noqa: PLC0415 (keep `tenantstore demo` light)
 
-    if args.usage_interval:
-        os.environ["TENANTSTORE_USAGE_INTERVAL"] = str(args.usage_interval)  # read when handlers register
-    if args.verify_interval:
-        os.environ["TENANTSTORE_VERIFY_INTERVAL"] = str(args.verify_interval)
-    if args.migration_batch:
-        os.environ["TENANTSTORE_MIGRATION_BATCH"] = str(args.migration_batch)
+    from tenantstore import settings  # noqa: PLC0415
+
+    settings.configure(settings.Settings.from_args(args))  # before the handlers register their timers
 
     import tenantstore.handlers  # noqa: F401,PLC0415 (registers the handlers)
 
-    from tenantstore import kopf_fixes, metrics, redaction, tracing  # noqa: PLC0415
-
-    kopf_fixes.wake_waiters_only_on_change()
+    from tenantstore import metrics, redaction, tracing  # noqa: PLC0415
 
     kopf.configure(verbose=args.verbose, log_prefix=True)
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
@@ -84,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     election.add_argument("--retry-period", type=float, default=2.0, help="seconds between Lease attempts")
     run_parser.add_argument("--verify-interval", type=float, default=None,
                             help="seconds between checks of every provisioned tenant against its backends, per "
-                                 "StoreClass (default: $TENANTSTORE_VERIFY_INTERVAL or 60)")
+                                 "StoreClass (default 60)")
     run_parser.add_argument("--usage-interval", type=float, default=None,
-                            help="seconds between usage measurements of each StoreClass's tenants "
-                                 "(default: $TENANTSTORE_USAGE_INTERVAL or 60)")
+                            help="seconds between usage measurements of each StoreClass's tenants (default 60)")
     run_parser.add_argument("--migration-batch", type=int, default=None,
                             help="vectors copied per batch when a tier change moves them (default 500)")
+    run_parser.add_argument("--max-concurrent-reconciles", type=int, default=None,
+                            help="reconciles and teardowns talking to the backends at once (default 32)")
     run_parser.add_argument("--verbose", action="store_true")
     run_parser.set_defaults(func=run)
     demo_parser = commands.add_parser("demo", help="start a local control plane, Postgres and the operator, "

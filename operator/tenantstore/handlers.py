@@ -8,7 +8,6 @@ import copy
 import dataclasses
 import functools
 import logging
-import os
 import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -16,7 +15,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import kopf
 
-from tenantstore import conditions, events, fleet, kube, metrics, reconcile, redaction, tracing, verify
+from tenantstore import (conditions, events, fleet, kopf_fixes, kube, metrics, reconcile, redaction, settings, tracing,
+                         verify)
 from tenantstore.errors import IsolationBroken, ReconcileError
 from tenantstore.api import FINALIZER, GROUP, MANAGED_BY, MANAGED_BY_LABEL, VERSION, ConditionType, Phase, Reason
 from tenantstore.models import DriftPolicy, InvalidResource, StoreClass
@@ -28,17 +28,10 @@ logger = logging.getLogger(__name__)
 
 STORECLASSES = (GROUP, VERSION, "storeclasses")
 TENANTSTORES = (GROUP, VERSION, "tenantstores")
-STORECLASS_CHECK_INTERVAL_SECONDS = 60.0
-# How often each StoreClass's tenants are measured (tenantstore run --usage-interval).
-USAGE_INTERVAL_SECONDS = float(os.environ.get("TENANTSTORE_USAGE_INTERVAL", "60"))
-# How often each StoreClass's provisioned tenants are checked against their backends (--verify-interval).
-VERIFY_INTERVAL_SECONDS = float(os.environ.get("TENANTSTORE_VERIFY_INTERVAL", "60"))
+# Timer intervals are taken when the handlers register: the settings the CLI made before importing this module.
+SETTINGS = settings.current()
+# The operator's own tenant Secrets: watched (an index and events) by this label only.
 TENANT_SECRETS = {"labels": {MANAGED_BY_LABEL: MANAGED_BY}}
-# Reconciles and teardowns that talk to the backends at once. Kopf starts a worker per TenantStore, so a
-# thousand created at once would otherwise all wait on the small Postgres pool and time out (bench/README.md).
-# (Kopf's own settings.queueing.worker_limit cannot do this: below the number of objects it deadlocks the
-# initial indexing on restart.)
-MAX_CONCURRENT_RECONCILES = int(os.environ.get("TENANTSTORE_MAX_CONCURRENT_RECONCILES", "32"))
 
 
 Params = ParamSpec("Params")
@@ -77,7 +70,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.namespaces = kube.Namespaces(memo.api)
     memo.statuses = kube.TenantStatuses(memo.api)
     memo.backends = BackendRegistry(memo.secrets)
-    memo.reconciles = asyncio.Semaphore(MAX_CONCURRENT_RECONCILES)
+    kopf_fixes.wake_waiters_only_on_change()  # before the watchers start listing objects
+    memo.settings = SETTINGS
+    memo.reconciles = asyncio.Semaphore(SETTINGS.max_concurrent_reconciles)
     memo.canary_turns = collections.Counter()
     memo.tenant_locks = collections.defaultdict(asyncio.Lock)  # one reconcile at a time per tenant (by uid)
 
@@ -167,7 +162,8 @@ async def _reconcile(memo: kopf.Memo, body: Mapping[str, Any], classes: Mapping[
         with tracing.lifecycle(operation, body) as span:
             outcome = await reconcile.reconcile_tenant(body, classes, others, memo.backends, memo.secrets,
                                                        report=status_reporter(memo, body), namespaces=memo.namespaces,
-                                                       check_credentials=check_credentials)
+                                                       check_credentials=check_credentials,
+                                                       migration_batch=memo.settings.migration_batch)
             if outcome.warning is not None:
                 span.set_status(tracing.Status(tracing.StatusCode.ERROR, outcome.warning.reason))
     return outcome
@@ -230,7 +226,7 @@ async def delete_tenantstore(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo
 @kopf.on.resume(*STORECLASSES)
 @kopf.on.create(*STORECLASSES)
 @kopf.on.update(*STORECLASSES)
-@kopf.timer(*STORECLASSES, interval=STORECLASS_CHECK_INTERVAL_SECONDS, initial_delay=STORECLASS_CHECK_INTERVAL_SECONDS)
+@kopf.timer(*STORECLASSES, interval=SETTINGS.storeclass_check_interval, initial_delay=SETTINGS.storeclass_check_interval)
 @redacted_errors
 async def check_storeclass(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
                            **_: Any) -> None:
@@ -239,7 +235,7 @@ async def check_storeclass(body: kopf.Body, status: kopf.Status, patch: kopf.Pat
     patch.status.update(conditions.status_changes(status, new_status))
 
 
-@kopf.timer(*STORECLASSES, interval=USAGE_INTERVAL_SECONDS, initial_delay=1.0, backoff=USAGE_INTERVAL_SECONDS)
+@kopf.timer(*STORECLASSES, interval=SETTINGS.usage_interval, initial_delay=1.0, backoff=SETTINGS.usage_interval)
 @redacted_errors
 async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
                           store_class_index: kopf.Index[str, Any],
@@ -247,7 +243,7 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
                           tenants_by_class: kopf.Index[str, dict[str, Any]], **_: Any) -> None:
     """Per StoreClass: re-reconcile tenants the class (or their namespace's labels, for a class with
     spec.allowedNamespaces) changed under, then measure usage and enforce quotas."""
-    await asyncio.sleep(random.uniform(0, USAGE_INTERVAL_SECONDS / 10))  # jitter: classes don't all fire at once
+    await asyncio.sleep(random.uniform(0, SETTINGS.usage_interval / 10))  # jitter: classes don't all fire at once
     classes = latest_classes(store_class_index)
     store_class = classes.get(name)
     if not isinstance(store_class, StoreClass):
@@ -277,14 +273,14 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
         events.post(result.body, result.events, warning=result.warning)
 
 
-@kopf.timer(*STORECLASSES, interval=VERIFY_INTERVAL_SECONDS, initial_delay=VERIFY_INTERVAL_SECONDS / 2,
-            backoff=VERIFY_INTERVAL_SECONDS)
+@kopf.timer(*STORECLASSES, interval=SETTINGS.verify_interval, initial_delay=SETTINGS.verify_interval / 2,
+            backoff=SETTINGS.verify_interval)
 async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
                          store_class_index: kopf.Index[str, Any], tenant_id_index: kopf.Index[str, ClaimRef],
                          tenants_by_class: kopf.Index[str, dict[str, Any]],
                          tenant_secrets: kopf.Index[tuple[str, str], str | None], **_: Any) -> None:
     """Per StoreClass: are its provisioned tenants still as made? Report or repair what is not (driftPolicy)."""
-    await asyncio.sleep(random.uniform(0, VERIFY_INTERVAL_SECONDS / 10))  # jitter: classes don't all fire at once
+    await asyncio.sleep(random.uniform(0, SETTINGS.verify_interval / 10))  # jitter: classes don't all fire at once
     classes = latest_classes(store_class_index)
     store_class = classes.get(name)
     if not isinstance(store_class, StoreClass):

@@ -10,13 +10,13 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import os
 import time
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from tenantstore.backends import Step, VectorPlacement, VectorStore
 from tenantstore.errors import ReconcileError
+from tenantstore.api import Phase, Reason
 from tenantstore.models import DesiredStore, VectorIsolation
 
 Report = Callable[[dict[str, Any]], Awaitable[None]]
@@ -26,12 +26,8 @@ COPYING, SOURCE_PENDING_DELETION = "Copying", "SourcePendingDeletion"
 
 
 class MigrationVerificationFailed(ReconcileError):
-    reason = "MigrationVerificationFailed"
+    reason = Reason.MIGRATION_VERIFICATION_FAILED
     retry_after = 30.0
-
-
-def batch_size() -> int:
-    return int(os.environ.get("TENANTSTORE_MIGRATION_BATCH", "500"))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,7 +57,8 @@ def pending_move(store: DesiredStore, status: Mapping[str, Any]) -> Move | None:
     return Move(dataclasses.replace(store, vector=VectorIsolation(current)), placement, store, None)
 
 
-async def move_vectors(vectors: VectorStore, move: Move, report: Report) -> tuple[VectorPlacement, list[Step]]:
+async def move_vectors(vectors: VectorStore, move: Move, report: Report, batch_size: int
+                       ) -> tuple[VectorPlacement, list[Step]]:
     """Copy, verify and cut over; returns the target placement. The caller deletes the source afterwards."""
     steps: list[Step] = []
     frozen_source = dataclasses.replace(move.source, writes_allowed=False)
@@ -70,8 +67,8 @@ async def move_vectors(vectors: VectorStore, move: Move, report: Report) -> tupl
     steps += target_steps
     total = await vectors.count(move.source, move.source_placement)
     after, copied = move.resume_after, await vectors.count(move.target, target_placement) if move.resume_after else 0
-    await report({"phase": "Migrating", "migration": move.record(COPYING, copied=copied, total=total, lastId=after)})
-    while batch := await vectors.read_batch(move.source, move.source_placement, after, batch_size()):
+    await report({"phase": Phase.MIGRATING, "migration": move.record(COPYING, copied=copied, total=total, lastId=after)})
+    while batch := await vectors.read_batch(move.source, move.source_placement, after, batch_size):
         await vectors.write_batch(move.target, target_placement, batch)
         after, copied = batch[-1].id, copied + len(batch)
         await report({"migration": move.record(COPYING, copied=min(copied, total), total=total, lastId=after)})

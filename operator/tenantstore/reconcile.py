@@ -178,7 +178,7 @@ async def no_report(changes: dict[str, Any]) -> None:
 async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreClass | InvalidResource],
                            claims: Sequence[ClaimRef], registry: BackendRegistry, secrets: Secrets,
                            report: migration.Report = no_report, *, namespaces: NamespaceLabels,
-                           check_credentials: bool = False) -> Outcome:
+                           check_credentials: bool = False, migration_batch: int = 500) -> Outcome:
     """`report` writes status while a long step (a migration) runs; the returned Outcome is the final word.
 
     `check_credentials`: log in with the Secret's password first, and give the role that password when it no
@@ -222,6 +222,7 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
                 vector, vector_steps = await backends.vector.ensure(store)
             else:
                 vector, vector_steps = await run_move(backends.vector, store, move, report, current, generation,
+                                                      migration_batch,
                                                       lambda placement: secrets.apply_tenant_secret(
                                                           meta["namespace"], spec.secret_name, body,
                                                           secret_data(spec, relational, placement, password,
@@ -299,7 +300,7 @@ def refuse_relational_move(store: DesiredStore, status: Mapping[str, Any]) -> No
 
 
 async def run_move(vectors: VectorStore, store: DesiredStore, move: migration.Move, report: migration.Report,
-                   status: Mapping[str, Any], generation: int,
+                   status: Mapping[str, Any], generation: int, batch_size: int,
                    write_secret: Callable[[VectorPlacement], Awaitable[bool]]) -> tuple[VectorPlacement, list[Step]]:
     """Move, cut over (credentials, then status), delete the source, then let the tenant write again."""
     steps: list[Step] = []
@@ -308,7 +309,7 @@ async def run_move(vectors: VectorStore, store: DesiredStore, move: migration.Mo
             status.get("conditions"), [Condition(ConditionType.MIGRATING, True, Reason.COPYING,
                                                  f"moving vectors from {move.source.vector.value} to "
                                                  f"{move.target.vector.value} isolation")], generation)})
-        target, steps = await migration.move_vectors(vectors, move, report)
+        target, steps = await migration.move_vectors(vectors, move, report, batch_size)
         await write_secret(target)
         old = status.get("vectorStore") or {}
         await report({"vectorStore": {**{key: None for key in old}, **target.to_status()},  # merge patch: drop old keys

@@ -65,7 +65,8 @@ def vector_quota_condition(tenants: Sequence[Mapping[str, Any]]) -> Condition:
                if (conditions.find((t.get("status") or {}).get("conditions"), ConditionType.READY) or {}).get("reason")
                == VectorQuotaExceeded.reason]
     if not blocked:
-        return Condition(ConditionType.VECTOR_QUOTA_EXCEEDED, False, "WithinPlanLimits", "no tenant is waiting for a plan limit")
+        return Condition(ConditionType.VECTOR_QUOTA_EXCEEDED, False, "WithinPlanLimits",
+                         "no tenant is waiting for a plan limit")
     return Condition(ConditionType.VECTOR_QUOTA_EXCEEDED, True, VectorQuotaExceeded.reason,
                      f"the vector service refuses new indexes or namespaces (plan limit) for {len(blocked)} "
                      f"tenant(s): {', '.join(sorted(blocked)[:5])}")
