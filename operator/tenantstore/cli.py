@@ -35,7 +35,7 @@ def run(args: argparse.Namespace) -> int:
 
     import asyncio  # noqa: PLC0415
 
-    from tenantstore import leader  # noqa: PLC0415
+    from tenantstore import leader, standby  # noqa: PLC0415
 
     config = leader.ElectionConfig(
         namespace=args.leader_elect_namespace or leader.default_namespace(), name=args.leader_elect_lease,
@@ -44,7 +44,7 @@ def run(args: argparse.Namespace) -> int:
     async def run_operator(stop: asyncio.Event) -> None:
         await kopf.operator(**options, stop_flag=stop)
 
-    return asyncio.run(leader.run_elected(config, run_operator, args.liveness or None))
+    return asyncio.run(standby.run_elected(config, run_operator, args.liveness or None))
 
 
 def demo(args: argparse.Namespace) -> int:

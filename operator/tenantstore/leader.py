@@ -1,4 +1,9 @@
-"""Active/standby replicas: a coordination.k8s.io/v1 Lease decides which replica runs the Kopf operator.
+"""Leader election on a coordination.k8s.io/v1 Lease: which of the active/standby replicas runs Kopf.
+
+Why here: Kopf has peering (`KopfPeering`), which pauses operators of lower priority and pauses *all* of
+equal priority, so it is not leader election; and the `kubernetes` clients' election helpers are
+synchronous, written for the ConfigMap/Endpoints locks, and do not stop the leader before its lease can
+lapse. This module is the election alone; `standby.py` runs the operator behind it.
 
 The rules are client-go's leader election:
 - a candidate takes the Lease when nobody holds it, or when the holder's record has not changed for
@@ -7,35 +12,27 @@ The rules are client-go's leader election:
   duration) it stops leading, before any other candidate may take over;
 - every write carries the Lease's resourceVersion, so two candidates never both win the same round;
 - a graceful shutdown releases the Lease, so the standby takes over at once instead of after the lease expires.
-
-The standby serves the liveness endpoint itself (it is alive, just not leading); the leader hands the port to
-Kopf, whose endpoint also runs the operator's `@kopf.on.probe` checks.
 """
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import datetime
-import json
 import logging
 import math
 import os
-import signal
 import socket
 import time
-import urllib.parse
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import aiohttp
-import aiohttp.web
 from kubernetes_asyncio import client
 from kubernetes_asyncio.client.exceptions import ApiException
 
-from tenantstore import kube
 
 logger = logging.getLogger("tenantstore.leader")
 
@@ -245,61 +242,3 @@ async def lead(lock: LeaseLock, run_operator: RunOperator, stop: asyncio.Event) 
     await lock.release()
     operator.result()  # an operator crash surfaces as the process's error
     return 0
-
-
-class StandbyHealth:
-    """The liveness endpoint while standing by: 200 and who we are, so probes pass on the standby."""
-
-    def __init__(self, endpoint: str, identity: str):
-        parts = urllib.parse.urlsplit(endpoint)
-        if parts.scheme != "http":
-            raise ValueError(f"unsupported liveness endpoint {endpoint!r}: only http:// is served")
-        self.host, self.port, self.path = parts.hostname or "localhost", parts.port or 80, parts.path or "/"
-        self.identity = identity
-        self._runner: aiohttp.web.AppRunner | None = None
-
-    async def _health(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
-        return aiohttp.web.Response(text=json.dumps({"leader": False, "identity": self.identity}),
-                                    content_type="application/json")
-
-    async def start(self) -> None:
-        app = aiohttp.web.Application()
-        app.add_routes([aiohttp.web.get(self.path, self._health)])
-        self._runner = aiohttp.web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)
-        await self._runner.setup()
-        await aiohttp.web.TCPSite(self._runner, self.host, self.port).start()
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()  # frees the port for Kopf's own endpoint
-            self._runner = None
-
-
-@contextlib.asynccontextmanager
-async def standby_health(endpoint: str | None, identity: str) -> AsyncIterator[None]:
-    server = StandbyHealth(endpoint, identity) if endpoint else None
-    if server is not None:
-        await server.start()
-    try:
-        yield
-    finally:
-        if server is not None:
-            await server.stop()
-
-
-async def run_elected(config: ElectionConfig, run_operator: RunOperator, liveness: str | None) -> int:
-    """Stand by, lead, and exit: the body of `tenantstore run --leader-elect`."""
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        # While leading, Kopf installs its own handlers; its exit then ends `lead` the same way.
-        loop.add_signal_handler(signum, stop.set)
-    api = await kube.api_client()
-    try:
-        lock = LeaseLock(api, config)
-        async with standby_health(liveness, config.identity):
-            if not await acquire(lock, stop):
-                return 0
-        return await lead(lock, run_operator, stop)
-    finally:
-        await api.close()
