@@ -316,7 +316,7 @@ async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, patch:
                                      "the isolation canary saw only the probing tenant's rows in every shared index")
     updates = [isolation]
     ready = conditions.find(status.get("conditions"), ConditionType.READY) or {}
-    if ready.get("reason") == Reason.BACKEND_UNAVAILABLE:  # back: say so now, not at the class's next check
+    if ready.get("reason") == Reason.BACKEND_UNAVAILABLE and checked.reached_backends:  # back: say so now
         updates.append(conditions.Condition(ConditionType.READY, True, Reason.BACKENDS_REACHABLE,
                                             "the class's backends answered the verification pass"))
     patch.status.update(conditions.status_changes(status, {"conditions": conditions.merge_conditions(

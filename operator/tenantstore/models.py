@@ -190,27 +190,6 @@ class SecretKeyRef:
         return cls(name=raw["name"], namespace=raw["namespace"], key=raw.get("key") or default_key)
 
 
-@dataclasses.dataclass(frozen=True)
-class PineconeSettings:
-    """spec.vector.pinecone: the Pinecone project a class's vectors live in."""
-
-    api_key_secret: SecretKeyRef
-    cloud: str = "aws"
-    region: str = "us-east-1"
-    host: str = ""  # control-plane endpoint override; empty means the SDK's default
-    expose_api_key: bool = False
-
-    @classmethod
-    def from_dict(cls, raw: Mapping[str, Any] | None) -> PineconeSettings:
-        raw = raw or {}
-        try:
-            secret = SecretKeyRef.from_dict(raw.get("apiKeySecretRef"), default_key="apiKey")
-        except InvalidResource as error:
-            raise InvalidResource(f"spec.vector.pinecone.apiKeySecretRef: {error}") from None
-        return cls(api_key_secret=secret, cloud=raw.get("cloud") or "aws", region=raw.get("region") or "us-east-1",
-                   host=raw.get("host") or "", expose_api_key=bool(raw.get("exposeApiKey", False)))
-
-
 class NamespacesFrom(enum.StrEnum):
     ALL = "All"
     SELECTOR = "Selector"
@@ -262,7 +241,8 @@ class StoreClass:
     shared_index_alert_threshold: float
     shared_index_keep_empty: bool
     tiers: Mapping[Tier, TierPolicy]
-    pinecone: PineconeSettings | None = None  # set when vector_backend is "pinecone"
+    # spec.vector.<backend>: that backend's own settings, which it parses itself (backends.VectorBackend.build).
+    vector_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     allowed_namespaces: AllowedNamespaces = AllowedNamespaces()
     drift_policy: DriftPolicy = DriftPolicy.REPAIR
 
@@ -286,7 +266,7 @@ class StoreClass:
             shared_index_keep_empty=bool(shared_index.get("keepEmpty", True)),
             tiers={tier: TierPolicy.from_dict(tiers_raw.get(tier.value) or {}, DEFAULT_TIERS[tier])
                    for tier in Tier},
-            pinecone=PineconeSettings.from_dict(vector.get("pinecone")) if vector_backend == "pinecone" else None,
+            vector_settings=dict(vector.get(vector_backend) or {}),
             allowed_namespaces=AllowedNamespaces.from_dict(spec.get("allowedNamespaces")),
             drift_policy=DriftPolicy(spec.get("driftPolicy") or DriftPolicy.REPAIR),
         )

@@ -1,13 +1,17 @@
-"""Backends per StoreClass, built from the Secrets the class names and reused across reconciles."""
+"""Backends per StoreClass, built from the Secrets the class names and reused across reconciles.
+
+Vector backends are found by name (`spec.vector.backend`) among those registered; the built-in ones
+register when their modules are imported below.
+"""
 from __future__ import annotations
 
 import dataclasses
 import logging
 import time
 
-from tenantstore.backends import RelationalStore, Step, VectorStore
-from tenantstore.backends.pgvector import PgvectorStore
-from tenantstore.backends.pinecone import PineconeClient, PineconeStore
+import tenantstore.backends.pgvector  # noqa: F401 (registers pgvector)
+import tenantstore.backends.pinecone  # noqa: F401 (registers pinecone)
+from tenantstore.backends import VECTOR_BACKENDS, RelationalStore, Step, VectorBackend, VectorStore
 from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServer
 from tenantstore.errors import StoreClassInvalid, StoreClassNotReady
 from tenantstore.kube import Secrets
@@ -32,12 +36,12 @@ class BackendRegistry:
     def __init__(self, secrets: Secrets):
         self.secrets = secrets
         self._servers: dict[tuple[str, str], PostgresServer] = {}
-        self._pinecone: dict[tuple[str, str], PineconeClient] = {}
-        self._class_keys: dict[str, tuple[tuple[str, str], tuple[str, str] | None]] = {}
+        self._vector_backends: dict[str, VectorBackend] = {}
+        self._server_of_class: dict[str, tuple[str, str]] = {}
         self._preflights: dict[tuple[str, int, tuple[str, str]], tuple[float, list[Step]]] = {}
 
     async def for_class(self, store_class: StoreClass) -> Backends:
-        current = self._servers.get(self._class_keys.get(store_class.name, (("", ""), None))[0])
+        current = self._servers.get(self._server_of_class.get(store_class.name, ("", "")))
         # After a refused login the cached URI may be the old one of a rotation: read the Secret again.
         admin_uri = await self.secrets.value(store_class.admin_secret,
                                              fresh=current is not None and current.login_refused)
@@ -46,27 +50,29 @@ class BackendRegistry:
         if server is None:
             server = PostgresServer(admin_uri, store_class.shared_database)
             self._servers[key] = server
-        vector, extras, pinecone_key = await self._vector_store(store_class, server)
-        await self._forget_rotated(store_class.name, key, pinecone_key)
+        await self._forget_rotated(store_class.name, key)
+        vector, extras = await self._vector_backend(store_class).build(
+            store_class.name, store_class.vector_settings, server, self.secrets.value)
         return Backends(server=server, relational=PostgresRelationalStore(server), vector=vector, secret_extras=extras)
 
-    async def _forget_rotated(self, class_name: str, server_key: tuple[str, str],
-                              pinecone_key: tuple[str, str] | None) -> None:
-        """A rotated admin URI or API key: close what the old one opened, once no class uses it any more."""
-        previous = self._class_keys.get(class_name)
-        self._class_keys[class_name] = (server_key, pinecone_key)
-        if previous is None or previous == (server_key, pinecone_key):
+    def _vector_backend(self, store_class: StoreClass) -> VectorBackend:
+        backend = self._vector_backends.get(store_class.vector_backend)
+        if backend is None:
+            factory = VECTOR_BACKENDS.get(store_class.vector_backend)
+            if factory is None:
+                raise StoreClassInvalid(f"vector backend {store_class.vector_backend!r} is not available in this "
+                                        f"operator (known: {', '.join(sorted(VECTOR_BACKENDS))})")
+            backend = self._vector_backends[store_class.vector_backend] = factory()
+        return backend
+
+    async def _forget_rotated(self, class_name: str, server_key: tuple[str, str]) -> None:
+        """A rotated admin URI: close the old pool once no class uses it."""
+        previous, self._server_of_class[class_name] = self._server_of_class.get(class_name), server_key
+        if previous in (None, server_key) or previous in self._server_of_class.values():
             return
-        in_use = set(self._class_keys.values())
-        old_server, old_pinecone = previous
-        if old_server != server_key and all(keys[0] != old_server for keys in in_use):
-            if (server := self._servers.pop(old_server, None)) is not None:
-                logger.info("closing the connection pool of a rotated admin credential (%s)", class_name)
-                await server.close()
-        if old_pinecone is not None and old_pinecone != pinecone_key and all(keys[1] != old_pinecone
-                                                                               for keys in in_use):
-            if (client := self._pinecone.pop(old_pinecone, None)) is not None:
-                await client.close()
+        if (server := self._servers.pop(previous, None)) is not None:
+            logger.info("closing the connection pool of a rotated admin credential (%s)", class_name)
+            await server.close()
 
     async def preflight(self, store_class: StoreClass, backends: Backends,
                         max_age: float = PREFLIGHT_MAX_AGE_SECONDS) -> list[Step]:
@@ -87,26 +93,10 @@ class BackendRegistry:
             raise StoreClassNotReady(f"StoreClass {store_class.name} is not ready ({problems[0].reason}): "
                                      + "; ".join(problem.message for problem in problems))
 
-    async def _vector_store(self, store_class: StoreClass, server: PostgresServer
-                            ) -> tuple[VectorStore, dict[str, str], tuple[str, str] | None]:
-        if store_class.vector_backend == "pgvector":
-            return PgvectorStore(server), {}, None
-        if store_class.vector_backend == "pinecone" and store_class.pinecone is not None:
-            settings = store_class.pinecone
-            api_key = await self.secrets.value(settings.api_key_secret)
-            key = (api_key, settings.host)
-            client = self._pinecone.get(key)
-            if client is None:
-                client = self._pinecone[key] = PineconeClient(api_key, settings.host)
-            # Only when the class says so: a Pinecone key opens the whole project, every tenant's vectors.
-            extras = {"pineconeApiKey": api_key} if settings.expose_api_key else {}
-            return PineconeStore(client, server, settings), extras, key
-        raise StoreClassInvalid(f"vector backend {store_class.vector_backend!r} is not available in this operator")
-
     async def close(self) -> None:
-        for client in self._pinecone.values():
-            await client.close()
-        self._pinecone.clear()
+        for backend in self._vector_backends.values():
+            await backend.close()
+        self._vector_backends.clear()
         for server in self._servers.values():
             await server.close()
         self._servers.clear()

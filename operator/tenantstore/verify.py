@@ -50,6 +50,11 @@ class ClassPass:
     checked: list[Checked]
     outage: ReconcileError | None = None
 
+    @property
+    def reached_backends(self) -> bool:
+        """Whether the pass talked to the class's backends at all (a class without tenants does not)."""
+        return bool(self.checked) and self.outage is None
+
 
 def verifiable(tenants: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     """Tenants the operator made and is not busy with: provisioned, not being deleted, not moving vectors."""

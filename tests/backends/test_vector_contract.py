@@ -1,4 +1,5 @@
-"""One contract, two vector backends: pgvector on the embedded Postgres, Pinecone on the local API server.
+"""One contract, every vector backend: pgvector on the embedded Postgres, Pinecone on the local API server, and
+the in-memory test backend (memory_backend.py), each built through the registry the operator uses.
 
 What a tenant sees is checked the way a tenant would look: on pgvector as the tenant's own Postgres role
 (row-level security does the isolating), on Pinecone through the SDK on the index host with the tenant's
@@ -7,11 +8,13 @@ namespace (Pinecone keys are project-wide; the namespace is the isolation).
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
 from pinecone import AsyncPinecone
 from pinecone_server import PineconeTestServer
+from memory_backend import MemoryStore
 from psycopg import sql
 from vector_kit import PASSWORD, fresh_dimension, reasons, records, tenant, unit
 
@@ -19,7 +22,8 @@ from tenantstore.backends import SharedIndex, Step, VectorPlacement, VectorStore
 from tenantstore.backends.pgvector import PgvectorStore, index_name_of
 from tenantstore.backends.pinecone import PineconeStore
 from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServer
-from tenantstore.models import DesiredStore, Metric, VectorIsolation, dedicated_index_name
+from tenantstore.models import DesiredStore, Metric, SecretKeyRef, StoreClass, VectorIsolation, dedicated_index_name
+from tenantstore.registry import BackendRegistry
 
 PGVECTOR_DISTANCE = {Metric.COSINE: "<=>", Metric.EUCLIDEAN: "<->", Metric.DOTPRODUCT: "<#>"}
 
@@ -48,6 +52,8 @@ class Harness:
 
     async def query_as_tenant(self, store: DesiredStore, placement: VectorPlacement, vector: list[float],
                               top_k: int = 10) -> list[str]:
+        if isinstance(self.vectors, MemoryStore):
+            return self.vectors.nearest(placement, vector, top_k, store.metric.value)
         if self.pinecone is None:
             return await self._pgvector_query(store, placement, vector, top_k)
         async with AsyncPinecone(api_key=self.pinecone.api_key, host=self.pinecone.host) as client:
@@ -67,6 +73,8 @@ class Harness:
         return [row[0] for row in rows]
 
     async def dedicated_exists(self, store: DesiredStore) -> bool:
+        if isinstance(self.vectors, MemoryStore):
+            return await self.vectors.residue(store) != []
         if self.pinecone is not None:
             return self.pinecone.index(dedicated_index_name(store.tenant_id)) is not None
         async with self.pg.connect(store.database) as conn:
@@ -77,6 +85,9 @@ class Harness:
     async def pool(self, dimension: int, metric: Metric) -> dict[str, int]:
         """Shared index -> tenants placed in it, as the backend itself stores it."""
         prefix = f"shared-{dimension}-{metric.value}-"
+        if isinstance(self.vectors, MemoryStore):
+            return {index.name: index.tenants for index in await self.vectors.shared_pool()
+                    if index.name.startswith(prefix)}
         if self.pinecone is not None:
             return {name: len([ns for ns in self.pinecone.namespaces(name) if ns != "__default__"])
                     for name in self.pinecone.index_names() if name.startswith(prefix)}
@@ -85,8 +96,30 @@ class Harness:
         return {index_name_of(table): tenants for table, tenants in tables}
 
 
-@pytest.fixture(params=["pgvector", "pinecone"])
+class ClassSecrets:
+    """The Secrets a test StoreClass names: the admin URI."""
+
+    def __init__(self, admin_uri: str):
+        self.admin_uri = admin_uri
+
+    async def value(self, ref: SecretKeyRef, fresh: bool = False) -> str:
+        return self.admin_uri
+
+
+@pytest.fixture
+async def memory_vectors(admin_uri: str) -> AsyncIterator[VectorStore]:
+    """The in-memory backend, registered by its module and found by name, as the operator finds pgvector."""
+    registry = BackendRegistry(ClassSecrets(admin_uri))  # type: ignore[arg-type]
+    store_class = StoreClass.from_body({"metadata": {"name": "in-memory"}, "spec": {
+        "postgres": {"adminSecretRef": {"name": "pg-admin", "namespace": "ops"}}, "vector": {"backend": "memory"}}})
+    yield (await registry.for_class(store_class)).vector
+    await registry.close()
+
+
+@pytest.fixture(params=["pgvector", "pinecone", "memory"])
 def harness(request: pytest.FixtureRequest, pg: PostgresServer) -> Harness:
+    if request.param == "memory":
+        return Harness("memory", request.getfixturevalue("memory_vectors"), pg)
     if request.param == "pgvector":
         return Harness("pgvector", PgvectorStore(pg), pg)
     # Only the Pinecone run starts a Pinecone server (and checks what it saw).

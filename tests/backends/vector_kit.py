@@ -5,8 +5,8 @@ import itertools
 import uuid
 
 from tenantstore.backends import Step, VectorRecord
-from tenantstore.backends.pinecone import RetryPolicy
-from tenantstore.models import DesiredStore, Metric, PineconeSettings, Quotas, RelationalIsolation, SecretKeyRef, \
+from tenantstore.backends.pinecone import PineconeSettings, RetryPolicy
+from tenantstore.models import DesiredStore, Metric, Quotas, RelationalIsolation, SecretKeyRef, \
     VectorIsolation
 
 # The local server answers in milliseconds: short backoff, short deadlines, so a bug fails fast.

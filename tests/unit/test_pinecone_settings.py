@@ -1,9 +1,10 @@
-"""StoreClass.spec.vector.pinecone parsed into PineconeSettings, with the defaults the CRD documents."""
+"""StoreClass.spec.vector.pinecone: kept raw by the StoreClass model, parsed by the Pinecone backend itself."""
 from __future__ import annotations
 
 import pytest
 
-from tenantstore.models import InvalidResource, PineconeSettings, SecretKeyRef, StoreClass
+from tenantstore.backends.pinecone import PineconeSettings
+from tenantstore.models import InvalidResource, SecretKeyRef, StoreClass
 
 
 def class_body(vector: dict) -> dict:
@@ -15,8 +16,9 @@ def test_pinecone_settings_default_as_documented() -> None:
     store_class = StoreClass.from_body(class_body({"backend": "pinecone", "pinecone": {
         "apiKeySecretRef": {"name": "pinecone", "namespace": "ops"}}}))
     assert store_class.vector_backend == "pinecone"
-    assert store_class.pinecone == PineconeSettings(api_key_secret=SecretKeyRef("pinecone", "ops", "apiKey"),
-                                                    cloud="aws", region="us-east-1", host="", expose_api_key=False)
+    assert PineconeSettings.from_dict(store_class.vector_settings) == PineconeSettings(
+        api_key_secret=SecretKeyRef("pinecone", "ops", "apiKey"), cloud="aws", region="us-east-1", host="",
+        expose_api_key=False)
 
 
 def test_pinecone_settings_take_what_the_class_says() -> None:
@@ -28,9 +30,10 @@ def test_pinecone_settings_take_what_the_class_says() -> None:
 
 
 def test_a_pinecone_class_without_its_secret_names_the_field() -> None:
+    store_class = StoreClass.from_body(class_body({"backend": "pinecone"}))
     with pytest.raises(InvalidResource, match="spec.vector.pinecone.apiKeySecretRef"):
-        StoreClass.from_body(class_body({"backend": "pinecone"}))
+        PineconeSettings.from_dict(store_class.vector_settings)
 
 
-def test_pgvector_classes_carry_no_pinecone_settings() -> None:
-    assert StoreClass.from_body(class_body({"pinecone": {"cloud": "gcp"}})).pinecone is None
+def test_a_class_carries_only_its_own_backends_settings() -> None:
+    assert StoreClass.from_body(class_body({"pinecone": {"cloud": "gcp"}})).vector_settings == {}

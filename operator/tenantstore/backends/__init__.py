@@ -1,16 +1,18 @@
 """The two small interfaces every backend implements.
 
 A RelationalStore gives a tenant its own Postgres role and a schema or a database; a VectorStore gives it
-a namespace in a shared index or an index of its own. Reconcile talks only to these interfaces, so a new
-backend is one new module here plus one line in `vector_store_for`.
+a namespace in a shared index or an index of its own (its lifecycle, its data for moves, its measurement).
+Reconcile talks only to these interfaces. A vector backend registers itself by name
+(`register_vector_backend`), reads its own StoreClass settings and plugs its shared indexes into the one
+pool (tenantstore.pool): a new backend is one new module.
 """
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
-from tenantstore.models import DesiredStore
+from tenantstore.models import DesiredStore, SecretKeyRef
 
 
 # The step of a tenant joining a shared index: reconcile then looks through the tenant's eyes (isolation probe).
@@ -131,11 +133,11 @@ class RelationalStore(Protocol):
         """Whether the tenant's role logs in with this password; None when it cannot be told now."""
 
 
-class VectorStore(Protocol):
-    """Lifecycle of a tenant's vector namespace or dedicated index, plus the data access migrations need.
+class VectorLifecycle(Protocol):
+    """A tenant's namespace or dedicated index: made, kept as made, checked, removed.
 
-    `store.vector` says which isolation to act on, so a migration can ensure the target and tear down
-    the source of one tenant by passing the same store with a different isolation.
+    `store.vector` says which isolation to act on, so a move can ensure the target and tear down the source
+    of one tenant by passing the same store with a different isolation.
     """
 
     backend: str
@@ -143,20 +145,27 @@ class VectorStore(Protocol):
     async def ensure(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
         """Place the tenant (namespace isolation) or make its own index (dedicated), and grant it access."""
 
-    async def teardown(self, store: DesiredStore) -> list[Step]:
-        ...
-
     async def ensure_write_access(self, store: DesiredStore, placement: VectorPlacement) -> list[Step]:
         """Allow or refuse the tenant's vector writes (store.writes_allowed); reads and deletes stay."""
 
-    async def measure(self, tenants: Sequence[tuple[DesiredStore, VectorPlacement]]) -> dict[str, VectorUsage]:
-        """Documents (and storage not counted by the relational store) per tenant id."""
+    async def teardown(self, store: DesiredStore) -> list[Step]:
+        ...
 
-    async def shared_pool(self) -> list[SharedIndex]:
-        """Every shared index this backend holds for the class, with the tenants placed in each."""
+    async def residue(self, store: DesiredStore) -> list[str]:
+        """What of the tenant's vectors still exists (empty after a complete teardown)."""
+
+    async def preflight(self) -> list[Step]:
+        """The class's prerequisites this backend finds missing; empty when usable."""
+
+    async def verify(self, tenants: Sequence[tuple[DesiredStore, VectorPlacement]]) -> dict[str, list[Drift]]:
+        """Drift per tenant id of its namespace or index, its policy and grants (absent: as made)."""
 
     async def probe_isolation(self, store: DesiredStore, placement: VectorPlacement) -> str | None:
         """Look as the tenant: a description of what it can see beyond its namespace, None when isolated."""
+
+
+class VectorData(Protocol):
+    """The tenant's records, as moves (and exports) read and write them with the operator's own access."""
 
     async def count(self, store: DesiredStore, placement: VectorPlacement) -> int:
         """Vectors the tenant has there (eventually consistent on some backends)."""
@@ -169,11 +178,40 @@ class VectorStore(Protocol):
                           records: Sequence[VectorRecord]) -> None:
         """Upsert: writing the same records twice leaves one copy of each."""
 
-    async def residue(self, store: DesiredStore) -> list[str]:
+
+class VectorMeasurement(Protocol):
+    """What a class's periodic jobs read, for all of its tenants at once."""
+
+    async def measure(self, tenants: Sequence[tuple[DesiredStore, VectorPlacement]]) -> dict[str, VectorUsage]:
+        """Documents (and storage not counted by the relational store) per tenant id."""
+
+    async def shared_pool(self) -> list[SharedIndex]:
+        """Every shared index this backend holds for the class, with the tenants placed in each."""
+
+
+class VectorStore(VectorLifecycle, VectorData, VectorMeasurement, Protocol):
+    """Everything the operator asks of a vector backend."""
+
+
+# How the registry reads a Secret a StoreClass names (the admin URI, an API key).
+SecretValue = Callable[[SecretKeyRef], Awaitable[str]]
+
+
+class VectorBackend(Protocol):
+    """A vector backend as the registry knows it: it reads its own StoreClass settings (`spec.vector.<name>`)
+    and builds the store a class uses. One per operator; it may keep clients across classes."""
+
+    async def build(self, class_name: str, settings: Mapping[str, Any], server: Any,
+                    secret_value: SecretValue) -> tuple[VectorStore, dict[str, str]]:
+        """The class's store, and what tenant Secrets of the class carry besides the coordinates."""
+
+    async def close(self) -> None:
         ...
 
-    async def preflight(self) -> list[Step]:
-        ...
 
-    async def verify(self, tenants: Sequence[tuple[DesiredStore, VectorPlacement]]) -> dict[str, list[Drift]]:
-        """Drift per tenant id of its namespace or index, its policy and grants (absent: as made)."""
+VECTOR_BACKENDS: dict[str, Callable[[], VectorBackend]] = {}
+
+
+def register_vector_backend(name: str, factory: Callable[[], VectorBackend]) -> None:
+    """Make `spec.vector.backend: <name>` usable: a new backend is its module plus this call in it."""
+    VECTOR_BACKENDS[name] = factory

@@ -14,14 +14,15 @@ from __future__ import annotations
 
 import contextlib
 import json
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql
 
-from tenantstore.backends import (NAMESPACE_CREATED, Drift, SharedIndex, Step, VectorPlacement, VectorRecord,
-                                  VectorUsage, bookkeeping)
+from tenantstore import pool
+from tenantstore.backends import (NAMESPACE_CREATED, Drift, SecretValue, SharedIndex, Step, VectorPlacement,
+                                  VectorRecord, VectorUsage, register_vector_backend)
 from tenantstore.backends.postgres import (PostgresServer, execute_at_once, extension_schema, fetch_one,
                                            reopened_database)
 from tenantstore.errors import BackendUnavailable, ObjectReplaced
@@ -51,10 +52,6 @@ def partition_name(store: DesiredStore) -> str:
     return store.role
 
 
-def placement_lock(dimension: int, metric: str) -> str:
-    return f"placement:{dimension}:{metric}"
-
-
 class PgvectorStore:
     backend = "pgvector"
 
@@ -80,27 +77,14 @@ class PgvectorStore:
     # --- namespace isolation: a partition of a shared index ---
 
     async def _ensure_namespace(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
-        steps: list[Step] = []
         async with self.server.connect() as conn:
             async with conn.transaction():
                 table = await self._current_shared_table(conn, store)
-                if table is None:
-                    # One placement at a time per (dimension, metric), across operator replicas: no index over
-                    # capacity. The lock is a row of the operator's bookkeeping: no tenant can take or hold it.
-                    await bookkeeping.hold_lock(conn, placement_lock(store.dimension, store.metric.value))
-                    table = await self._current_shared_table(conn, store)
-                if table is None:
-                    table, created = await self._table_with_room(conn, store)
-                    if created:
-                        steps.append(Step("SharedIndexCreated", f"shared index {index_name_of(table)} created"))
-                    # Every free or pro tenant of the index waits for this: its DDL goes in one round trip.
-                    await execute_at_once(conn, self._new_partition(store, table))
-                    steps.append(Step(NAMESPACE_CREATED, f"namespace {store.tenant_id} placed in shared index "
-                                                          f"{index_name_of(table)}"))
-                    steps += self._new_partition_steps(store, table)
-                else:
-                    steps += await self._ensure_namespace_access(conn, store, table)
-        return self._shared_placement(store, table), steps
+                if table is not None:  # placed before: it stays there, its access is kept as granted
+                    return self._shared_placement(store, table), await self._ensure_namespace_access(conn, store, table)
+            async with pool.locked(conn, self.backend, store.dimension, store.metric.value):
+                index, steps = await pool.place(SharedTables(self, conn), store)
+        return self._shared_placement(store, index.handle), steps
 
     def _shared_placement(self, store: DesiredStore, table: str) -> VectorPlacement:
         return VectorPlacement(backend=self.backend, index=index_name_of(table), namespace=store.tenant_id,
@@ -149,16 +133,6 @@ class PgvectorStore:
         rows = await cursor.fetchall()
         pool = [(row["table"], int(row["tenants"])) for row in rows]
         return sorted(pool, key=lambda entry: shared_table_number(entry[0]))
-
-    async def _table_with_room(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> tuple[str, bool]:
-        pool = await self.shared_tables(conn, store.dimension, store.metric)
-        for table, tenants in pool:
-            if tenants < store.shared_index_capacity:
-                return table, False
-        number = max((shared_table_number(table) for table, _ in pool), default=0) + 1
-        table = shared_index_name(store.dimension, store.metric, number).replace("-", "_")
-        await self._create_shared_table(conn, table, store)
-        return table, True
 
     async def _create_shared_table(self, conn: psycopg.AsyncConnection[Any], table: str, store: DesiredStore) -> None:
         if not await fetch_one(conn, "SELECT 1 FROM pg_namespace WHERE nspname = %s", SHARED_SCHEMA):
@@ -454,20 +428,10 @@ class PgvectorStore:
                         (SHARED_SCHEMA, store.role))).fetchall():
                     await conn.execute(sql.SQL("DROP POLICY {} ON {}").format(
                         sql.Identifier(store.role), sql.Identifier(SHARED_SCHEMA, row["tablename"])))
-                if table is not None and not store.shared_index_keep_empty:
-                    steps += await self._drop_if_empty(conn, table)
+            if table is not None and not store.shared_index_keep_empty:
+                async with pool.locked(conn, self.backend, store.dimension, store.metric.value):
+                    steps += await pool.drop_if_empty(SharedTables(self, conn), shared_index(table))
         return steps
-
-    async def _drop_if_empty(self, conn: psycopg.AsyncConnection[Any], table: str) -> list[Step]:
-        _, dimension, metric, _ = table.split("_")
-        await bookkeeping.hold_lock(conn, placement_lock(int(dimension), metric))
-        if await fetch_one(conn, "SELECT 1 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent "
-                                 "JOIN pg_namespace n ON n.oid = p.relnamespace WHERE n.nspname = %s AND p.relname = %s",
-                           SHARED_SCHEMA, table):
-            return []
-        await conn.execute(sql.SQL("DROP TABLE {} CASCADE").format(sql.Identifier(SHARED_SCHEMA, table)))
-        return [Step("SharedIndexDropped", f"shared index {index_name_of(table)} was empty and the class does not "
-                                           f"keep empty indexes")]
 
     async def _drop_dedicated(self, store: DesiredStore) -> list[Step]:
         """Its own table (a tier change back to a shared index; a full teardown drops the schema anyway)."""
@@ -568,6 +532,62 @@ class PgvectorStore:
                                SHARED_SCHEMA, store.role):
                 left.append(f"row-level security policy {store.role}")
         return left
+
+
+class PgvectorBackend:
+    """`spec.vector.backend: pgvector` (the default): vectors in the class's own Postgres; no settings."""
+
+    async def build(self, class_name: str, settings: Mapping[str, Any], server: PostgresServer,
+                    secret_value: SecretValue) -> tuple[PgvectorStore, dict[str, str]]:
+        return PgvectorStore(server), {}
+
+    async def close(self) -> None:
+        pass
+
+
+register_vector_backend("pgvector", PgvectorBackend)
+
+
+class SharedTables:
+    """The pool's primitives on pgvector: shared indexes are partitioned tables, namespaces their partitions.
+
+    Runs inside the pool's transaction: a new namespace's DDL commits with the lock that chose its index.
+    """
+
+    def __init__(self, store: PgvectorStore, conn: psycopg.AsyncConnection[Any]):
+        self.vectors, self.conn = store, conn
+
+    async def placement_of(self, store: DesiredStore) -> pool.PooledIndex | None:
+        table = await self.vectors._current_shared_table(self.conn, store)
+        return shared_index(table) if table else None
+
+    async def indexes(self, store: DesiredStore) -> list[pool.PooledIndex]:
+        return [shared_index(table, tenants)
+                for table, tenants in await self.vectors.shared_tables(self.conn, store.dimension, store.metric)]
+
+    async def create_index(self, store: DesiredStore, number: int) -> pool.PooledIndex:
+        table = shared_index_name(store.dimension, store.metric, number).replace("-", "_")
+        await self.vectors._create_shared_table(self.conn, table, store)
+        return shared_index(table)
+
+    async def add_namespace(self, store: DesiredStore, index: pool.PooledIndex) -> list[Step]:
+        # Every free or pro tenant of the index waits for this lock: a new namespace's DDL goes in one round trip.
+        await execute_at_once(self.conn, self.vectors._new_partition(store, index.handle))
+        return [Step(NAMESPACE_CREATED, f"namespace {store.tenant_id} placed in shared index {index.name}"),
+                *self.vectors._new_partition_steps(store, index.handle)]
+
+    async def is_empty(self, index: pool.PooledIndex) -> bool:
+        return not await fetch_one(self.conn, "SELECT 1 FROM pg_inherits i JOIN pg_class p ON p.oid = i.inhparent "
+                                              "JOIN pg_namespace n ON n.oid = p.relnamespace "
+                                              "WHERE n.nspname = %s AND p.relname = %s", SHARED_SCHEMA, index.handle)
+
+    async def drop_index(self, index: pool.PooledIndex) -> None:
+        # CASCADE: a tenant's view over the shared table must not keep it alive.
+        await self.conn.execute(sql.SQL("DROP TABLE {} CASCADE").format(sql.Identifier(SHARED_SCHEMA, index.handle)))
+
+
+def shared_index(table: str, tenants: int = 0) -> pool.PooledIndex:
+    return pool.PooledIndex(number=shared_table_number(table), name=index_name_of(table), tenants=tenants, handle=table)
 
 
 def forced_row_security(table: sql.Identifier) -> list[sql.Composable]:

@@ -3,7 +3,7 @@
 namespace isolation: the tenant's namespace (named after its tenantId) in a shared serverless index
 `shared-<dim>-<metric>-<n>` of its dimension and metric. Indexes of a (dimension, metric) form a pool; a
 tenant joins the first one with fewer than `capacity` namespaces, else the next index is created. The
-decision is made under an operator lock (a bookkeeping row) on the class's Postgres, so parallel reconciles and
+decision is made by the shared pool (pool.py) under its lock on the class's Postgres, so parallel reconciles and
 operator replicas never put more than `capacity` tenants in one index. Shared indexes hold many tenants'
 data, so they too are created with deletion protection; an empty one is deleted only when the class does
 not keep empty indexes.
@@ -28,18 +28,19 @@ import logging
 import random
 import re
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from pinecone import (ApiError, AsyncPinecone, ConflictError, ForbiddenError, NotFoundError, PineconeConnectionError,
                       PineconeError, PineconeTimeoutError, RateLimitError, RetryConfig, ServiceError, UnauthorizedError)
 
-from tenantstore.backends import (NAMESPACE_CREATED, Drift, SharedIndex, Step, VectorPlacement, VectorRecord,
-                                  VectorUsage, bookkeeping)
+from tenantstore import pool
+from tenantstore.backends import (NAMESPACE_CREATED, Drift, SecretValue, SharedIndex, Step, VectorPlacement,
+                                  VectorRecord, VectorUsage, register_vector_backend)
 from tenantstore.backends.postgres import PostgresServer
 from tenantstore.errors import (BackendUnavailable, ReconcileError, StoreClassInvalid, TenantIdConflict,
                                 VectorQuotaExceeded)
-from tenantstore.models import (DesiredStore, PineconeSettings, VectorIsolation, dedicated_index_name,
+from tenantstore.models import (DesiredStore, InvalidResource, SecretKeyRef, VectorIsolation, dedicated_index_name,
                                 shared_index_name)
 
 if TYPE_CHECKING:
@@ -166,6 +167,120 @@ def pinecone_errors(what: str) -> Iterator[None]:
 
 
 
+class SharedIndexes:
+    """The pool's primitives on Pinecone: shared serverless indexes and their namespaces."""
+
+    def __init__(self, store: PineconeStore):
+        self.pinecone = store
+        # One look per placement: the index list and each index's namespaces are read once (API rate limits).
+        self._models: list[tuple[int, Any]] | None = None
+        self._occupants: dict[str, set[str]] = {}
+
+    async def _usable(self, store: DesiredStore) -> list[tuple[int, Any]]:
+        if self._models is None:
+            self._models = [(number, model if model.status.ready else await self.pinecone._wait_ready(model.name))
+                            for number, model in await self.pinecone._pool(store)
+                            if model.status.state != "Terminating"]
+        return self._models
+
+    async def _tenants(self, model: Any) -> set[str]:
+        if model.name not in self._occupants:
+            self._occupants[model.name] = await self.pinecone._tenants_in(model.host)
+        return self._occupants[model.name]
+
+    async def placement_of(self, store: DesiredStore) -> pool.PooledIndex | None:
+        for _, model in await self._usable(store):
+            if store.tenant_id in await self._tenants(model):
+                return shared_index(model)
+        return None
+
+    async def indexes(self, store: DesiredStore) -> list[pool.PooledIndex]:
+        return [shared_index(model, len(await self._tenants(model))) for _, model in await self._usable(store)]
+
+    async def create_index(self, store: DesiredStore, number: int) -> pool.PooledIndex:
+        name = shared_index_name(store.dimension, store.metric, number)
+        tags = {**MANAGED_BY, "pool": f"{store.dimension}-{store.metric.value}"}
+        if not await self.pinecone._create_index(name, store, tags):
+            raise BackendUnavailable(f"Pinecone index {name} appeared while placing {store.tenant_id}; "
+                                     f"placement will be retried")
+        return shared_index(await self.pinecone._wait_ready(name))
+
+    async def add_namespace(self, store: DesiredStore, index: pool.PooledIndex) -> list[Step]:
+        await self.pinecone._create_namespace(index.handle, store.tenant_id)
+        return [Step(NAMESPACE_CREATED, f"namespace {store.tenant_id} placed in shared index {index.name}")]
+
+    async def is_empty(self, index: pool.PooledIndex) -> bool:
+        # Tenants, or vectors someone put in the default namespace, keep it.
+        return not await self.pinecone._namespaces(index.handle.host)
+
+    async def drop_index(self, index: pool.PooledIndex) -> None:
+        client = self.pinecone.client
+        await client.call(f"configuring index {index.name}", self.pinecone.indexes.configure, index.name,
+                          deletion_protection="disabled")
+        with contextlib.suppress(NotFoundError):
+            await client.call(f"deleting index {index.name}", self.pinecone.indexes.delete, index.name, timeout=-1)
+
+
+def shared_index(model: Any, tenants: int = 0) -> pool.PooledIndex:
+    match = SHARED_INDEX.match(model.name)
+    return pool.PooledIndex(number=int(match["number"]) if match else 0, name=model.name, tenants=tenants,
+                            handle=model)
+
+
+@dataclasses.dataclass(frozen=True)
+class PineconeSettings:
+    """spec.vector.pinecone: the Pinecone project a class's vectors live in."""
+
+    api_key_secret: SecretKeyRef
+    cloud: str = "aws"
+    region: str = "us-east-1"
+    host: str = ""  # control-plane endpoint override; empty means the SDK's default
+    expose_api_key: bool = False
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> PineconeSettings:
+        raw = raw or {}
+        try:
+            secret = SecretKeyRef.from_dict(raw.get("apiKeySecretRef"), default_key="apiKey")
+        except InvalidResource as error:
+            raise InvalidResource(f"spec.vector.pinecone.apiKeySecretRef: {error}") from None
+        return cls(api_key_secret=secret, cloud=raw.get("cloud") or "aws", region=raw.get("region") or "us-east-1",
+                   host=raw.get("host") or "", expose_api_key=bool(raw.get("exposeApiKey", False)))
+
+
+class PineconeBackend:
+    """`spec.vector.backend: pinecone`: one client per (API key, host), shared by the classes that name it."""
+
+    def __init__(self) -> None:
+        self._clients: dict[tuple[str, str], PineconeClient] = {}
+        self._client_of_class: dict[str, tuple[str, str]] = {}
+
+    async def build(self, class_name: str, settings: Mapping[str, Any], server: PostgresServer,
+                    secret_value: SecretValue) -> tuple[PineconeStore, dict[str, str]]:
+        try:
+            parsed = PineconeSettings.from_dict(settings)
+        except InvalidResource as error:
+            raise StoreClassInvalid(str(error)) from None
+        api_key = await secret_value(parsed.api_key_secret)
+        key = (api_key, parsed.host)
+        if key not in self._clients:
+            self._clients[key] = PineconeClient(api_key, parsed.host)
+        previous, self._client_of_class[class_name] = self._client_of_class.get(class_name), key
+        if previous not in (None, key) and previous not in self._client_of_class.values():
+            await self._clients.pop(previous).close()  # a rotated key: its client goes once no class uses it
+        # Only when the class says so: a Pinecone key opens the whole project, every tenant's vectors.
+        extras = {"pineconeApiKey": api_key} if parsed.expose_api_key else {}
+        return PineconeStore(self._clients[key], server, parsed), extras
+
+    async def close(self) -> None:
+        for client in self._clients.values():
+            await client.close()
+        self._clients.clear()
+
+
+register_vector_backend("pinecone", PineconeBackend)
+
+
 def index_schema(store: DesiredStore) -> dict[str, Any]:
     return {"fields": {VALUES_FIELD: {"type": "dense_vector", "dimension": store.dimension,
                                       "metric": store.metric.value}}}
@@ -283,39 +398,10 @@ class PineconeStore:
     async def _tenants_in(self, host: str) -> set[str]:
         return {name for name in await self._namespaces(host) if name not in (DEFAULT_NAMESPACE, "")}
 
-    @contextlib.asynccontextmanager
-    async def _placement_lock(self, store: DesiredStore) -> AsyncIterator[None]:
-        """One placement (or pool shrink) at a time per (dimension, metric), across reconciles and replicas."""
-        async with self.server.connect() as conn, conn.transaction():
-            await bookkeeping.hold_lock(conn, f"pinecone-placement:{store.dimension}:{store.metric.value}")
-            yield
-
     async def _ensure_namespace(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
-        async with self._placement_lock(store):
-            return await self._place(store)
-
-    async def _place(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
-        steps: list[Step] = []
-        pool = await self._pool(store)
-        usable = [model if model.status.ready else await self._wait_ready(model.name)
-                  for _, model in pool if model.status.state != "Terminating"]
-        occupants = {model.name: await self._tenants_in(model.host) for model in usable}
-        for model in usable:
-            if store.tenant_id in occupants[model.name]:
-                return self._shared_placement(store, model), steps  # placed before: it stays there
-        chosen = next((model for model in usable if len(occupants[model.name]) < store.shared_index_capacity), None)
-        if chosen is None:
-            number = max((number for number, _ in pool), default=0) + 1
-            name = shared_index_name(store.dimension, store.metric, number)
-            tags = {**MANAGED_BY, "pool": f"{store.dimension}-{store.metric.value}"}
-            if not await self._create_index(name, store, tags):
-                raise BackendUnavailable(f"Pinecone index {name} appeared while placing {store.tenant_id}; "
-                                         f"placement will be retried")
-            chosen = await self._wait_ready(name)
-            steps.append(Step("SharedIndexCreated", f"shared index {name} created"))
-        await self._create_namespace(chosen, store.tenant_id)
-        steps.append(Step(NAMESPACE_CREATED, f"namespace {store.tenant_id} placed in shared index {chosen.name}"))
-        return self._shared_placement(store, chosen), steps
+        async with self.server.connect() as conn, pool.locked(conn, self.backend, store.dimension, store.metric.value):
+            index, steps = await pool.place(SharedIndexes(self), store)
+        return self._shared_placement(store, index.handle), steps
 
     async def _create_namespace(self, model: Any, namespace: str) -> None:
         index = await self.client.index(model.host)
@@ -399,17 +485,11 @@ class PineconeStore:
         return steps
 
     async def _drop_if_empty(self, store: DesiredStore, model: Any) -> list[Step]:
-        """Delete a shared index nobody is placed in (the class does not keep empty ones)."""
-        async with self._placement_lock(store):  # no tenant is being placed into it meanwhile
-            if await self._namespaces(model.host):  # tenants, or vectors someone put in the default namespace
-                return []
-            await self.client.call(f"configuring index {model.name}", self.indexes.configure, model.name,
-                                   deletion_protection="disabled")
-            with contextlib.suppress(NotFoundError):
-                await self.client.call(f"deleting index {model.name}", self.indexes.delete, model.name, timeout=-1)
-        await self.client.forget(model.host)
-        return [Step("SharedIndexDropped", f"shared index {model.name} was empty and the class does not keep "
-                                           f"empty indexes")]
+        async with self.server.connect() as conn, pool.locked(conn, self.backend, store.dimension, store.metric.value):
+            steps = await pool.drop_if_empty(SharedIndexes(self), shared_index(model))
+        if steps:
+            await self.client.forget(model.host)
+        return steps
 
     async def _teardown_dedicated(self, store: DesiredStore) -> list[Step]:
         name, steps = dedicated_index_name(store.tenant_id), []
