@@ -53,7 +53,7 @@ test: controlplane helm kstatus promtool
 test-unit: install
 	$(BIN)/pytest tests/unit tests/backends
 
-# Issue 7's benchmark: the operator against the floor on the real control plane and Postgres (bench/README.md).
+# The provisioning benchmark: the operator against the floor on the real control plane and Postgres (bench/README.md).
 # `make bench N=1000`; BENCH_ARGS passes more options, e.g. BENCH_ARGS=--profile. Results go to bench/results/.
 N ?= 200
 SWEEP ?= 100,300,1000

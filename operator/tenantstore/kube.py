@@ -1,4 +1,5 @@
-"""The few Kubernetes reads and writes the operator makes beyond Kopf's own: Secrets and Namespace labels.
+"""The Kubernetes reads and writes the operator makes beyond Kopf's own handler patches: tenant Secrets, the
+Secrets a StoreClass names, Namespace labels, and TenantStore reads and status patches from periodic jobs.
 
 Tenant Secrets are owner-referenced by their TenantStore and labelled with the tenant id; the operator
 never modifies or deletes a Secret that another object owns.

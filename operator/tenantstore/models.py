@@ -166,7 +166,7 @@ class TierPolicy:
         )
 
 
-# The tiers a StoreClass gets when it does not spell them out (the values API.md documents).
+# The tiers a StoreClass gets when it does not spell them out (the values the CRD's descriptions document).
 DEFAULT_TIERS: dict[Tier, TierPolicy] = {
     Tier.FREE: TierPolicy(RelationalIsolation.SCHEMA, VectorIsolation.NAMESPACE,
                           Quotas(10_000, 2**30, 5, 1_000)),
