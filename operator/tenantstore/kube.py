@@ -26,7 +26,7 @@ from tenantstore.models import SecretKeyRef
 
 # A StoreClass's Secrets (admin URI, Pinecone key) are read at most this often: every reconcile used to read
 # the admin Secret, a third of the operator's Secret reads. A rotated value is picked up within this time.
-CLASS_SECRET_CACHE_SECONDS = 30.0
+CLASS_SECRET_CACHE_SECONDS = 5.0
 NOT_READ = object()  # apply_tenant_secret reads the Secret itself
 
 

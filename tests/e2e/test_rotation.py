@@ -1,0 +1,54 @@
+"""Rotating a StoreClass's admin password: tenants stay Ready, new ones are made, the old pool is closed."""
+from __future__ import annotations
+
+import base64
+import secrets
+
+import psycopg
+from e2e_kit import condition, store_class, superuser, tenant_store, wait_for_condition
+
+from tenantstore.devenv import OPERATOR_NAMESPACE, Kubectl, LocalEnvironment, OperatorProcess, wait_for
+
+ROLE, DATABASE, SECRET = "rotating_admin", "rotating", "rotating-admin"
+
+
+def put_admin_uri(kubectl: Kubectl, uri: str) -> None:
+    kubectl.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                   "metadata": {"name": SECRET, "namespace": OPERATOR_NAMESPACE},
+                   "data": {"uri": base64.b64encode(uri.encode()).decode()}})
+
+
+def test_a_rotated_admin_password_keeps_tenants_ready(env: LocalEnvironment, kubectl: Kubectl,
+                                                       operator: OperatorProcess, namespace: str) -> None:
+    first_password = secrets.token_urlsafe(16)
+    uri = env.postgres.prepare_for_tenantstore(admin_password=first_password, admin_role=ROLE,
+                                               shared_database=DATABASE)
+    put_admin_uri(kubectl, uri)
+    spec = store_class("rotating")["spec"]
+    spec["postgres"] = {"adminSecretRef": {"name": SECRET, "namespace": OPERATOR_NAMESPACE, "key": "uri"},
+                        "database": DATABASE}
+    kubectl.apply(store_class("rotating", **spec))
+    for name, tier in (("rot-free", "free"), ("rot-enterprise", "enterprise")):
+        kubectl.apply(tenant_store(name, namespace, name, tier=tier, storeClassName="rotating"))
+    ready = {name: condition(wait_for_condition(kubectl, namespace, name, "Ready", "True"), "Ready")
+             for name in ("rot-free", "rot-enterprise")}
+
+    second_password = secrets.token_urlsafe(16)
+    with superuser(env, "postgres") as conn:
+        conn.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
+            psycopg.sql.Identifier(ROLE), psycopg.sql.Literal(second_password)))
+    put_admin_uri(kubectl, uri.replace(first_password, second_password))
+
+    # A new database tenant needs new admin connections (its own database): it is made with the new password.
+    kubectl.apply(tenant_store("rot-after", namespace, "rot-after", tier="enterprise", storeClassName="rotating"))
+    wait_for_condition(kubectl, namespace, "rot-after", "Ready", "True", timeout=60)
+    for name, before in ready.items():  # never flipped meanwhile
+        assert condition(kubectl.get("tenantstore", name, namespace), "Ready")["lastTransitionTime"] \
+            == before["lastTransitionTime"]
+    # The old pool is closed, not left behind (one pool per rotation would leak connections for good).
+    wait_for("the old admin pool to be closed", lambda: "closing the connection pool of a rotated admin credential "
+             "(rotating)" in operator.log_since_start(), timeout=30)
+
+    for name in ("rot-free", "rot-enterprise", "rot-after"):
+        kubectl("delete", "tenantstore", name, "-n", namespace, "--timeout=90s")
+    kubectl("delete", "storeclass", "rotating", "--timeout=30s")
