@@ -50,8 +50,9 @@ demo: controlplane
 test: controlplane helm kstatus promtool
 	$(BIN)/pytest
 
+# The fast tier: no control plane, no Postgres (tests/backends need Postgres; `make test` runs them).
 test-unit: install
-	$(BIN)/pytest tests/unit tests/backends
+	$(BIN)/pytest tests/unit
 
 # The provisioning benchmark: the operator against the floor on the real control plane and Postgres (bench/README.md).
 # `make bench N=1000`; BENCH_ARGS passes more options, e.g. BENCH_ARGS=--profile. Results go to bench/results/.

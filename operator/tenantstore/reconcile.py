@@ -36,12 +36,13 @@ PHASE_BY_REASON = {
     StoreClassNotAllowed.reason: Phase.FAILED,
     TenantIdConflict.reason: Phase.FAILED,
     SecretConflict.reason: Phase.FAILED,
+    migration.MigrationVerificationFailed.reason: Phase.MIGRATING,  # the copy is retried; the move goes on
 }
 
 
 # A tenant that was serving and meets these keeps its phase: it still serves; Ready=False tells the rest.
 KEEPS_PHASE = (BackendUnavailable.reason, RelationalMigrationUnsupported.reason, StoreClassNotAllowed.reason,
-               StoreClassNotReady.reason)
+               StoreClassNotReady.reason, IsolationBroken.reason)
 
 
 
@@ -188,6 +189,7 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
     generation = meta.get("generation", 0)
     current = body.get("status") or {}
     made_in: str | None = None  # the class whose backends this reconcile started to change
+    move: migration.Move | None = None
     try:
         spec = TenantStoreSpec.from_body(body)
         # The class it was made in, once recorded: moving the default annotation never moves a tenant.
@@ -244,7 +246,8 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         return failed_outcome(current, generation, Reason.INVALID_SPEC, str(error), Phase.FAILED, retry_after=None)
     except ReconcileError as error:
         outcome = failed_outcome(current, generation, error.reason, str(error),
-                                 PHASE_BY_REASON.get(error.reason, Phase.FAILED), error.retry_after)
+                                 PHASE_BY_REASON.get(error.reason, Phase.FAILED), error.retry_after,
+                                 moving=move is not None)
         if made_in and not current.get("storeClassName"):
             outcome.status["storeClassName"] = made_in  # something may exist there now: teardown must look
         outcome.warning = error
@@ -353,15 +356,19 @@ def ready_message(store: DesiredStore, relational: RelationalPlacement, vector: 
 
 
 def failed_outcome(current: Mapping[str, Any], generation: int, reason: str, message: str, phase: Phase,
-                   retry_after: float | None) -> Outcome:
+                   retry_after: float | None, moving: bool = False) -> Outcome:
+    """Ready=False for `reason`. `moving`: a vector move is under way and goes on at the retry (its own
+    reports wrote status meanwhile, so the body's copy is stale: the move's phase and condition are restated)."""
     ready = Condition(ConditionType.READY, False, reason, message)
+    updates = [ready, *stalled_condition(current.get("conditions"), reason, message)]
+    if moving:
+        phase = Phase.MIGRATING
+        updates.append(Condition(ConditionType.MIGRATING, True, Reason.COPYING, f"the move is retried: {message}"))
     status = {
-        "phase": current.get("phase") if reason in KEEPS_PHASE and current.get("phase") in
+        "phase": current.get("phase") if not moving and reason in KEEPS_PHASE and current.get("phase") in
         (Phase.READY, Phase.SUSPENDED) else phase.value,
         "observedGeneration": generation,
-        "conditions": conditions.merge_conditions(
-            current.get("conditions"), [ready, *stalled_condition(current.get("conditions"), reason, message)],
-            generation),
+        "conditions": conditions.merge_conditions(current.get("conditions"), updates, generation),
     }
     return Outcome(status=status, events=[], retry_after=retry_after)
 
@@ -381,6 +388,13 @@ def claim_ref(body: Mapping[str, Any]) -> ClaimRef:
     meta = body["metadata"]
     return ClaimRef(created=meta.get("creationTimestamp", ""), uid=meta["uid"], namespace=meta.get("namespace", ""),
                     name=meta["name"], provisioned=bool((body.get("status") or {}).get("relational")))
+
+
+def vector_isolations(store: DesiredStore, status: Mapping[str, Any]) -> list[VectorIsolation]:
+    """The vector isolations that may hold the tenant's vectors: its own, and both sides of a move under way."""
+    moving = status.get("migration") or {}
+    found = [store.vector, *(VectorIsolation(moving[side]) for side in ("from", "to") if moving.get(side))]
+    return list(dict.fromkeys(found))
 
 
 def store_as_provisioned(spec: TenantStoreSpec, store_class: StoreClass, body: Mapping[str, Any]) -> DesiredStore:
@@ -426,14 +440,18 @@ async def teardown_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreCl
             events.append(Step("SecretRetained", f"Secret {spec.secret_name} kept (owner reference removed)"))
         return Outcome(status={}, events=events)
 
+    # Deleted in the middle of a tier change: both sides of the move hold vectors of the tenant.
+    vector_sides = [dataclasses.replace(store, vector=isolation) for isolation in vector_isolations(store, current)]
     with tracing.backend_call(backends.vector.backend, "teardown"):
-        events += await backends.vector.teardown(store)
+        for side in vector_sides:
+            events += await backends.vector.teardown(side)
     with tracing.backend_call("postgres", "teardown"):
         events += await backends.relational.teardown(store)
     secret_deletion = await secrets.delete_tenant_secret(namespace, spec.secret_name, body)
     if secret_deletion is not SecretDeletion.ABSENT:
         events.append(Step("SecretDeleted", f"Secret {spec.secret_name} deleted"))
-    residue = await backends.vector.residue(store) + await backends.relational.residue(store)
+    residue = [left for side in vector_sides for left in await backends.vector.residue(side)]
+    residue += await backends.relational.residue(store)
     if secret_deletion is SecretDeletion.PENDING:
         residue.append(f"Secret {spec.secret_name}")
     if residue:

@@ -1,0 +1,1 @@
+"""The reconcile core against in-memory fakes: no control plane, no Postgres."""
