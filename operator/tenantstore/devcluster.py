@@ -413,22 +413,34 @@ def _helm_ldflags(go: str, src: Path, env: dict[str, str]) -> str:
 
 
 def _build_helm(cache: Path) -> None:
+    _build_go_tool(cache, "helm", f"helm v{HELM_VERSION}", "a few minutes",
+                   require=f"helm.sh/helm/v3 v{HELM_VERSION}", files={"tools.go": _HELM_TOOLS_GO},
+                   build_args=lambda go, src, env: [_helm_ldflags(go, src, env), "helm.sh/helm/v3/cmd/helm"])
+
+
+def _build_go_tool(cache: Path, name: str, what: str, cold: str, require: str, files: dict[str, str],
+                   build_args: Callable[[str, Path, dict[str, str]], list[str]]) -> None:
+    """`go build` a tool from its module into cache/bin/<name>, published atomically.
+
+    `build_args(go, src, env)`: the build flags, then the package, worked out after `go mod tidy`.
+    """
     go = _find_go()
     src = cache / "src"
     src.mkdir(parents=True, exist_ok=True)
-    (src / "go.mod").write_text(f"module tenantstore.local/helm\n\ngo 1.24\n\n"
-                                f"require helm.sh/helm/v3 v{HELM_VERSION}\n")
-    (src / "tools.go").write_text(_HELM_TOOLS_GO)
+    (src / "go.mod").write_text(f"module tenantstore.local/{name}\n\ngo 1.24\n\nrequire {require}\n")
+    for file_name, text in files.items():
+        (src / file_name).write_text(text)
     log_path = cache / "build.log"
     env = {**os.environ, "CGO_ENABLED": "0"}
     started = time.monotonic()
-    _say(f"building helm v{HELM_VERSION} from source in {src} (cold: a few minutes); log: {log_path}")
+    _say(f"building {what} from source in {src} (cold: {cold}); log: {log_path}")
     with open(log_path, "w") as log:
         _run_logged([go, "mod", "tidy"], src, env, log, log_path, "go mod tidy", started)
         tmp_bin = Path(tempfile.mkdtemp(prefix="bin.", dir=cache))
         try:
-            _run_logged([go, "build", "-trimpath", _helm_ldflags(go, src, env), "-o", f"{tmp_bin}/helm",
-                         "helm.sh/helm/v3/cmd/helm"], src, env, log, log_path, "go build helm", started)
+            *flags, package = build_args(go, src, env)
+            _run_logged([go, "build", "-trimpath", *flags, "-o", f"{tmp_bin}/{name}", package],
+                        src, env, log, log_path, f"go build {name}", started)
             tmp_bin.chmod(0o755)
             bin_dir = cache / "bin"
             if bin_dir.exists():
@@ -436,7 +448,7 @@ def _build_helm(cache: Path) -> None:
             os.rename(tmp_bin, bin_dir)  # publish atomically: readers see a complete binary or none
         finally:
             shutil.rmtree(tmp_bin, ignore_errors=True)
-    _say(f"helm ready in {cache / 'bin'} after {_minutes(started)}")
+    _say(f"{name} ready in {cache / 'bin'} after {_minutes(started)}")
 
 
 _KSTATUS_MAIN_GO = """\
@@ -507,32 +519,11 @@ func fail(err error) {
 
 
 def _build_kstatus(cache: Path) -> None:
-    go = _find_go()
-    src = cache / "src"
-    src.mkdir(parents=True, exist_ok=True)
     # Only cli-utils is required: `go mod tidy` then takes k8s.io/apimachinery and the rest at the
     # versions cli-utils asks for, so the library runs against the dependencies it was released with.
-    (src / "go.mod").write_text(f"module tenantstore.local/kstatus\n\ngo 1.24\n\n"
-                                f"require sigs.k8s.io/cli-utils v{CLI_UTILS_VERSION}\n")
-    (src / "main.go").write_text(_KSTATUS_MAIN_GO)
-    log_path = cache / "build.log"
-    env = {**os.environ, "CGO_ENABLED": "0"}
-    started = time.monotonic()
-    _say(f"building kstatus (cli-utils v{CLI_UTILS_VERSION}) in {src} (cold: about a minute); log: {log_path}")
-    with open(log_path, "w") as log:
-        _run_logged([go, "mod", "tidy"], src, env, log, log_path, "go mod tidy", started)
-        tmp_bin = Path(tempfile.mkdtemp(prefix="bin.", dir=cache))
-        try:
-            _run_logged([go, "build", "-trimpath", "-ldflags=-s -w", "-o", f"{tmp_bin}/kstatus", "."],
-                        src, env, log, log_path, "go build kstatus", started)
-            tmp_bin.chmod(0o755)
-            bin_dir = cache / "bin"
-            if bin_dir.exists():
-                shutil.rmtree(bin_dir)
-            os.rename(tmp_bin, bin_dir)  # publish atomically: readers see a complete binary or none
-        finally:
-            shutil.rmtree(tmp_bin, ignore_errors=True)
-    _say(f"kstatus ready in {cache / 'bin'} after {_minutes(started)}")
+    _build_go_tool(cache, "kstatus", f"kstatus (cli-utils v{CLI_UTILS_VERSION})", "about a minute",
+                   require=f"sigs.k8s.io/cli-utils v{CLI_UTILS_VERSION}", files={"main.go": _KSTATUS_MAIN_GO},
+                   build_args=lambda go, src, env: ["-ldflags=-s -w", "."])
 
 
 def _run_logged(cmd: Sequence[str], cwd: Path, env: dict[str, str], log: IO[str],
