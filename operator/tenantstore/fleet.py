@@ -98,7 +98,8 @@ async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, 
         if rel is None or vec is None:
             continue  # it vanished while measured (a teardown racing the job): nothing true to report
         usage = Usage(documents=vec.documents, storage_bytes=rel.storage_bytes + vec.storage_bytes,
-                      connections=rel.connections, daily_queries=rel.daily_queries)
+                      connections=rel.connections, daily_queries=rel.daily_queries,
+                      relational_storage_bytes=rel.storage_bytes)
         verdict = judge(usage, effective_quotas(spec, store_class)[0], spec.quota_action)
         status = body.get("status") or {}
         previous = conditions.find(status.get("conditions"), ConditionType.QUOTA_EXCEEDED) or {}

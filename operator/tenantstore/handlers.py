@@ -18,7 +18,8 @@ import kopf
 from tenantstore import (conditions, events, fleet, kopf_fixes, kube, metrics, reconcile, redaction, settings, tracing,
                          verify)
 from tenantstore.errors import IsolationBroken, ReconcileError
-from tenantstore.api import FINALIZER, GROUP, MANAGED_BY, MANAGED_BY_LABEL, VERSION, ConditionType, Phase, Reason
+from tenantstore.api import (DATA_LOSS_ACKNOWLEDGED_ANNOTATION, FINALIZER, GROUP, MANAGED_BY, MANAGED_BY_LABEL, VERSION,
+                             ConditionType, Phase, Reason)
 from tenantstore.models import DriftPolicy, InvalidResource, StoreClass
 from tenantstore.reconcile import ClaimRef, Outcome
 from tenantstore.registry import BackendRegistry
@@ -113,8 +114,12 @@ SNAPSHOT_METADATA = ("name", "namespace", "uid", "generation", "creationTimestam
 
 def tenant_snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
     metadata = body.get("metadata") or {}
+    # Of the annotations only the one the verification pass reads: a person's acknowledgement of a data loss.
+    acknowledged = {key: value for key, value in (metadata.get("annotations") or {}).items()
+                    if key == DATA_LOSS_ACKNOWLEDGED_ANNOTATION}
     return {"apiVersion": body.get("apiVersion"), "kind": body.get("kind"),
-            "metadata": {key: metadata[key] for key in SNAPSHOT_METADATA if key in metadata},
+            "metadata": {**{key: metadata[key] for key in SNAPSHOT_METADATA if key in metadata},
+                         **({"annotations": acknowledged} if acknowledged else {})},
             "spec": copy.deepcopy(body.get("spec")), "status": copy.deepcopy(body.get("status"))}
 
 

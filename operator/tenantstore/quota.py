@@ -19,9 +19,11 @@ class Usage:
     storage_bytes: int = 0
     connections: int = 0
     daily_queries: int | None = None  # None: the backend cannot tell
+    relational_storage_bytes: int = 0  # the schema's or database's part of storage_bytes (vectors aside)
 
     def to_status(self, measured_at: str) -> dict[str, Any]:
         status: dict[str, Any] = {"documents": self.documents, "storageBytes": self.storage_bytes,
+                                  "relationalStorageBytes": self.relational_storage_bytes,
                                   "connections": self.connections, "measuredAt": measured_at}
         if self.daily_queries is not None:
             status["dailyQueries"] = self.daily_queries
@@ -32,7 +34,8 @@ class Usage:
         if not raw:
             return None
         return cls(documents=int(raw.get("documents", 0)), storage_bytes=int(raw.get("storageBytes", 0)),
-                   connections=int(raw.get("connections", 0)), daily_queries=raw.get("dailyQueries"))
+                   connections=int(raw.get("connections", 0)), daily_queries=raw.get("dailyQueries"),
+                   relational_storage_bytes=int(raw.get("relationalStorageBytes", 0)))
 
     def same_figures(self, raw: Mapping[str, Any] | None) -> bool:
         """Equal to what status says, measuredAt aside (so an unchanged measurement costs no API write)."""

@@ -39,10 +39,17 @@ class Checked:
 
     @property
     def data_lost(self) -> list[Drift]:
-        """What went with the tenant's data: a store that held something, gone (re-made, it is empty)."""
+        """What went with the tenant's data: a store that held something when last measured, gone (re-made, it is
+        empty). Each store by its own figure: a schema by its tables' bytes, a namespace or index by its
+        documents; a whole database always counts."""
         usage = (self.body.get("status") or {}).get("usage") or {}
-        had_data = bool(usage.get("documents") or usage.get("storageBytes"))
-        return [drift for drift in self.drifts if drift.holds_data and (had_data or drift.kind == Reason.DATABASE_MISSING)]
+        relational = usage.get("relationalStorageBytes", usage.get("storageBytes", 0))
+
+        def held(drift: Drift) -> bool:
+            if drift.kind == Reason.DATABASE_MISSING:
+                return True
+            return bool(relational if drift.kind == Reason.SCHEMA_MISSING else usage.get("documents"))
+        return [drift for drift in self.drifts if drift.holds_data and held(drift)]
 
 
 @dataclasses.dataclass(frozen=True)

@@ -23,8 +23,8 @@ from psycopg import sql
 from tenantstore import pool
 from tenantstore.backends import (NAMESPACE_CREATED, Drift, SecretValue, SharedIndex, Step, VectorPlacement,
                                   VectorRecord, VectorUsage, register_vector_backend)
-from tenantstore.backends.postgres import (PostgresServer, execute_at_once, extension_schema, fetch_one,
-                                           reopened_database)
+from tenantstore.backends.postgres import (DATABASE_STATE, PostgresServer, execute_at_once, extension_schema,
+                                           fetch_one, reopened_database)
 from tenantstore.errors import BackendUnavailable, ObjectReplaced
 from tenantstore.models import DesiredStore, Metric, VectorIsolation, dedicated_index_name, shared_index_name
 
@@ -299,9 +299,11 @@ class PgvectorStore:
                     (SHARED_SCHEMA, [partition_name(store) for store, _ in shared]))
                 sizes = {row["relname"]: int(row["bytes"]) for row in await cursor.fetchall()}
                 for store, placement in shared:
-                    if placement.namespace in counts:
+                    # A partition that is gone has no figure (not 0): the verification pass must still see
+                    # how many documents went with it.
+                    if placement.namespace in counts and partition_name(store) in sizes:
                         usage[store.tenant_id] = VectorUsage(documents=counts[placement.namespace],
-                                                             storage_bytes=sizes.get(partition_name(store), 0))
+                                                             storage_bytes=sizes[partition_name(store)])
         for store, placement in tenants:
             if not placement.namespace:  # dedicated: its bytes are in the tenant's schema or database already
                 try:
@@ -437,11 +439,11 @@ class PgvectorStore:
         """Its own table (a tier change back to a shared index; a full teardown drops the schema anyway)."""
         if store.database != self.server.shared_database:
             async with self.server.connect() as conn:
-                row = await fetch_one(conn, "SELECT NOT datallowconn OR datconnlimit <> -1 AS closed "
-                                            "FROM pg_database WHERE datname = %s", store.database)
-                if row is None:
-                    return []  # its database is already gone, and the table with it
-                if row["closed"]:  # its owner closed it: open it again, the operator must get in
+                row = await fetch_one(conn, f"SELECT {DATABASE_STATE} FROM pg_database WHERE datname = %s",
+                                      store.database)
+                if row is None or row["invalid"]:
+                    return []  # its database is gone (or half dropped), and the table with it
+                if row["settings_changed"]:  # its owner closed it: open it again, the operator must get in
                     await conn.execute(reopened_database(store.database))
         async with self.server.connect(store.database) as conn:
             if await dedicated_table_kind(conn, store) != "ours":
@@ -456,15 +458,18 @@ class PgvectorStore:
         shared = [(store, placement) for store, placement in tenants if placement.namespace]
         if shared:
             async with self.server.connect() as conn:
+                # The partition is named after the role; a role that is gone is the relational store's to
+                # report (its privileges cannot be asked about), its partition is still judged here.
                 cursor = await conn.execute("""
-                    SELECT t.role, parent.relname AS parent, c.relforcerowsecurity AS forced,
+                    SELECT t.role, r.oid IS NOT NULL AS role_exists, parent.relname AS parent,
+                           c.relforcerowsecurity AS forced,
                            EXISTS (SELECT 1 FROM pg_policy p WHERE p.polrelid = c.oid AND p.polname = t.role) AS policy,
-                           has_table_privilege(t.role, c.oid, 'SELECT') AND has_table_privilege(t.role, c.oid, 'DELETE')
-                             AS can_read,
-                           has_table_privilege(t.role, c.oid, 'INSERT') AND has_table_privilege(t.role, c.oid, 'UPDATE')
-                             AS can_write
+                           CASE WHEN r.oid IS NOT NULL THEN has_table_privilege(r.oid, c.oid, 'SELECT')
+                                AND has_table_privilege(r.oid, c.oid, 'DELETE') END AS can_read,
+                           CASE WHEN r.oid IS NOT NULL THEN has_table_privilege(r.oid, c.oid, 'INSERT')
+                                AND has_table_privilege(r.oid, c.oid, 'UPDATE') END AS can_write
                       FROM unnest(%s::text[]) AS t(role)
-                      JOIN pg_roles r ON r.rolname = t.role
+                      LEFT JOIN pg_roles r ON r.rolname = t.role
                       JOIN pg_class c ON c.relname = t.role
                       JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = %s
                       LEFT JOIN pg_inherits i ON i.inhrelid = c.oid
@@ -492,7 +497,7 @@ class PgvectorStore:
                                                     f"{placement.index}", holds_data=True))
         if not (row["forced"] and row["policy"]):
             drifts.append(Drift("PolicyMissing", f"the row-level security policy of {partition} is gone"))
-        if not row["can_read"] or row["can_write"] != store.writes_allowed:
+        if row["role_exists"] and (not row["can_read"] or row["can_write"] != store.writes_allowed):
             drifts.append(Drift("GrantMissing", f"{store.role}'s privileges on {partition} are not the ones the "
                                                 f"operator granted"))
         return drifts

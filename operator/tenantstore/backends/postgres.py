@@ -19,6 +19,7 @@ import hmac
 import asyncio
 import json
 import os
+import re
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -45,6 +46,12 @@ SHARED_ACL_LOCK = "shared-acl"
 # the session acts as the admin even where a tenant's database sets a default role, and no lock a tenant
 # holds on its own objects stalls the operator for more than a few seconds.
 ADMIN_SESSION_OPTIONS = "-c search_path=pg_catalog,pg_temp -c role=none -c lock_timeout=10s"
+# The server's word that the class's own login is wrong (not that it is down).
+REFUSED_LOGIN = re.compile(r'(role|database) "[^"]*" does not exist')
+# A database's state, as the operator reads it: `invalid` is one a DROP DATABASE left half done (it can
+# only be dropped); `settings_changed`, what its owner may change that locks the operator out.
+DATABASE_STATE = """datconnlimit = -2 AS invalid,
+                    datconnlimit <> -2 AND (NOT datallowconn OR datconnlimit <> -1 OR datistemplate) AS settings_changed"""
 # What owner_of says of a role no TenantStore holds: another's data either way, never to be torn down.
 NOT_MANAGED = "(not managed by tenantstore)"
 RETAINED = "(retained)"
@@ -155,9 +162,9 @@ class PostgresServer:
         # The server answered and said no to the class's own settings: fixing them is up to a person.
         if "password authentication failed" in message:
             self.login_refused = True  # the class's Secret may hold a rotated password by now: re-read it
-        if database == self.shared_database and any(sign in message for sign in (
-                "password authentication failed", "role \"", "database \"", "no password supplied",
-                "is not permitted to log in", "permission denied for database")):
+        if database == self.shared_database and (REFUSED_LOGIN.search(message) or any(sign in message for sign in (
+                "password authentication failed", "no password supplied", "is not permitted to log in",
+                "permission denied for database"))):
             return StoreClassInvalid(f"the admin login of Postgres at {self.host}:{self.port} is refused: {message}")
         return BackendUnavailable(f"Postgres at {self.host}:{self.port} is unreachable: {message}")
 
@@ -254,7 +261,11 @@ class PostgresRelationalStore:
                        has_database_privilege(current_database(), 'CREATE') AS can_create_schemas,
                        ARRAY(SELECT datname FROM pg_database d WHERE datallowconn AND EXISTS (
                                SELECT 1 FROM aclexplode(COALESCE(d.datacl, acldefault('d', d.datdba)))
-                                WHERE grantee = 0 AND privilege_type = 'CONNECT') ORDER BY datname) AS open_databases
+                                WHERE grantee = 0 AND privilege_type = 'CONNECT')
+                               -- a tenant's own database (owned by one of the operator's roles) is closed by
+                               -- its own reconcile, even one a crash interrupted right after CREATE DATABASE
+                               AND NOT pg_has_role(current_user, d.datdba, 'MEMBER')
+                             ORDER BY datname) AS open_databases
                   FROM pg_roles WHERE rolname = current_user""")
         problems = []
         if row["rolsuper"]:
@@ -398,10 +409,12 @@ class PostgresRelationalStore:
         query = """
             SELECT pg_get_userbyid(datdba) AS owner,
                    EXISTS (SELECT 1 FROM aclexplode(COALESCE(datacl, acldefault('d', datdba))) WHERE grantee = 0)
-                     AS public_can_connect,
-                   NOT datallowconn OR datconnlimit <> -1 OR datistemplate AS settings_changed
-              FROM pg_database WHERE datname = %s"""
+                     AS public_can_connect, {state}
+              FROM pg_database WHERE datname = %s""".format(state=DATABASE_STATE)
         row = await fetch_one(conn, query, store.database)
+        if row is not None and row["invalid"]:  # a drop interrupted halfway: finish it, then make it anew
+            await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(store.database)))
+            row = None
         if row is None:
             await conn.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(
                 sql.Identifier(store.database), sql.Identifier(store.role)))
@@ -534,9 +547,10 @@ class PostgresRelationalStore:
                 if await fetch_one(conn, "SELECT 1 FROM pg_namespace WHERE nspname = %s", store.schema):
                     await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(store.schema)))
                     steps.append(Step("SchemaDropped", f"schema {store.schema} dropped from database {store.database}"))
-            elif await fetch_one(conn, "SELECT 1 FROM pg_database WHERE datname = %s", store.database):
-                # Its owner may have made it a template (which cannot be dropped): undone first.
-                await conn.execute(reopened_database(store.database))
+            elif database := await fetch_one(conn, f"SELECT {DATABASE_STATE} FROM pg_database WHERE datname = %s",
+                                             store.database):
+                if database["settings_changed"]:  # e.g. its owner made it a template, which cannot be dropped
+                    await conn.execute(reopened_database(store.database))
                 await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(store.database)))
                 steps.append(Step("DatabaseDropped", f"database {store.database} dropped"))
             doomed = [name for name in (store.role, store.holding_role)
@@ -597,12 +611,17 @@ class PostgresRelationalStore:
             database_bytes = await self._rows_by(conn, "SELECT datname AS key, pg_database_size(datname) AS value "
                                                        "FROM pg_database WHERE datname = ANY(%s)", list(databases))
             queries = await self._daily_queries(conn, roles)
+            # A schema or database that is gone has no figure (not 0): the verification pass must still see what
+            # went with it. A schema without tables is there, with 0 bytes.
+            present = set(await self._rows_by(conn, "SELECT nspname AS key, 1 AS value FROM pg_namespace "
+                                                    "WHERE nspname = ANY(%s)", list(schemas))) | set(database_bytes)
         return {store.tenant_id: RelationalUsage(
             storage_bytes=int(schema_bytes.get(store.schema, 0) if store.relational is RelationalIsolation.SCHEMA
                               else database_bytes.get(store.database, 0)),
             connections=int(connections.get(store.role, 0)),
             daily_queries=None if queries is None else int(queries.get(store.role, 0)),
-        ) for store in stores}
+        ) for store in stores if (store.schema if store.relational is RelationalIsolation.SCHEMA
+                                  else store.database) in present}
 
     @staticmethod
     async def _rows_by(conn: psycopg.AsyncConnection[Any], query: str, keys: list[str]) -> dict[str, Any]:
@@ -647,8 +666,7 @@ class PostgresRelationalStore:
                 "SELECT nspname, pg_get_userbyid(nspowner) AS owner FROM pg_namespace WHERE nspname = ANY(%s)",
                 ([store.schema for store in stores if store.relational is RelationalIsolation.SCHEMA],))).fetchall()}
             databases = {row["datname"]: row for row in await (await conn.execute(
-                "SELECT datname, pg_get_userbyid(datdba) AS owner, "
-                "NOT datallowconn OR datconnlimit <> -1 OR datistemplate AS settings_changed "
+                f"SELECT datname, pg_get_userbyid(datdba) AS owner, {DATABASE_STATE} "
                 "FROM pg_database WHERE datname = ANY(%s)",
                 ([store.database for store in stores if store.relational is RelationalIsolation.DATABASE],))).fetchall()}
         return {store.tenant_id: drifts for store in stores
@@ -675,8 +693,9 @@ class PostgresRelationalStore:
                 drifts.append(Drift("OwnerChanged", f"schema {store.schema} belongs to {schemas[store.schema]}"))
             if role is not None and not role["can_connect"]:
                 drifts.append(Drift("GrantMissing", f"role {store.role} may not connect to database {store.database}"))
-        elif store.database not in databases:
-            drifts.append(Drift("DatabaseMissing", f"database {store.database} does not exist", holds_data=True))
+        elif store.database not in databases or databases[store.database]["invalid"]:
+            drifts.append(Drift("DatabaseMissing", f"database {store.database} does not exist (or was dropped "
+                                                   f"halfway)", holds_data=True))
         elif databases[store.database]["owner"] not in owners:
             drifts.append(Drift("OwnerChanged", f"database {store.database} belongs to "
                                                 f"{databases[store.database]['owner']}"))

@@ -47,7 +47,8 @@ async def test_the_first_measurement_writes_the_figures_and_nothing_else(world: 
     [measured] = await world.measure(STANDARD, [body])
 
     assert world.statuses.patches == [("customers/acme", {"usage": {
-        "documents": 3, "storageBytes": 9216, "connections": 2, "dailyQueries": 40, "measuredAt": NOW}})]
+        "documents": 3, "storageBytes": 9216, "relationalStorageBytes": 8192, "connections": 2, "dailyQueries": 40,
+        "measuredAt": NOW}})]
     assert measured.events == [] and measured.warning is False and not measured.verdict.exceeded
     assert world.secrets.writes == writes
     assert world.relational.called("ensure_write_access") == world.vector.called("ensure_write_access") == 0

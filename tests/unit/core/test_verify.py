@@ -23,8 +23,11 @@ def drift_kinds(found: verify.ClassPass) -> dict[str, list[str]]:
     return {checked.body["metadata"]["name"]: [drift.kind for drift in checked.drifts] for checked in found.checked}
 
 
-def with_usage(body: Mapping[str, Any], documents: int, storage_bytes: int = 0) -> dict[str, Any]:
-    return {**body, "status": {**body["status"], "usage": {"documents": documents, "storageBytes": storage_bytes,
+def with_usage(body: Mapping[str, Any], documents: int, storage_bytes: int = 0,
+               relational_bytes: int | None = None) -> dict[str, Any]:
+    measured = {} if relational_bytes is None else {"relationalStorageBytes": relational_bytes}
+    return {**body, "status": {**body["status"], "usage": {**measured, "documents": documents,
+                                                           "storageBytes": storage_bytes,
                                                            "connections": 0, "measuredAt": "then"}}}
 
 
@@ -67,7 +70,11 @@ async def test_a_dropped_schema_is_drift_and_lost_data_when_the_tenant_had_any(w
     [checked] = (await world.verify(STANDARD, [with_usage(body, documents=0, storage_bytes=0)])).checked
     assert [drift.kind for drift in checked.drifts] == ["SchemaMissing"] and checked.data_lost == []
 
-    [checked] = (await world.verify(STANDARD, [with_usage(body, documents=5)])).checked
+    # Its vectors live in the shared index's partition, not in the schema: documents alone lost nothing here.
+    [checked] = (await world.verify(STANDARD, [with_usage(body, documents=5, relational_bytes=0)])).checked
+    assert checked.data_lost == []
+
+    [checked] = (await world.verify(STANDARD, [with_usage(body, documents=0, relational_bytes=8192)])).checked
     assert [drift.kind for drift in checked.data_lost] == ["SchemaMissing"]
 
 
