@@ -15,15 +15,15 @@ install: $(VENV)/.installed
 
 # Builds etcd, kube-apiserver and kube-controller-manager from Go modules once (cached in ~/.cache/tenantstore).
 controlplane: install
-	$(BIN)/python -m tenantstore.devcluster build
+	$(BIN)/python -m tenantstore_dev.controlplane build
 
 # Builds helm from its Go module once (cached beside the control plane); $$HELM points at another helm.
 helm: install
-	$(BIN)/python -m tenantstore.devcluster helm
+	$(BIN)/python -m tenantstore_dev.controlplane helm
 
 # Builds kstatus (cli-utils' status library, as Flux's `wait: true` uses it) once, beside helm; $$KSTATUS overrides.
 kstatus: install
-	$(BIN)/python -m tenantstore.devcluster kstatus
+	$(BIN)/python -m tenantstore_dev.controlplane kstatus
 
 # crds/ is the source; the chart and the kustomize base carry copies (tests fail when they drift).
 sync-crds:
@@ -45,7 +45,7 @@ sync-monitoring: install
 	yaml.safe_dump(doc, f, sort_keys=False, width=120)"
 
 demo: controlplane
-	$(BIN)/tenantstore demo
+	$(BIN)/python -m tenantstore_dev demo
 
 test: controlplane helm kstatus promtool
 	$(BIN)/pytest

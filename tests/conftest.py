@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from tenantstore.devpostgres import EmbeddedPostgres
+from tenantstore_dev.postgres import EmbeddedPostgres
 
 
 @pytest.fixture(scope="session")

@@ -1,4 +1,4 @@
-"""`tenantstore run` (the operator) and `tenantstore demo` (everything, locally, in one command)."""
+"""`tenantstore run`: the operator. (The local demo is the dev package's: `python -m tenantstore_dev demo`.)"""
 from __future__ import annotations
 
 import argparse
@@ -7,7 +7,7 @@ import sys
 
 
 def run(args: argparse.Namespace) -> int:
-    import kopf  # noqa: PLC0415 (keep `tenantstore demo` light)
+    import kopf  # noqa: PLC0415 (keep `tenantstore --help` light)
 
     from tenantstore import settings  # noqa: PLC0415
 
@@ -47,12 +47,6 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(standby.run_elected(config, run_operator, args.liveness or None))
 
 
-def demo(args: argparse.Namespace) -> int:
-    from tenantstore.demo import run_demo  # noqa: PLC0415
-
-    return run_demo(keep_running=not args.once)
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tenantstore", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -86,10 +80,6 @@ def main(argv: list[str] | None = None) -> int:
                             help="reconciles and teardowns talking to the backends at once (default 32)")
     run_parser.add_argument("--verbose", action="store_true")
     run_parser.set_defaults(func=run)
-    demo_parser = commands.add_parser("demo", help="start a local control plane, Postgres and the operator, "
-                                                   "provision three example tenants and report")
-    demo_parser.add_argument("--once", action="store_true", help="stop everything after the report")
-    demo_parser.set_defaults(func=demo)
     args = parser.parse_args(argv)
     return args.func(args)
 

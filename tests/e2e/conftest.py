@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from e2e_kit import DEFAULT_CLASS, ISOLATED_PREFIX, store_class
 
-from tenantstore.devenv import Kubectl, LocalEnvironment, OperatorProcess
+from tenantstore_dev.environment import Kubectl, LocalEnvironment, OperatorProcess
 
 @pytest.fixture(scope="session")
 def env(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalEnvironment]:

@@ -10,8 +10,8 @@ from typing import Any
 
 import psycopg
 
-from tenantstore.devcluster import ensure_kstatus
-from tenantstore.devenv import ADMIN_SECRET, OPERATOR_NAMESPACE, Kubectl, KubectlError, LocalEnvironment, wait_for
+from tenantstore_dev.controlplane import ensure_kstatus
+from tenantstore_dev.environment import ADMIN_SECRET, OPERATOR_NAMESPACE, Kubectl, KubectlError, LocalEnvironment, wait_for
 
 DEFAULT_CLASS = "standard"
 # Namespaces the shared `operator` fixture leaves alone, for tests that run operators of their own.

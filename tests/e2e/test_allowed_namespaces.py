@@ -9,7 +9,7 @@ import psycopg
 import pytest
 from e2e_kit import condition, store_class, superuser, tenant_secret, tenant_store, wait_for_condition, wait_until_gone
 
-from tenantstore.devenv import Kubectl, KubectlError, LocalEnvironment, OperatorProcess
+from tenantstore_dev.environment import Kubectl, KubectlError, LocalEnvironment, OperatorProcess
 
 LABEL = "tenancy.dev/allowed-ns-e2e"
 CLASS = "allowed-ns-gold"

@@ -4,7 +4,7 @@ from __future__ import annotations
 from argocd_health import health
 from e2e_kit import condition, store_class, tenant_store, wait_for_condition, wait_until_gone
 
-from tenantstore.devenv import Kubectl, OperatorProcess, wait_for
+from tenantstore_dev.environment import Kubectl, OperatorProcess, wait_for
 
 
 def test_tenantstore_health_from_real_status(kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:

@@ -26,7 +26,7 @@ import psycopg
 import pytest
 from e2e_kit import condition, store_class, superuser, tenant_secret, tenant_store, wait_until_gone
 
-from tenantstore.devenv import OPERATOR_NAMESPACE, Kubectl, KubectlError, LocalEnvironment, OperatorProcess, wait_for
+from tenantstore_dev.environment import OPERATOR_NAMESPACE, Kubectl, KubectlError, LocalEnvironment, OperatorProcess, wait_for
 
 REFUSED_NAMESPACE = "bad-inputs-refused"
 ABSENT_CLASS = "bad-inputs-absent-class"

@@ -24,7 +24,7 @@ import psycopg
 import pytest
 from e2e_kit import ISOLATED_PREFIX, condition, superuser, tenant_secret, tenant_store
 
-from tenantstore.devenv import Kubectl, KubectlError, LocalEnvironment, OperatorProcess, wait_for
+from tenantstore_dev.environment import Kubectl, KubectlError, LocalEnvironment, OperatorProcess, wait_for
 
 NAMESPACE = f"{ISOLATED_PREFIX}chaos"
 TIERS = ("free", "pro", "enterprise")

@@ -21,8 +21,8 @@ import pytest
 import yaml
 from e2e_kit import ISOLATED_PREFIX, tenant_store, wait_for_condition, wait_until_gone
 
-from tenantstore.devcluster import ensure_helm
-from tenantstore.devenv import REPO_ROOT, Kubectl, LocalEnvironment, OperatorProcess, wait_for
+from tenantstore_dev.controlplane import ensure_helm
+from tenantstore_dev.environment import REPO_ROOT, Kubectl, LocalEnvironment, OperatorProcess, wait_for
 
 CHART = REPO_ROOT / "charts" / "tenantstore-operator"
 RELEASE = "tenantstore-operator"

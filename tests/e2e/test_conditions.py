@@ -6,7 +6,7 @@ import pytest
 from e2e_kit import (condition, store_class, superuser, tenant_secret, tenant_store, wait_for_condition,
                      wait_until_gone)
 
-from tenantstore.devenv import Kubectl, LocalEnvironment, OperatorProcess, wait_for
+from tenantstore_dev.environment import Kubectl, LocalEnvironment, OperatorProcess, wait_for
 
 
 def test_unknown_store_class_waits_then_recovers(kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:

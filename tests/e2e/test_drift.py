@@ -21,7 +21,7 @@ from e2e_kit import (DEFAULT_CLASS, SEEN_PASSWORDS, condition, store_class, supe
 from pinecone_server import PineconeTestServer
 from prometheus_client.parser import text_string_to_metric_families
 
-from tenantstore.devenv import OPERATOR_NAMESPACE, Kubectl, LocalEnvironment, OperatorProcess, wait_for
+from tenantstore_dev.environment import OPERATOR_NAMESPACE, Kubectl, LocalEnvironment, OperatorProcess, wait_for
 
 REPORT_CLASS = "drift-report"
 PINECONE_CLASS = "drift-cone"

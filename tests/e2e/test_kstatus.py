@@ -5,7 +5,7 @@ import json
 
 from e2e_kit import kstatus, tenant_store, wait_for_condition, wait_until_gone
 
-from tenantstore.devenv import Kubectl, OperatorProcess, wait_for
+from tenantstore_dev.environment import Kubectl, OperatorProcess, wait_for
 
 HOLD = "test.tenancy.dev/hold"
 

@@ -9,7 +9,7 @@ import pytest
 from e2e_kit import ISOLATED_PREFIX, tenant_store, wait_for_condition, wait_until_gone
 from kubernetes_asyncio import config as kube_config
 
-from tenantstore.devenv import Kubectl, LocalEnvironment, OperatorProcess, wait_for
+from tenantstore_dev.environment import Kubectl, LocalEnvironment, OperatorProcess, wait_for
 from tenantstore.leader import ElectionConfig, LeaseLock
 
 NAMESPACE = f"{ISOLATED_PREFIX}leader"

@@ -7,7 +7,7 @@ import psycopg
 import pytest
 from e2e_kit import (condition, superuser, tenant_secret, tenant_store, wait_for_condition, wait_until_gone)
 
-from tenantstore.devenv import Kubectl, LocalEnvironment, OperatorProcess
+from tenantstore_dev.environment import Kubectl, LocalEnvironment, OperatorProcess
 
 TIERS = {"free": "t-free", "pro": "t-pro", "enterprise": "t-ent"}
 
@@ -97,7 +97,7 @@ def test_secret_logs_in_as_the_tenant_and_sees_only_its_own_data(kubectl: Kubect
 
 
 def test_invalid_manifests_are_refused_by_the_api_server(kubectl: Kubectl, namespace: str) -> None:
-    from tenantstore.devenv import KubectlError
+    from tenantstore_dev.environment import KubectlError
 
     with pytest.raises(KubectlError, match="spec.tenantId"):
         kubectl.apply(tenant_store("bad-id", namespace, "Not_Valid"))

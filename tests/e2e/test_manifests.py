@@ -5,7 +5,7 @@ import subprocess
 
 import pytest
 
-from tenantstore.devenv import REPO_ROOT, Kubectl
+from tenantstore_dev.environment import REPO_ROOT, Kubectl
 
 MANIFESTS = REPO_ROOT / "manifests"
 EXAMPLES = sorted((MANIFESTS / "examples").glob("*.yaml"))

@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from prometheus_client.parser import text_string_to_metric_families
 
 from tenantstore import reconcile, tracing
-from tenantstore.devenv import Kubectl, LocalEnvironment, OperatorProcess, wait_for
+from tenantstore_dev.environment import Kubectl, LocalEnvironment, OperatorProcess, wait_for
 from tenantstore.kube import Namespaces, Secrets
 from tenantstore.models import StoreClass
 from tenantstore.registry import BackendRegistry

@@ -7,7 +7,7 @@ import pytest
 from e2e_kit import condition, store_class, tenant_secret, tenant_store, wait_for_condition, wait_until_gone
 from pinecone_server import PineconeTestServer
 
-from tenantstore.devenv import OPERATOR_NAMESPACE, Kubectl, OperatorProcess, wait_for
+from tenantstore_dev.environment import OPERATOR_NAMESPACE, Kubectl, OperatorProcess, wait_for
 
 
 def tenant_namespaces(server: PineconeTestServer, index: str) -> set[str]:

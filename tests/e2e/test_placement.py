@@ -5,7 +5,7 @@ from collections import Counter
 
 from e2e_kit import condition, store_class, superuser
 
-from tenantstore.devenv import Kubectl, LocalEnvironment, OperatorProcess, wait_for
+from tenantstore_dev.environment import Kubectl, LocalEnvironment, OperatorProcess, wait_for
 
 
 def test_parallel_tenants_fill_the_pool_without_exceeding_capacity(env: LocalEnvironment, kubectl: Kubectl,

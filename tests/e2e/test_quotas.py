@@ -7,7 +7,7 @@ import psycopg
 import pytest
 from e2e_kit import condition, store_class, tenant_secret, tenant_store, wait_for_condition
 
-from tenantstore.devenv import Kubectl, LocalEnvironment, OperatorProcess, wait_for
+from tenantstore_dev.environment import Kubectl, LocalEnvironment, OperatorProcess, wait_for
 
 
 def insert_vector(secret: dict[str, str], vector_id: str) -> None:

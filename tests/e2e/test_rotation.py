@@ -7,7 +7,7 @@ import secrets
 import psycopg
 from e2e_kit import condition, store_class, superuser, tenant_store, wait_for_condition
 
-from tenantstore.devenv import OPERATOR_NAMESPACE, Kubectl, LocalEnvironment, OperatorProcess, wait_for
+from tenantstore_dev.environment import OPERATOR_NAMESPACE, Kubectl, LocalEnvironment, OperatorProcess, wait_for
 
 ROLE, DATABASE, SECRET = "rotating_admin", "rotating", "rotating-admin"
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 import psycopg
 from e2e_kit import condition, store_class, superuser, tenant_secret, tenant_store, wait_for_condition
 
-from tenantstore.devenv import Kubectl, LocalEnvironment, OperatorProcess, wait_for
+from tenantstore_dev.environment import Kubectl, LocalEnvironment, OperatorProcess, wait_for
 
 VECTORS = 5000
 # The enterprise tier here keeps relational data in a schema, so only the vectors move (see the README).

@@ -7,7 +7,7 @@ import secrets as token_source
 
 from e2e_kit import SEEN_PASSWORDS, condition, store_class, tenant_store
 
-from tenantstore.devenv import OPERATOR_NAMESPACE, Kubectl, KubectlError, LocalEnvironment, OperatorProcess, wait_for
+from tenantstore_dev.environment import OPERATOR_NAMESPACE, Kubectl, KubectlError, LocalEnvironment, OperatorProcess, wait_for
 
 # Admin passwords of StoreClasses whose admin URI is malformed: drivers quote such URIs in their errors.
 MALFORMED_ADMIN_PASSWORDS: set[str] = set()

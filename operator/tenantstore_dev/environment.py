@@ -19,8 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tenantstore.devcluster import ControlPlane
-from tenantstore.devpostgres import EmbeddedPostgres
+from tenantstore_dev.controlplane import ControlPlane
+from tenantstore_dev.postgres import EmbeddedPostgres
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO_ROOT / "crds"

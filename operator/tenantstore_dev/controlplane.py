@@ -45,10 +45,10 @@ Everything (certs, etcd data, logs, kubeconfig) lives under one work dir::
 
 CLI::
 
-    python -m tenantstore.devcluster build          # build/locate binaries
-    python -m tenantstore.devcluster helm           # build/locate helm
-    python -m tenantstore.devcluster kstatus        # build/locate kstatus
-    python -m tenantstore.devcluster up WORKDIR     # run until SIGINT/SIGTERM
+    python -m tenantstore_dev.controlplane build          # build/locate binaries
+    python -m tenantstore_dev.controlplane helm           # build/locate helm
+    python -m tenantstore_dev.controlplane kstatus        # build/locate kstatus
+    python -m tenantstore_dev.controlplane up WORKDIR     # run until SIGINT/SIGTERM
 """
 
 from __future__ import annotations
@@ -969,7 +969,7 @@ def _cmd_up(workdir: Path, timeout: float) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m tenantstore.devcluster",
+    parser = argparse.ArgumentParser(prog="python -m tenantstore_dev.controlplane",
                                      description=__doc__.split("\n\n")[0])
     commands = parser.add_subparsers(dest="command", required=True)
     commands.add_parser("build", help="build or locate the binaries and print their directory")

@@ -6,7 +6,7 @@ README asks of whoever runs a production Postgres: an admin role with CREATEROLE
 superuser), the shared database owned by it, the `vector` extension in that database and in template1
 (pgvector is not a trusted extension, so only a superuser can create it), and pg_stat_statements.
 
-    python -m tenantstore.devpostgres up DIR   # start (initialising DIR on first use); Ctrl-C stops
+    python -m tenantstore_dev.postgres up DIR   # start (initialising DIR on first use); Ctrl-C stops
 """
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`tenantstore demo`: the whole system on this machine, then a report that proves each tenant's store works.
+"""`python -m tenantstore_dev demo`: the whole system on this machine, then a report that proves each tenant's store works.
 
 Control plane and Postgres start fresh under ~/.cache/tenantstore/demo (or $TENANTSTORE_DEMO_DIR).
 """
@@ -14,7 +14,7 @@ from pathlib import Path
 
 import psycopg
 
-from tenantstore.devenv import REPO_ROOT, LocalEnvironment, OperatorProcess
+from tenantstore_dev.environment import REPO_ROOT, LocalEnvironment, OperatorProcess
 
 EXAMPLES = REPO_ROOT / "manifests" / "examples"
 
