@@ -43,7 +43,8 @@ from bench import kit
 from tenantstore import kube, reconcile
 from tenantstore.backends.pgvector import PgvectorStore
 from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServer
-from tenantstore.models import GROUP, VERSION, StoreClass, TenantStoreSpec, desired_store, effective_quotas
+from tenantstore.api import GROUP, VERSION
+from tenantstore.models import StoreClass, TenantStoreSpec, desired_store, effective_quotas
 from tenantstore.quota import judge
 
 RETRIES = 10  # a backend step that fails (e.g. Postgres's "tuple concurrently updated") is retried at once

@@ -13,9 +13,7 @@ from collections.abc import Mapping
 from decimal import Decimal
 from typing import Any
 
-# Re-exported for callers that know them from here; the vocabulary lives in tenantstore.api.
-from tenantstore.api import (API_VERSION, DEFAULT_CLASS_ANNOTATION, FINALIZER, GROUP,  # noqa: F401
-                             TENANT_ID_LABEL, VERSION, Phase)
+from tenantstore.api import DEFAULT_CLASS_ANNOTATION
 
 from tenantstore.labelselector import InvalidSelector, LabelSelector
 
