@@ -328,7 +328,7 @@ class DesiredStore:
 
     tenant_id: str
     uid: str
-    owner: str  # "<namespace>/<name>" of the TenantStore, for messages
+    tenant_store: str  # "<namespace>/<name>" of the TenantStore
     dimension: int
     metric: Metric
     relational: RelationalIsolation
@@ -346,12 +346,12 @@ class DesiredStore:
         return backend_name(self.tenant_id)
 
     @property
-    def owner_namespace(self) -> str:
-        return self.owner.partition("/")[0]
+    def tenant_store_namespace(self) -> str:
+        return self.tenant_store.partition("/")[0]
 
     @property
-    def owner_name(self) -> str:
-        return self.owner.partition("/")[2]
+    def tenant_store_name(self) -> str:
+        return self.tenant_store.partition("/")[2]
 
     @property
     def holding_role(self) -> str:
@@ -379,14 +379,14 @@ def effective_quotas(spec: TenantStoreSpec, store_class: StoreClass) -> tuple[Qu
     return policy.quotas.overridden_by(overrides), [QUOTA_FIELD_NAMES[name] for name in capped]
 
 
-def desired_store(spec: TenantStoreSpec, store_class: StoreClass, uid: str, owner: str = "",
+def desired_store(spec: TenantStoreSpec, store_class: StoreClass, uid: str, tenant_store: str = "",
                   writes_allowed: bool = True) -> DesiredStore:
     policy = store_class.tiers[spec.tier]
     quotas, capped = effective_quotas(spec, store_class)
     return DesiredStore(
         tenant_id=spec.tenant_id,
         uid=uid,
-        owner=owner,
+        tenant_store=tenant_store,
         dimension=spec.dimension,
         metric=spec.metric,
         relational=policy.relational,

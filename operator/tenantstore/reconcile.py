@@ -427,8 +427,8 @@ async def teardown_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreCl
     backends = await registry.for_class(store_class)
     events: list[Step] = []
 
-    owner = await backends.relational.owner_of(store)
-    if owner is not None and owner != store.uid:
+    holder = await backends.relational.claimed_by(store)
+    if holder is not None and holder != store.uid:
         # Someone else's tenant (we lost a tenantId conflict): touch nothing of theirs.
         if await secrets.delete_tenant_secret(namespace, spec.secret_name, body) is not SecretDeletion.ABSENT:
             events.append(Step("SecretDeleted", f"Secret {spec.secret_name} deleted"))

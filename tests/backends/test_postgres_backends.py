@@ -14,7 +14,7 @@ from tenantstore.models import DesiredStore, Metric, Quotas, RelationalIsolation
 
 def tenant(tenant_id: str, relational=RelationalIsolation.SCHEMA, vector=VectorIsolation.NAMESPACE,
            uid: str | None = None, dimension: int = 3, capacity: int = 100) -> DesiredStore:
-    return DesiredStore(tenant_id=tenant_id, uid=uid or str(uuid.uuid4()), owner=f"test/{tenant_id}", dimension=dimension, metric=Metric.COSINE,
+    return DesiredStore(tenant_id=tenant_id, uid=uid or str(uuid.uuid4()), tenant_store=f"test/{tenant_id}", dimension=dimension, metric=Metric.COSINE,
                         relational=relational, vector=vector, quotas=Quotas(0, 0, 5, 0), suspended=False,
                         shared_database="tenants", shared_index_capacity=capacity)
 
@@ -95,7 +95,7 @@ async def test_a_claimed_tenant_id_is_refused_to_another_owner(server: PostgresS
     await provision(server, first, "pw")
     with pytest.raises(TenantIdConflict):
         await PostgresRelationalStore(server).ensure(second, "other", password_is_new=True)
-    assert await PostgresRelationalStore(server).owner_of(second) == first.uid
+    assert await PostgresRelationalStore(server).claimed_by(second) == first.uid
     await PgvectorStore(server).teardown(first)
     await PostgresRelationalStore(server).teardown(first)
 

@@ -27,7 +27,7 @@ def fresh_dimension() -> int:
 def tenant(prefix: str, dimension: int, vector: VectorIsolation = VectorIsolation.NAMESPACE, capacity: int = 100,
            metric: Metric = Metric.COSINE, uid: str | None = None) -> DesiredStore:
     tenant_id = f"{prefix}-{uuid.uuid4().hex[:6]}"
-    return DesiredStore(tenant_id=tenant_id, uid=uid or str(uuid.uuid4()), owner=f"test/{tenant_id}",
+    return DesiredStore(tenant_id=tenant_id, uid=uid or str(uuid.uuid4()), tenant_store=f"test/{tenant_id}",
                         dimension=dimension, metric=metric, relational=RelationalIsolation.SCHEMA, vector=vector,
                         quotas=Quotas(0, 0, 5, 0), suspended=False, shared_database="tenants",
                         shared_index_capacity=capacity)

@@ -215,7 +215,7 @@ class Superuser:
 def desired(tenant_id: str, relational: RelationalIsolation = SCHEMA, vector: VectorIsolation = NAMESPACE, *,
             owner: str | None = None, uid: str | None = None, connection_limit: int = FLEET_CONNECTION_LIMIT,
             suspended: bool = False, writes_allowed: bool = True) -> DesiredStore:
-    store = DesiredStore(tenant_id=tenant_id, uid=uid or str(uuid.uuid4()), owner=owner or f"{OWNER_NAMESPACE}/{tenant_id}",
+    store = DesiredStore(tenant_id=tenant_id, uid=uid or str(uuid.uuid4()), tenant_store=owner or f"{OWNER_NAMESPACE}/{tenant_id}",
                          dimension=DIMENSION, metric=Metric.COSINE, relational=relational, vector=vector,
                          quotas=Quotas(0, 0, connection_limit, 0), suspended=suspended,
                          shared_database=SHARED_DATABASE, shared_index_capacity=100, writes_allowed=writes_allowed)

@@ -105,7 +105,7 @@ class RelationalStore(Protocol):
                      ) -> tuple[RelationalPlacement, list[Step]]:
         """Make the role (with this password when created or when the password is new) and its schema or database."""
 
-    async def owner_of(self, store: DesiredStore) -> str | None:
+    async def claimed_by(self, store: DesiredStore) -> str | None:
         """The uid of the TenantStore that claimed this tenant's role; None when absent; a marker when retained."""
 
     async def teardown(self, store: DesiredStore) -> list[Step]:

@@ -52,7 +52,7 @@ REFUSED_LOGIN = re.compile(r'(role|database) "[^"]*" does not exist')
 # only be dropped); `settings_changed`, what its owner may change that locks the operator out.
 DATABASE_STATE = """datconnlimit = -2 AS invalid,
                     datconnlimit <> -2 AND (NOT datallowconn OR datconnlimit <> -1 OR datistemplate) AS settings_changed"""
-# What owner_of says of a role no TenantStore holds: another's data either way, never to be torn down.
+# What claimed_by says of a role no TenantStore holds: another's data either way, never to be torn down.
 NOT_MANAGED = "(not managed by tenantstore)"
 RETAINED = "(retained)"
 # Written on every tenant role: tells the operator's roles from others, and nothing about the owner.
@@ -284,7 +284,7 @@ class PostgresRelationalStore:
                                                           f"DATABASE <name> FROM PUBLIC for each"))
         return problems
 
-    async def owner_of(self, store: DesiredStore) -> str | None:
+    async def claimed_by(self, store: DesiredStore) -> str | None:
         async with self.server.connect() as conn:
             role = await self._inspect_role(conn, store.role)
         if role is None:
@@ -336,8 +336,8 @@ class PostgresRelationalStore:
                     sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(MANAGED_COMMENT)),
                     # Membership (with inherit) lets the admin act as the tenant's owner: terminate, drop, grant.
                     sql.SQL("GRANT {} TO CURRENT_USER").format(role),
-                    bookkeeping.record_claim(store.role, store.tenant_id, store.uid, store.owner_namespace,
-                                             store.owner_name)])
+                    bookkeeping.record_claim(store.role, store.tenant_id, store.uid, store.tenant_store_namespace,
+                                             store.tenant_store_name)])
                 return [Step("RoleCreated", f"Postgres role {store.role} created (connection limit "
                                             f"{store.connection_limit})")]
             except psycopg.errors.DuplicateObject:
@@ -379,11 +379,11 @@ class PostgresRelationalStore:
             return []
         if claim.owner_uid:
             holder = (f"TenantStore {claim.owner_namespace}/{claim.owner_name}"
-                      if claim.owner_namespace == store.owner_namespace else "a TenantStore in another namespace")
+                      if claim.owner_namespace == store.tenant_store_namespace else "a TenantStore in another namespace")
             raise TenantIdConflict(f"tenantId {store.tenant_id} is already claimed by {holder}")
         # Retained data belongs to the namespace that made it: nobody elsewhere may adopt (or reset) it.
-        if claim.owner_namespace != store.owner_namespace or not await bookkeeping.adopt_claim(
-                conn, store.role, store.uid, store.owner_namespace, store.owner_name):
+        if claim.owner_namespace != store.tenant_store_namespace or not await bookkeeping.adopt_claim(
+                conn, store.role, store.uid, store.tenant_store_namespace, store.tenant_store_name):
             raise TenantIdConflict(f"tenantId {store.tenant_id} is retained by another namespace; only a "
                                    f"TenantStore in that namespace can adopt it")
         return [Step("RoleAdopted", f"retained Postgres role {store.role} adopted by this TenantStore")]
@@ -590,12 +590,12 @@ class PostgresRelationalStore:
                 return []  # gone, or someone else's
             # The namespace stays on record: only a TenantStore of this namespace may adopt the tenant.
             await execute_at_once(conn, [
-                bookkeeping.record_claim(store.role, store.tenant_id, None, store.owner_namespace, store.owner_name),
+                bookkeeping.record_claim(store.role, store.tenant_id, None, store.tenant_store_namespace, store.tenant_store_name),
                 sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(store.role), sql.Literal(MANAGED_COMMENT))])
         where = (f"schema {store.schema} in database {store.database}" if store.relational is RelationalIsolation.SCHEMA
                  else f"database {store.database}")
         return [Step("Retained", f"kept Postgres role {store.role} and {where}; a new TenantStore with "
-                                 f"tenantId {store.tenant_id} in namespace {store.owner_namespace} adopts them")]
+                                 f"tenantId {store.tenant_id} in namespace {store.tenant_store_namespace} adopts them")]
 
     async def measure(self, stores: Sequence[DesiredStore]) -> dict[str, RelationalUsage]:
         roles = [store.role for store in stores]

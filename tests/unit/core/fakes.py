@@ -30,7 +30,7 @@ from tenantstore.kube import NOT_READ, SecretDeletion, data_digest
 from tenantstore.models import (DesiredStore, RelationalIsolation, SecretKeyRef, StoreClass, VectorIsolation,
                                 dedicated_index_name, shared_index_name)
 
-# What owner_of answers for a role the operator did not make, and for a retained one (as the Postgres store).
+# What claimed_by answers for a role the operator did not make, and for a retained one (as the Postgres store).
 NOT_MANAGED = "(not managed by tenantstore)"
 RETAINED = "(retained)"
 SHARED_SCHEMA = "tenantstore_vectors"
@@ -133,8 +133,8 @@ class FakeRelationalStore(Recorder):
         return RelationalPlacement(host=self.host, port=self.port, database=store.database, schema=store.schema,
                                    role=store.role), steps
 
-    async def owner_of(self, store: DesiredStore) -> str | None:
-        self.enter("owner_of")
+    async def claimed_by(self, store: DesiredStore) -> str | None:
+        self.enter("claimed_by")
         role = self.roles.get(store.role)
         if role is None:
             return None
@@ -166,9 +166,9 @@ class FakeRelationalStore(Recorder):
         role = self.roles.get(store.role)
         if role is None or role.claim is None or role.claim.uid not in (None, store.uid):
             return []  # gone, or someone else's
-        role.claim = Claim(None, store.owner_namespace, store.owner_name)
+        role.claim = Claim(None, store.tenant_store_namespace, store.tenant_store_name)
         return [Step("Retained", f"kept Postgres role {store.role} and its {store.relational.value}; a new "
-                                 f"TenantStore with tenantId {store.tenant_id} in namespace {store.owner_namespace} "
+                                 f"TenantStore with tenantId {store.tenant_id} in namespace {store.tenant_store_namespace} "
                                  f"adopts them")]
 
     async def residue(self, store: DesiredStore) -> list[str]:
@@ -234,7 +234,7 @@ class FakeRelationalStore(Recorder):
         if role is None:
             self.roles[store.role] = Role(password=password, can_login=not store.suspended,
                                           connection_limit=store.connection_limit,
-                                          claim=Claim(store.uid, store.owner_namespace, store.owner_name))
+                                          claim=Claim(store.uid, store.tenant_store_namespace, store.tenant_store_name))
             return [Step("RoleCreated", f"Postgres role {store.role} created (connection limit "
                                         f"{store.connection_limit})")]
         steps = self._ensure_claim(store, role)
@@ -261,10 +261,10 @@ class FakeRelationalStore(Recorder):
         if role.claim.uid is not None:
             raise TenantIdConflict(f"tenantId {store.tenant_id} is already claimed by TenantStore "
                                    f"{role.claim.namespace}/{role.claim.name}")
-        if role.claim.namespace != store.owner_namespace:
+        if role.claim.namespace != store.tenant_store_namespace:
             raise TenantIdConflict(f"tenantId {store.tenant_id} is retained by another namespace; only a "
                                    f"TenantStore in that namespace can adopt it")
-        role.claim = Claim(store.uid, store.owner_namespace, store.owner_name)
+        role.claim = Claim(store.uid, store.tenant_store_namespace, store.tenant_store_name)
         return [Step("RoleAdopted", f"retained Postgres role {store.role} adopted by this TenantStore")]
 
     def _container(self, store: DesiredStore) -> tuple[dict[str, str], str]:

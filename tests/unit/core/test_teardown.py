@@ -241,7 +241,7 @@ async def test_a_tenant_that_lost_its_tenant_id_in_postgres_removes_only_what_is
     outcome = await world.teardown(loser)
 
     assert outcome.events == []
-    assert world.relational.calls == ["owner_of"] and world.vector.calls == []
+    assert world.relational.calls == ["claimed_by"] and world.vector.calls == []
     assert world.relational.roles["tenant_acme"].password == winners_password
     assert world.relational.roles["tenant_acme"].claim == Claim("uid-partners-acme", "partners", "acme")
     assert world.relational.schemas == {"tenant_acme": "tenant_acme"}
