@@ -3,9 +3,9 @@ from __future__ import annotations
 
 import json
 
-from e2e_kit import kstatus, tenant_store, wait_for_condition, wait_until_gone
+from e2e_kit import kstatus, store_class, tenant_store, wait_for_condition, wait_until_gone
 
-from tenantstore_dev.environment import Kubectl, OperatorProcess, wait_for
+from tenantstore_dev.environment import OPERATOR_NAMESPACE, Kubectl, OperatorProcess, wait_for
 
 HOLD = "test.tenancy.dev/hold"
 
@@ -24,6 +24,21 @@ def test_a_missing_store_class_is_in_progress(kubectl: Kubectl, operator: Operat
     wait_for_condition(kubectl, namespace, "waiting", "Ready", "False", reason="StoreClassNotFound")
     assert kstatus(kubectl, "tenantstore", "waiting", namespace) == "InProgress"
     kubectl("delete", "tenantstore", "waiting", "-n", namespace, "--timeout=60s")
+
+
+def test_a_backend_outage_is_in_progress(kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:
+    # Postgres that does not answer is transient too: Ready=False BackendUnavailable, not Stalled.
+    kubectl.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                   "metadata": {"name": "kstatus-closed-port", "namespace": OPERATOR_NAMESPACE},
+                   "stringData": {"uri": "postgresql://nobody:nothing@127.0.0.1:1/tenants"}})
+    spec = store_class("kstatus-unreachable")["spec"]
+    spec["postgres"]["adminSecretRef"]["name"] = "kstatus-closed-port"
+    kubectl.apply(store_class("kstatus-unreachable", **spec))
+    kubectl.apply(tenant_store("down", namespace, "kstatus-down", storeClassName="kstatus-unreachable"))
+    wait_for_condition(kubectl, namespace, "down", "Ready", "False", reason="BackendUnavailable")
+    assert kstatus(kubectl, "tenantstore", "down", namespace) == "InProgress"
+    kubectl("delete", "tenantstore", "down", "-n", namespace, "--timeout=60s")
+    kubectl("delete", "storeclass", "kstatus-unreachable", "--timeout=30s")
 
 
 def test_a_deleting_tenantstore_is_terminating(kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:
