@@ -1,1 +1,1 @@
-"""Benchmarks of the TenantStore operator (issue 7): `python -m bench.provisioning`, see bench/README.md."""
+"""Benchmarks of the TenantStore operator: `python -m bench.provisioning`, see bench/README.md."""

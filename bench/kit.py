@@ -1,6 +1,6 @@
 """What the provisioning benchmark measures with, shared by the operator run and the floor run.
 
-- `BenchEnvironment`: the real local control plane and embedded Postgres (tenantstore.devenv), with
+- `BenchEnvironment`: the real local control plane and embedded Postgres (tenantstore_dev.environment), with
   pg_stat_statements sized so that every tenant's statements stay counted, and the benchmark's StoreClass.
 - `TenantWatcher`: a watch on the run's namespace from the benchmark process, which timestamps each
   TenantStore's first appearance, its Ready transition and its disappearance itself (metav1 times have
@@ -9,7 +9,9 @@
 - `PgStats`: pg_stat_statements (calls by every role but the superuser the benchmark itself uses), reset
   before each phase.
 - `ProcessSampler`: CPU seconds (psutil) and peak RSS (sampled, and the kernel's high-water mark) of a pid.
-- `LogFollower`: the operator's log, line by line with arrival times, for "idle" after a restart.
+- `LogFollower`: the operator's log, line by line with arrival times, for "idle" after a restart, and the
+  verification passes it reports (`VerifyPass`).
+- `PostgresConnections`: the connections Postgres authorized (its log, `log_connections = authorization`).
 - `residue`: what of a run's tenants is left in Postgres and Kubernetes.
 
 Everything talks to loopback addresses only and every wait has a deadline.
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import dataclasses
 import json
 import math
 import random
@@ -34,8 +37,9 @@ import aiohttp
 import psutil
 import psycopg
 
-from tenantstore.devenv import ADMIN_SECRET, OPERATOR_NAMESPACE, LocalEnvironment
-from tenantstore.models import GROUP, VERSION
+from tenantstore_dev.environment import ADMIN_SECRET, OPERATOR_NAMESPACE, LocalEnvironment
+from tenantstore_dev.postgres import SUPERUSER
+from tenantstore.api import GROUP, VERSION
 
 PLURAL = "tenantstores"
 STORE_CLASS = "bench"
@@ -54,6 +58,8 @@ DDL_KEYWORDS = ("CREATE", "ALTER", "DROP", "GRANT", "REVOKE", "COMMENT", "REASSI
 # Enough entries that no statement of a 5,000-tenant phase is evicted (each tenant's DDL names its own objects,
 # so every tenant adds distinct entries); eviction would undercount, and pg_stat_statements_info tells if it did.
 PGSS_MAX = 100_000
+# The application_name of the verification pass's tenant logins (tenantstore/backends/postgres.py).
+VERIFY_LOGIN_APPLICATION = "tenantstore-operator-verify"
 
 
 # --------------------------------------------------------------------------- the tenants of a run
@@ -108,6 +114,9 @@ class BenchEnvironment:
         with psycopg.connect(self.local.postgres.superuser_uri(), autocommit=True) as conn:
             conn.execute(f"ALTER SYSTEM SET pg_stat_statements.max = {PGSS_MAX}")
             conn.execute("ALTER SYSTEM SET pg_stat_statements.track_utility = on")
+            # One log line per authorized connection (user, database, application_name): how the verification
+            # pass's logins are counted. The other aspects of log_connections stay off.
+            conn.execute("ALTER SYSTEM SET log_connections = 'authorization'")
         self.local.postgres.stop("fast")
         self.local.postgres.start()
         assert self.local.kubectl is not None
@@ -132,6 +141,9 @@ class BenchEnvironment:
 
     def superuser_uri(self, database: str = "tenants") -> str:
         return self.local.postgres.superuser_uri(database)
+
+    def connections(self) -> PostgresConnections:
+        return PostgresConnections(self.local.postgres.workdir / "postgres.log")
 
     def between_runs(self) -> None:
         """The same start for every run: the last run's namespace gone (the namespace controller deleting its
@@ -264,6 +276,42 @@ def first_keyword(query: str) -> str:
     text = re.sub(r"^(\s|--[^\n]*\n|/\*.*?\*/)+", "", query, flags=re.S)
     match = re.match(r"[A-Za-z]+", text)
     return match.group(0).upper() if match else "?"
+
+
+# --------------------------------------------------------------------------- Postgres connections
+
+_AUTHORIZED = re.compile(r"connection authorized: user=(?P<user>\S+)(?: database=(?P<database>\S+))?"
+                         r"(?: application_name=(?P<application>\S+))?")
+
+
+class PostgresConnections:
+    """The connections Postgres authorized, read from its log (the environment sets log_connections =
+    authorization); the benchmark's own (as the superuser) are left out."""
+
+    def __init__(self, log_path: Path):
+        self.log_path = log_path
+
+    def mark(self) -> int:
+        """Where the log ends now: count from here with `since`."""
+        try:
+            return self.log_path.stat().st_size
+        except OSError:
+            return 0
+
+    def since(self, offset: int) -> dict[str, Any]:
+        try:
+            with self.log_path.open("rb") as log:
+                log.seek(offset)
+                text = log.read().decode(errors="replace")
+        except OSError:
+            return {"connections": None, "verify_logins": None, "by_application": {}}
+        by_application: collections.Counter[str] = collections.Counter()
+        for match in _AUTHORIZED.finditer(text):
+            if match["user"] != SUPERUSER:
+                by_application[match["application"] or "(none)"] += 1
+        return {"connections": sum(by_application.values()),
+                "verify_logins": by_application.get(VERIFY_LOGIN_APPLICATION, 0),
+                "by_application": dict(by_application.most_common())}
 
 
 # --------------------------------------------------------------------------- residue
@@ -523,13 +571,38 @@ class SystemCpu:
 
 # --------------------------------------------------------------------------- the operator's log
 
+_TIMER_ENDED = re.compile(rb"\[(?P<object>[^\]]+)\] Timer '(?P<name>\w+)' (?:succeeded|failed)")
+_VERIFIED = re.compile(rb"verified StoreClass (?P<name>\S+): (?P<tenants>\d+) tenants, (?P<adrift>\d+) adrift, "
+                       rb"(?P<outcome>.+), in (?P<seconds>[\d.]+) s")
+
+
+@dataclasses.dataclass(frozen=True)
+class VerifyPass:
+    """One verification pass of a StoreClass, as the operator logged it at its end."""
+
+    store_class: str
+    tenants: int
+    adrift: int
+    outcome: str  # "backends answered", or "backends unavailable (reason)"
+    seconds: float  # the pass's own duration, as the operator measured it
+    arrived: float  # monotonic time the line was read (at most one poll, 50 ms, after it was written)
+
+    @property
+    def started(self) -> float:
+        """When the pass began, on this process's clock (late by the log's poll delay at most)."""
+        return self.arrived - self.seconds
+
+
 class LogFollower:
     """Reads the operator's log as it grows and timestamps each line on arrival (polled every 50 ms)."""
 
     RESUMED = "Resuming is processed"
     MEASURED = ("Timer 'measure_tenants' succeeded", "Timer 'measure_tenants' failed")
+    VERIFY_TIMER = "verify_tenants"
+    # Lines a verification pass itself writes (its tally, Kopf's outcome, a canary that could not run).
+    VERIFY_LINES = ("verified StoreClass", "Timer 'verify_tenants'", "isolation canary")
 
-    def __init__(self, path: Path, offset: int, namespace: str = ""):
+    def __init__(self, path: Path, offset: int, namespace: str = "", store_class: str = STORE_CLASS):
         self.path = path
         self.offset = offset
         self.namespace_tag = f"[{namespace}/".encode() if namespace else b""
@@ -537,6 +610,13 @@ class LogFollower:
         self.resumed = 0
         self.measured = 0  # usage measurements (the per-StoreClass timer) that ended
         self.errors = 0
+        self.store_class = store_class
+        self.verify_passes: list[VerifyPass] = []  # the store class's passes, as they ended
+        self.verify_timer_ends = 0  # Kopf's outcome lines of its passes (after one, only the StoreClass's patch)
+        # When each of the store class's timers (Kopf's name) last ended: the next run begins an interval later.
+        self.timer_ended: dict[str, float] = {}
+        # Lines neither of a verification pass nor a timer's outcome for the store class: any other work.
+        self.other_lines = 0
         self.last_line_at = time.monotonic()
         self._partial = b""
         self._task: asyncio.Task[None] | None = None
@@ -573,7 +653,22 @@ class LogFollower:
         *complete, self._partial = data.split(b"\n")
         if complete:
             self.lines += len(complete)
+            now = time.monotonic()
             for line in complete:
+                timer_ended = _TIMER_ENDED.search(line)
+                of_class_timer = timer_ended is not None and timer_ended["object"].decode() == self.store_class
+                if line.strip() and not of_class_timer and \
+                        not any(marker.encode() in line for marker in self.VERIFY_LINES):
+                    self.other_lines += 1
+                if (verified := _VERIFIED.search(line)) and verified["name"].decode() == self.store_class:
+                    self.verify_passes.append(VerifyPass(
+                        store_class=self.store_class, tenants=int(verified["tenants"]),
+                        adrift=int(verified["adrift"]), outcome=verified["outcome"].decode(errors="replace"),
+                        seconds=float(verified["seconds"]), arrived=now))
+                if timer_ended is not None and of_class_timer:
+                    self.timer_ended[timer_ended["name"].decode()] = now
+                    if timer_ended["name"].decode() == self.VERIFY_TIMER:
+                        self.verify_timer_ends += 1
                 if self.RESUMED.encode() in line and self.namespace_tag in line:
                     self.resumed += 1
                 if any(marker.encode() in line for marker in self.MEASURED):
@@ -591,3 +686,13 @@ class LogFollower:
                 return True
             await asyncio.sleep(0.05)
         return False
+
+    async def verify_pass(self, count: int, deadline: float) -> VerifyPass:
+        """The store class's `count`-th verification pass (1: the first this follower saw), once Kopf has also
+        logged its outcome (after that, only the StoreClass's status patch, if any, is left)."""
+        while time.monotonic() < deadline:
+            self.poll()
+            if len(self.verify_passes) >= count and self.verify_timer_ends >= count:
+                return self.verify_passes[count - 1]
+            await asyncio.sleep(0.05)
+        raise TimeoutError(f"no verification pass #{count} of StoreClass {self.store_class} in the log")
