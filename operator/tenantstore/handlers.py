@@ -295,11 +295,11 @@ async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, patch:
     passwords = {key: next(iter(values), None) for key, values in tenant_secrets.items() if values}
     checked = await verify.check_class(store_class, list(tenants_by_class.get(name, ())), memo.backends, passwords,
                                        memo.canary_turns[name])
-    metrics.VERIFY_DURATION.labels(name).observe(time.monotonic() - started)
+    seconds = time.monotonic() - started
+    metrics.VERIFY_DURATION.labels(name).observe(seconds)
     logger.info("verified StoreClass %s: %d tenants, %d adrift, %s, in %.2f s", name, len(checked.checked),
                 sum(1 for tenant in checked.checked if tenant.drifts or tenant.isolation),
-                f"backends unavailable ({checked.outage.reason})" if checked.outage else "backends answered",
-                time.monotonic() - started)
+                f"backends unavailable ({checked.outage.reason})" if checked.outage else "backends answered", seconds)
     if checked.outage is not None:
         await report_outage(memo, body, status, patch, store_class, list(tenants_by_class.get(name, ())),
                             checked.outage)
@@ -316,9 +316,10 @@ async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, patch:
                 if fresh is not None:
                     await record(memo, fresh, await reconcile_through(memo, fresh, classes, tenant_id_index,
                                                                       held=True))
-    isolation = conditions.Condition(ConditionType.ISOLATION_BROKEN, bool(broken), Reason.ISOLATION_BROKEN if broken else Reason.ISOLATED,
-                                     "; ".join(str(t.isolation) for t in broken) or
-                                     "the isolation canary saw only the probing tenant's rows in every shared index")
+    isolation = conditions.Condition(
+        ConditionType.ISOLATION_BROKEN, bool(broken), Reason.ISOLATION_BROKEN if broken else Reason.ISOLATED,
+        "; ".join(str(t.isolation) for t in broken)
+        or "the isolation canary saw only the probing tenant's rows in every shared index")
     updates = [isolation]
     ready = conditions.find(status.get("conditions"), ConditionType.READY) or {}
     if ready.get("reason") == Reason.BACKEND_UNAVAILABLE and checked.reached_backends:  # back: say so now
