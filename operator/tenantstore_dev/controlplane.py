@@ -233,19 +233,7 @@ def ensure_helm() -> Path:
     built once from its Go module into :func:`helm_cache_dir` (a few minutes cold),
     under the same kind of file lock as the control plane build.
     """
-    override = _executable_from_env("HELM")
-    if override:
-        return override
-
-    cache = helm_cache_dir()
-    binary = cache / "bin" / "helm"
-    if _is_executable(binary):
-        return binary
-    cache.mkdir(parents=True, exist_ok=True)
-    with _file_lock(cache / ".lock"):
-        if not _is_executable(binary):
-            _build_helm(cache)
-    return binary
+    return _cached_tool("HELM", helm_cache_dir(), "helm", _build_helm)
 
 
 def ensure_kstatus() -> Path:
@@ -254,18 +242,21 @@ def ensure_kstatus() -> Path:
     ``$KSTATUS`` (an existing executable) wins; otherwise it is built once against cli-utils
     v``CLI_UTILS_VERSION`` into :func:`kstatus_cache_dir` (about a minute cold), under a file lock.
     """
-    override = _executable_from_env("KSTATUS")
+    return _cached_tool("KSTATUS", kstatus_cache_dir(), "kstatus", _build_kstatus)
+
+
+def _cached_tool(variable: str, cache: Path, name: str, build: Callable[[Path], None]) -> Path:
+    """$<variable> when it names an executable; else cache/bin/<name>, built once under a file lock."""
+    override = _executable_from_env(variable)
     if override:
         return override
-
-    cache = kstatus_cache_dir()
-    binary = cache / "bin" / "kstatus"
+    binary = cache / "bin" / name
     if _is_executable(binary):
         return binary
     cache.mkdir(parents=True, exist_ok=True)
     with _file_lock(cache / ".lock"):
         if not _is_executable(binary):
-            _build_kstatus(cache)
+            build(cache)
     return binary
 
 
