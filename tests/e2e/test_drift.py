@@ -622,8 +622,8 @@ def test_a_postgres_outage_is_reported_and_clears_by_itself(env: LocalEnvironmen
 def test_a_privilege_on_the_shared_table_breaks_the_canary_until_revoked(env: LocalEnvironment, kubectl: Kubectl,
                                                                          operator: OperatorProcess,
                                                                          namespace: str) -> None:
-    # Dimension 7 is used by no other test: the shared index holds only this tenant, so every pass probes it.
-    body = provision(kubectl, namespace, "canary", "dr-canary", dimension=7)
+    # Dimension 13 is used by no other test: the shared index holds only this tenant, so every pass probes it.
+    body = provision(kubectl, namespace, "canary", "dr-canary", dimension=13)
     index = body["status"]["vectorStore"]["index"]
     shared_table = f"{VECTORS}.{index.replace('-', '_')}"
     failures = counter(operator, "tenantstore_isolation_probe_failures_total", storeclass=DEFAULT_CLASS, index=index)

@@ -38,7 +38,8 @@ def test_a_backend_outage_is_in_progress(kubectl: Kubectl, operator: OperatorPro
     wait_for_condition(kubectl, namespace, "down", "Ready", "False", reason="BackendUnavailable")
     assert kstatus(kubectl, "tenantstore", "down", namespace) == "InProgress"
     kubectl("delete", "tenantstore", "down", "-n", namespace, "--timeout=60s")
-    kubectl("delete", "storeclass", "kstatus-unreachable", "--timeout=30s")
+    # Deleting a class whose Postgres never answers took up to about a minute in this suite.
+    kubectl("delete", "storeclass", "kstatus-unreachable", "--timeout=120s")
 
 
 def test_a_deleting_tenantstore_is_terminating(kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:
