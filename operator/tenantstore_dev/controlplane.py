@@ -214,16 +214,8 @@ def ensure_binaries() -> Path:
         _say(f"KUBEBUILDER_ASSETS={assets} lacks one of {', '.join(BINARIES)}; using the cache")
 
     cache = cache_dir()
-    bin_dir = cache / "bin"
-    if _has_binaries(bin_dir):
-        return bin_dir
-
-    cache.mkdir(parents=True, exist_ok=True)
-    with _file_lock(cache / ".lock"):
-        # Another process may have finished the build while we waited.
-        if not _has_binaries(bin_dir):
-            _build(cache)
-    return bin_dir
+    _built_once(cache, lambda: _has_binaries(cache / "bin"), _build)
+    return cache / "bin"
 
 
 def ensure_helm() -> Path:
@@ -251,13 +243,18 @@ def _cached_tool(variable: str, cache: Path, name: str, build: Callable[[Path], 
     if override:
         return override
     binary = cache / "bin" / name
-    if _is_executable(binary):
-        return binary
+    _built_once(cache, lambda: _is_executable(binary), build)
+    return binary
+
+
+def _built_once(cache: Path, ready: Callable[[], bool], build: Callable[[Path], None]) -> None:
+    """Build into `cache` unless `ready()`, under a file lock so parallel runs build it once."""
+    if ready():
+        return
     cache.mkdir(parents=True, exist_ok=True)
     with _file_lock(cache / ".lock"):
-        if not _is_executable(binary):
+        if not ready():  # another process may have finished the build while we waited
             build(cache)
-    return binary
 
 
 @contextlib.contextmanager
