@@ -65,6 +65,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(
         prefix="kopf.tenancy.dev", key="last-handled-configuration")
     settings.watching.server_timeout = 300
+    # A deleted StoreClass waits for its running timers to finish; Kopf checks on them every minute by default.
+    settings.background.cancellation_polling = 1.0
     redaction.install_log_filter()  # again here, for operators not started by `tenantstore run`
     memo.api = await kube.api_client()
     memo.secrets = kube.Secrets(memo.api)
@@ -243,12 +245,14 @@ async def check_storeclass(body: kopf.Body, status: kopf.Status, patch: kopf.Pat
 @kopf.timer(*STORECLASSES, interval=SETTINGS.usage_interval, initial_delay=1.0, backoff=SETTINGS.usage_interval)
 @redacted_errors
 async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
-                          store_class_index: kopf.Index[str, Any],
+                          stopped: kopf.DaemonStopped, store_class_index: kopf.Index[str, Any],
                           tenant_id_index: kopf.Index[str, ClaimRef],
                           tenants_by_class: kopf.Index[str, dict[str, Any]], **_: Any) -> None:
     """Per StoreClass: re-reconcile tenants the class (or their namespace's labels, for a class with
     spec.allowedNamespaces) changed under, then measure usage and enforce quotas."""
-    await asyncio.sleep(random.uniform(0, SETTINGS.usage_interval / 10))  # jitter: classes don't all fire at once
+    # Jitter, so that classes don't all fire at once; a deleted class does not wait for it.
+    if await stopped.wait(random.uniform(0, SETTINGS.usage_interval / 10)):
+        return
     classes = latest_classes(store_class_index)
     store_class = classes.get(name)
     if not isinstance(store_class, StoreClass):
@@ -281,11 +285,13 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
 @kopf.timer(*STORECLASSES, interval=SETTINGS.verify_interval, initial_delay=SETTINGS.verify_interval / 2,
             backoff=SETTINGS.verify_interval)
 async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
-                         store_class_index: kopf.Index[str, Any], tenant_id_index: kopf.Index[str, ClaimRef],
+                         stopped: kopf.DaemonStopped, store_class_index: kopf.Index[str, Any],
+                         tenant_id_index: kopf.Index[str, ClaimRef],
                          tenants_by_class: kopf.Index[str, dict[str, Any]],
                          tenant_secrets: kopf.Index[tuple[str, str], str | None], **_: Any) -> None:
     """Per StoreClass: are its provisioned tenants still as made? Report or repair what is not (driftPolicy)."""
-    await asyncio.sleep(random.uniform(0, SETTINGS.verify_interval / 10))  # jitter: classes don't all fire at once
+    if await stopped.wait(random.uniform(0, SETTINGS.verify_interval / 10)):  # jitter, as above
+        return
     classes = latest_classes(store_class_index)
     store_class = classes.get(name)
     if not isinstance(store_class, StoreClass):
