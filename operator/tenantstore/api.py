@@ -36,6 +36,13 @@ class Phase(enum.StrEnum):
     FAILED = "Failed"
 
 
+class ExportPhase(enum.StrEnum):
+    PENDING = "Pending"
+    RUNNING = "Running"
+    COMPLETED = "Completed"
+    FAILED = "Failed"
+
+
 class ConditionType(enum.StrEnum):
     READY = "Ready"
     STALLED = "Stalled"  # kstatus: a failure no retry can end
@@ -70,6 +77,7 @@ class Reason(enum.StrEnum):
     ISOLATION_BROKEN = "IsolationBroken"
     OBJECT_REPLACED = "ObjectReplaced"
     DATA_LOST = "DataLost"
+    RESTORE_FAILED = "RestoreFailed"
     # Ready=False, found by the verification pass (drift)
     ROLE_MISSING = "RoleMissing"
     LOGIN_CHANGED = "LoginChanged"
@@ -99,6 +107,15 @@ class Reason(enum.StrEnum):
     # Events of their own
     DRIFT_DETECTED = "DriftDetected"
     DRIFT_REPAIRED = "DriftRepaired"
+    RESTORED = "Restored"
+    VECTORS_EXPIRED = "VectorsExpired"
+    FINAL_EXPORT_PENDING = "FinalExportPending"  # a deletionPolicy Export tenant waits for its final export
+    # TenantStoreExport (Ready=True when written and verified)
+    EXPORT_COMPLETED = "ExportCompleted"
+    EXPORTING = "Exporting"
+    EXPORT_FAILED = "ExportFailed"
+    TENANT_STORE_NOT_FOUND = "TenantStoreNotFound"
+    TENANT_STORE_NOT_READY = "TenantStoreNotReady"
 
 
 # What the verification pass may find; each is the Ready reason while it lasts.
@@ -113,4 +130,4 @@ DRIFT_REASONS = frozenset({
 TERMINAL_REASONS = frozenset({
     Reason.INVALID_SPEC, Reason.STORE_CLASS_INVALID, Reason.STORE_CLASS_NOT_ALLOWED, Reason.TENANT_ID_CONFLICT,
     Reason.SECRET_CONFLICT, Reason.RELATIONAL_MIGRATION_UNSUPPORTED, Reason.OBJECT_REPLACED,
-    Reason.ISOLATION_BROKEN})
+    Reason.ISOLATION_BROKEN, Reason.TENANT_STORE_NOT_FOUND})

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 
 
@@ -78,6 +79,14 @@ def main(argv: list[str] | None = None) -> int:
                             help="vectors copied per batch when a tier change moves them (default 500)")
     run_parser.add_argument("--max-concurrent-reconciles", type=int, default=None,
                             help="reconciles and teardowns talking to the backends at once (default 32)")
+    run_parser.add_argument("--export-dir", default=None,
+                            help="the export volume: TenantStoreExports and restores use <dir>/<namespace>/<path> "
+                                 "(default /var/lib/tenantstore/exports)")
+    run_parser.add_argument("--pg-bin-dir", default=os.environ.get("TENANTSTORE_PG_BIN_DIR"),
+                            help="where pg_dump and psql (PostgreSQL 18 or newer) are "
+                                 "(default: $TENANTSTORE_PG_BIN_DIR, else PATH)")
+    run_parser.add_argument("--retention-interval", type=float, default=None,
+                            help="seconds between passes that delete vectors past their retention (default 300)")
     run_parser.add_argument("--verbose", action="store_true")
     run_parser.set_defaults(func=run)
     args = parser.parse_args(argv)

@@ -6,6 +6,7 @@ import collections
 import contextlib
 import copy
 import dataclasses
+import datetime
 import functools
 import logging
 import random
@@ -15,11 +16,11 @@ from typing import Any, ParamSpec, TypeVar
 
 import kopf
 
-from tenantstore import (conditions, events, fleet, kopf_fixes, kube, metrics, reconcile, redaction, settings, tracing,
-                         verify)
+from tenantstore import (conditions, events, exports, fleet, kopf_fixes, kube, metrics, reconcile, redaction, retention,
+                         settings, tracing, verify)
 from tenantstore.errors import IsolationBroken, ReconcileError
 from tenantstore.api import (DATA_LOSS_ACKNOWLEDGED_ANNOTATION, FINALIZER, GROUP, MANAGED_BY, MANAGED_BY_LABEL, VERSION,
-                             ConditionType, Phase, Reason)
+                             ConditionType, ExportPhase, Phase, Reason)
 from tenantstore.models import DriftPolicy, InvalidResource, StoreClass
 from tenantstore.reconcile import ClaimRef, Outcome
 from tenantstore.registry import BackendRegistry
@@ -29,6 +30,7 @@ logger = logging.getLogger(__name__)
 
 STORECLASSES = (GROUP, VERSION, "storeclasses")
 TENANTSTORES = (GROUP, VERSION, "tenantstores")
+EXPORTS = (GROUP, VERSION, "tenantstoreexports")
 # Timer intervals are taken when the handlers register: the settings the CLI made before importing this module.
 SETTINGS = settings.current()
 # The operator's own tenant Secrets: watched (an index and events) by this label only.
@@ -72,6 +74,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.secrets = kube.Secrets(memo.api)
     memo.namespaces = kube.Namespaces(memo.api)
     memo.statuses = kube.TenantStatuses(memo.api)
+    memo.exports = kube.TenantStatuses(memo.api, "tenantstoreexports")
     memo.backends = BackendRegistry(memo.secrets)
     kopf_fixes.wake_waiters_only_on_change()  # before the watchers start listing objects
     memo.settings = SETTINGS
@@ -215,6 +218,8 @@ async def record(memo: kopf.Memo, body: Mapping[str, Any], outcome: Outcome) -> 
 @redacted_errors
 async def delete_tenantstore(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo,
                              store_class_index: kopf.Index[str, Any], **_: Any) -> None:
+    if await final_export_pending(body, patch, memo):
+        return
     try:
         async with memo.tenant_locks[body["metadata"]["uid"]], memo.reconciles:
             with tracing.lifecycle(tracing.DELETE, body):
@@ -228,6 +233,60 @@ async def delete_tenantstore(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo
         raise kopf.TemporaryError(redaction.redact(str(error)), delay=error.retry_after or 30) from error
     memo.tenant_locks.pop(body["metadata"]["uid"], None)
     events.post(body, outcome.events)
+
+
+async def final_export_pending(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> bool:
+    """deletionPolicy Export: nothing is deleted before the final export is written and verified. Raises
+    Kopf's TemporaryError (the finalizer stays, the handler runs again) while it is not."""
+    spec, status = body.get("spec") or {}, body.get("status") or {}
+    if spec.get("deletionPolicy") != "Export" or not status.get("relational"):
+        return False
+    namespace, name = body["metadata"]["namespace"], exports.final_export_name(body)
+    found = await memo.exports.read(namespace, name)
+    if exports.is_verified(found):
+        return False
+    if found is None:
+        await memo.exports.create(exports.final_export(body, (spec.get("finalExport") or {}).get("destination") or {}))
+        events.info(body, reason=Reason.FINAL_EXPORT_PENDING, message=f"final export {name} started; the tenant "
+                                                                      f"is deleted once it is written and verified")
+        message = f"final export {name} started"
+    else:
+        ready = conditions.find((found.get("status") or {}).get("conditions"), ConditionType.READY) or {}
+        phase = (found.get("status") or {}).get("phase") or ExportPhase.PENDING
+        message = f"final export {name} is {phase} ({ready.get('reason') or 'starting'}): {ready.get('message')}"
+        if phase == ExportPhase.FAILED:
+            message += ("; the data is kept. Delete the TenantStoreExport to export again, or change "
+                        "spec.deletionPolicy")
+    patch.status["phase"] = Phase.DELETING.value
+    patch.status["conditions"] = conditions.merge_conditions(
+        status.get("conditions"), [conditions.Condition(ConditionType.READY, False, Reason.FINAL_EXPORT_PENDING,
+                                                        message)], body["metadata"].get("generation", 0))
+    raise kopf.TemporaryError(redaction.redact(message), delay=5)
+
+
+@kopf.on.resume(*EXPORTS)
+@kopf.on.create(*EXPORTS)
+@redacted_errors
+async def export_tenantstore(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
+                             store_class_index: kopf.Index[str, Any], **_: Any) -> None:
+    """Write the export, resuming from status.progress; status says Completed only once it is verified."""
+    if status.get("phase") in (ExportPhase.COMPLETED, ExportPhase.FAILED):
+        return
+    tenant = await memo.statuses.read(body["metadata"]["namespace"], (body.get("spec") or {}).get("tenantStoreName", ""))
+
+    async def report(changes: dict[str, Any]) -> None:
+        await memo.exports.patch(body, changes)
+
+    ending = await exports.run(body, tenant, latest_classes(store_class_index), memo.backends, SETTINGS.export_dir,
+                               report)
+    patch.status.update(ending.status)
+    phase = ending.status["phase"]
+    if phase == ExportPhase.COMPLETED:
+        events.info(body, reason=Reason.EXPORT_COMPLETED, message=ending.message)
+    elif phase == ExportPhase.FAILED:
+        events.warn(body, reason=Reason.EXPORT_FAILED, message=ending.message)
+    if ending.retry_after is not None:
+        raise kopf.TemporaryError(redaction.redact(ending.message), delay=ending.retry_after)
 
 
 @kopf.on.resume(*STORECLASSES)
@@ -392,6 +451,32 @@ async def report_outage(memo: kopf.Memo, body: Mapping[str, Any], status: Mappin
                                            outage.reason, str(outage), Phase.PROVISIONING, outage.retry_after)
         outcome.warning = outage
         await record(memo, tenant, outcome)
+
+
+@kopf.timer(*STORECLASSES, interval=SETTINGS.retention_interval, initial_delay=SETTINGS.retention_interval / 2,
+            backoff=SETTINGS.retention_interval)
+async def expire_vectors(name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped,
+                         store_class_index: kopf.Index[str, Any], tenants_by_class: kopf.Index[str, dict[str, Any]],
+                         **_: Any) -> None:
+    """Per StoreClass: delete the vectors its tenants keep past their retention (bounded per pass)."""
+    if await stopped.wait(random.uniform(0, SETTINGS.retention_interval / 10)):  # jitter, as above
+        return
+    store_class = latest_classes(store_class_index).get(name)
+    if not isinstance(store_class, StoreClass) or not store_class_has_retention(store_class, tenants_by_class):
+        return
+    backends = await memo.backends.for_class(store_class)
+    for expired in await retention.expire_class(store_class, list(tenants_by_class.get(name, ())), backends.vector,
+                                                datetime.datetime.now(datetime.UTC)):
+        metrics.VECTORS_EXPIRED.labels(*metrics.TenantSnapshot.from_body(expired.body).labels).inc(expired.count)
+        await memo.statuses.patch(expired.body, expired.status_changes(conditions.now_rfc3339()))
+        events.info(expired.body, reason=Reason.VECTORS_EXPIRED, message=expired.message)
+
+
+def store_class_has_retention(store_class: StoreClass, tenants_by_class: kopf.Index[str, dict[str, Any]]) -> bool:
+    """Whether any tenant of the class can have a retention (so a class without one touches no backend)."""
+    return any(policy.retention.vectors_max_age for policy in store_class.tiers.values()) or any(
+        ((tenant.get("spec") or {}).get("retention") or {}).get("vectors") for tenant in
+        tenants_by_class.get(store_class.name, ()))
 
 
 @kopf.on.event("", "v1", "secrets", **TENANT_SECRETS)

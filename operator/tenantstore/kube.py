@@ -216,24 +216,34 @@ class Namespaces:
 
 
 class TenantStatuses:
-    """Status writes made outside a Kopf handler's own patch (the per-class measurement job)."""
+    """Status writes made outside a Kopf handler's own patch (the per-class measurement job, exports)."""
 
-    def __init__(self, api: client.ApiClient):
+    def __init__(self, api: client.ApiClient, plural: str = "tenantstores"):
         self.custom = client.CustomObjectsApi(api)
+        self.plural = plural
 
     async def read(self, namespace: str, name: str) -> dict[str, Any] | None:
         try:
-            return await self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "tenantstores", name)
+            return await self.custom.get_namespaced_custom_object(GROUP, VERSION, namespace, self.plural, name)
         except ApiException as error:
             if error.status == 404:
                 return None
             raise
 
+    async def create(self, body: Mapping[str, Any]) -> None:
+        """Create the object unless one of its name exists (the caller reads it back either way)."""
+        try:
+            await self.custom.create_namespaced_custom_object(GROUP, VERSION, body["metadata"]["namespace"],
+                                                              self.plural, dict(body))
+        except ApiException as error:
+            if error.status != 409:
+                raise
+
     async def patch(self, body: Mapping[str, Any], changes: Mapping[str, Any]) -> None:
         meta = body["metadata"]
         try:
             await self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, meta["namespace"], "tenantstores", meta["name"], {"status": dict(changes)},
+                GROUP, VERSION, meta["namespace"], self.plural, meta["name"], {"status": dict(changes)},
                 _content_type="application/merge-patch+json")
         except ApiException as error:
             if error.status != 404:  # deleted meanwhile: nothing left to report on

@@ -41,6 +41,17 @@ ISOLATION_PROBE_FAILURES = Counter(
 VERIFY_DURATION = Histogram(
     "tenantstore_verify_duration_seconds", "Time of one verification pass over a StoreClass's tenants.",
     ("storeclass",), buckets=LATENCY_BUCKETS, registry=REGISTRY)
+EXPORTS = Counter(
+    "tenantstore_exports_total", "TenantStoreExports that ended, by result (completed, failed).",
+    ("result",), registry=REGISTRY)
+EXPORT_BYTES = Counter(
+    "tenantstore_export_bytes_total", "Bytes written to export destinations.", registry=REGISTRY)
+EXPORT_DURATION = Histogram(
+    "tenantstore_export_duration_seconds", "Time of one export run, from start (or resume) to verified.",
+    buckets=(1, 5, 15, 60, 300, 900, 3600, 10800), registry=REGISTRY)
+VECTORS_EXPIRED = Counter(
+    "tenantstore_tenant_vectors_expired_total", "Vectors deleted because they outlived the tenant's retention.",
+    TENANT_LABELS, registry=REGISTRY)
 BACKEND_DURATION = Histogram(
     "tenantstore_backend_operation_duration_seconds", "Latency of backend operations, by backend and operation.",
     ("backend", "operation"), buckets=LATENCY_BUCKETS, registry=REGISTRY)

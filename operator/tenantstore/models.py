@@ -7,6 +7,7 @@ what follows from them: isolation, effective quotas and the names of the tenant'
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import enum
 import re
 from collections.abc import Mapping
@@ -49,6 +50,7 @@ class Metric(enum.StrEnum):
 class DeletionPolicy(enum.StrEnum):
     DELETE = "Delete"
     RETAIN = "Retain"
+    EXPORT = "Export"  # a final export (spec.finalExport) completes and is verified, then everything is deleted
 
 
 class QuotaAction(enum.StrEnum):
@@ -90,6 +92,58 @@ def format_quantity(value: int) -> int | str:
         if value and value % _BINARY[suffix] == 0:
             return f"{value // _BINARY[suffix]}{suffix}"
     return value
+
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?(?:(\d+)s)?$")
+
+
+def parse_duration(value: str) -> datetime.timedelta:
+    """A duration as users write it: "90d", "36h", "1h30m" (days, hours, minutes, seconds; at least one)."""
+    match = _DURATION.match(str(value).strip())
+    if not value or not match or not any(match.groups()):
+        raise InvalidResource(f"{value!r} is not a duration (for example 90d, 36h or 1h30m)")
+    days, hours, minutes, seconds = (int(part or 0) for part in match.groups())
+    return datetime.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
+
+
+@dataclasses.dataclass(frozen=True)
+class Retention:
+    """How long a tenant's vectors are kept (None: for ever). Relational data is the tenant's to expire."""
+
+    vectors_max_age: datetime.timedelta | None = None
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> Retention:
+        max_age = ((raw or {}).get("vectors") or {}).get("maxAge")
+        return cls(parse_duration(max_age) if max_age else None)
+
+    def overridden_by(self, other: Retention) -> Retention:
+        return other if other.vectors_max_age is not None else self
+
+
+@dataclasses.dataclass(frozen=True)
+class ExportDestination:
+    """Where an export is written (and a restore reads from): a directory on the operator's export volume,
+    inside the part of it that belongs to the resource's namespace, so one namespace never reaches another's."""
+
+    path: str
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None, field: str) -> ExportDestination:
+        volume = (raw or {}).get("volume") or {}
+        path = str(volume.get("path") or "").strip("/")
+        parts = path.split("/")
+        if not path or any(part in ("", ".", "..") for part in parts) or not all(
+                _PATH_PART.match(part) for part in parts):
+            raise InvalidResource(f"{field}.volume.path {volume.get('path')!r} must be a relative path of "
+                                  f"letters, digits, '.', '_' and '-' (no '..')")
+        return cls(path)
+
+    def describe(self, namespace: str) -> str:
+        return f"volume:{namespace}/{self.path}"
+
+
+_PATH_PART = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +207,7 @@ class TierPolicy:
     vector: VectorIsolation
     quotas: Quotas
     max_quotas: Quotas = Quotas()  # ceilings for a TenantStore's overrides; unset = no ceiling
+    retention: Retention = Retention()
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], fallback: TierPolicy) -> TierPolicy:
@@ -161,6 +216,7 @@ class TierPolicy:
             vector=VectorIsolation(raw.get("vector", fallback.vector)),
             quotas=fallback.quotas.overridden_by(Quotas.from_dict(raw.get("quotas"))),
             max_quotas=Quotas.from_dict(raw.get("maxQuotas")),
+            retention=Retention.from_dict(raw.get("retention")),
         )
 
 
@@ -283,6 +339,9 @@ class TenantStoreSpec:
     suspended: bool
     deletion_policy: DeletionPolicy
     secret_name: str
+    final_export: ExportDestination | None = None  # deletionPolicy Export: where the final export goes
+    restore_from: ExportDestination | None = None  # an export the new tenant starts from
+    retention: Retention = Retention()
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> TenantStoreSpec:
@@ -293,6 +352,8 @@ class TenantStoreSpec:
         vector = spec.get("vector") or {}
         if not vector.get("dimension"):
             raise InvalidResource("spec.vector.dimension is required")
+        if spec.get("deletionPolicy") == DeletionPolicy.EXPORT and not (spec.get("finalExport") or {}).get("destination"):
+            raise InvalidResource("spec.finalExport.destination is required when spec.deletionPolicy is Export")
         return cls(
             tenant_id=tenant_id,
             display_name=spec.get("displayName", ""),
@@ -305,6 +366,12 @@ class TenantStoreSpec:
             suspended=bool(spec.get("suspended", False)),
             deletion_policy=DeletionPolicy(spec.get("deletionPolicy", "Delete")),
             secret_name=spec.get("secretName") or f"{meta['name']}-store",
+            final_export=ExportDestination.from_dict(spec["finalExport"].get("destination"),
+                                                     "spec.finalExport.destination")
+            if spec.get("finalExport") else None,
+            restore_from=ExportDestination.from_dict(spec["restoreFrom"], "spec.restoreFrom")
+            if spec.get("restoreFrom") else None,
+            retention=Retention.from_dict(spec.get("retention")),
         )
 
 
@@ -340,6 +407,7 @@ class DesiredStore:
     shared_index_keep_empty: bool = True
     writes_allowed: bool = True  # False while a Block quota is exceeded
     quotas_capped: tuple[str, ...] = ()  # spec.quotas fields the class's ceilings lowered
+    retention: Retention = Retention()
 
     @property
     def role(self) -> str:
@@ -365,6 +433,12 @@ class DesiredStore:
     @property
     def schema(self) -> str:
         return backend_name(self.tenant_id) if self.relational is RelationalIsolation.SCHEMA else "public"
+
+    @property
+    def io_role(self) -> str:
+        """A short-lived login role that is only a member of the tenant's role: exports and restores run as it,
+        so the tenant's objects never run in a session that could become the admin (SET ROLE is no boundary)."""
+        return "tenantstore_io_" + self.tenant_id.replace("-", "_")
 
     @property
     def connection_limit(self) -> int:
@@ -398,4 +472,5 @@ def desired_store(spec: TenantStoreSpec, store_class: StoreClass, uid: str, tena
         shared_index_keep_empty=store_class.shared_index_keep_empty,
         writes_allowed=writes_allowed,
         quotas_capped=tuple(capped),
+        retention=policy.retention.overridden_by(spec.retention),
     )

@@ -12,10 +12,11 @@ import secrets as token_source
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from tenantstore import conditions, migration, tracing
+from tenantstore import conditions, export, migration, settings, tracing
 from tenantstore.api import DATA_LOSS_ACKNOWLEDGED_ANNOTATION, TERMINAL_REASONS, ConditionType, Phase, Reason
 from tenantstore.backends import NAMESPACE_CREATED, RelationalPlacement, Step, VectorPlacement, VectorStore
 from tenantstore.conditions import Condition
+from tenantstore.destinations import VolumeDirectory
 from tenantstore.errors import (BackendUnavailable, IsolationBroken, ReconcileError, SecretConflict,
                                 StoreClassInvalid, StoreClassNotAllowed, StoreClassNotFound, StoreClassNotReady,
                                 TenantIdConflict, RelationalMigrationUnsupported, VectorQuotaExceeded)
@@ -36,6 +37,7 @@ PHASE_BY_REASON = {
     StoreClassNotAllowed.reason: Phase.FAILED,
     TenantIdConflict.reason: Phase.FAILED,
     SecretConflict.reason: Phase.FAILED,
+    export.RestoreFailed.reason: Phase.PROVISIONING,
     migration.MigrationVerificationFailed.reason: Phase.MIGRATING,  # the copy is retried; the move goes on
 }
 
@@ -190,6 +192,7 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
     current = body.get("status") or {}
     made_in: str | None = None  # the class whose backends this reconcile started to change
     move: migration.Move | None = None
+    restored: export.Restored | None = None
     try:
         spec = TenantStoreSpec.from_body(body)
         # The class it was made in, once recorded: moving the default annotation never moves a tenant.
@@ -234,6 +237,14 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         steps += vector_steps
         if any(step.reason == NAMESPACE_CREATED for step in vector_steps):
             steps += await probe_isolation(backends.vector, store, vector)
+        if spec.restore_from is not None and not current.get("restore"):
+            # Before the Secret exists: the tenant's workloads never see a half-restored store.
+            with tracing.backend_call(backends.vector.backend, "restore"):
+                restored = await export.restore_tenant(store, vector, backends.relational, backends.vector,
+                                                       VolumeDirectory(settings.current().export_dir, meta["namespace"],
+                                                                       spec.restore_from))
+            steps.append(Step(Reason.RESTORED, f"restored from {restored.source}: {restored.tables} tables "
+                                               f"({restored.rows} rows) and {restored.vectors} vectors, verified"))
         with tracing.backend_call("kubernetes", "apply_secret"):
             written = await secrets.apply_tenant_secret(meta["namespace"], spec.secret_name, body,
                                                         secret_data(spec, relational, vector, password,
@@ -257,6 +268,8 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         if move or conditions.find(current.get("conditions"), ConditionType.MIGRATING) else []
     status = converged_status(spec, store_class, store, relational, vector, verdict, generation,
                               current.get("conditions"), migrated, hold=lambda updates: DATA_LOSS.hold(body, updates))
+    if restored is not None:
+        status["restore"] = restored.to_status()
     if move is not None:
         # Status was written while the move ran, so the body's copy is stale: state the end result in full.
         await report(status)

@@ -20,6 +20,9 @@ class Settings:
     # (Kopf's own settings.queueing.worker_limit cannot do this: below the number of objects it deadlocks the
     # initial indexing on restart.)
     max_concurrent_reconciles: int = 32
+    export_dir: str = "/var/lib/tenantstore/exports"  # the export volume (destinations.VolumeDirectory)
+    pg_bin_dir: str = ""  # pg_dump and psql; empty: PATH
+    retention_interval: float = 300.0  # seconds between passes deleting vectors past their retention
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -27,7 +30,10 @@ class Settings:
         return cls(usage_interval=args.usage_interval or defaults.usage_interval,
                    verify_interval=args.verify_interval or defaults.verify_interval,
                    migration_batch=args.migration_batch or defaults.migration_batch,
-                   max_concurrent_reconciles=args.max_concurrent_reconciles or defaults.max_concurrent_reconciles)
+                   max_concurrent_reconciles=args.max_concurrent_reconciles or defaults.max_concurrent_reconciles,
+                   export_dir=args.export_dir or defaults.export_dir,
+                   pg_bin_dir=args.pg_bin_dir or defaults.pg_bin_dir,
+                   retention_interval=args.retention_interval or defaults.retention_interval)
 
 
 _current = Settings()

@@ -26,6 +26,7 @@ TRACER = trace.get_tracer("tenantstore")
 _tenant: contextvars.ContextVar[str] = contextvars.ContextVar("tenant", default="")
 
 CREATE, UPDATE, DELETE, SEARCH = "create_memory_store", "update_memory", "delete_memory_store", "search_memory"
+EXPORT = "export_memory_store"
 
 
 def configure(extra_processor: SpanProcessor | None = None) -> TracerProvider:

@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from tenantstore_dev.controlplane import ControlPlane
-from tenantstore_dev.postgres import EmbeddedPostgres
+from tenantstore_dev.postgres import EmbeddedPostgres, bin_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 CRD_DIR = REPO_ROOT / "crds"
@@ -174,11 +174,19 @@ class LocalEnvironment:
         assert self.kubectl is not None
         self.kubectl.apply(CRD_DIR)
         self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                     "crd/tenantstores.tenancy.dev", "crd/storeclasses.tenancy.dev")
+                     "crd/tenantstores.tenancy.dev", "crd/storeclasses.tenancy.dev",
+                     "crd/tenantstoreexports.tenancy.dev")
+
+    @property
+    def export_dir(self) -> Path:
+        return self.workdir / "exports"
 
     def operator(self, log_name: str = "operator.log", extra_args: Sequence[str] = (),
                  kubeconfig: Path | None = None) -> OperatorProcess:
-        return OperatorProcess(kubeconfig or self.control_plane.kubeconfig, self.workdir / log_name, extra_args)
+        # The export volume is a directory here; pg_dump and psql are the embedded PostgreSQL's own.
+        local = ["--export-dir", str(self.export_dir), "--pg-bin-dir", str(bin_dir())]
+        return OperatorProcess(kubeconfig or self.control_plane.kubeconfig, self.workdir / log_name,
+                               [*local, *extra_args])
 
     def stop(self) -> None:
         try:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
+import datetime
 import math
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -142,6 +143,17 @@ class MemoryStore:
     async def write_batch(self, store: DesiredStore, placement: VectorPlacement,
                           records: Sequence[VectorRecord]) -> None:
         self._records(store, placement).update({record.id: record for record in records})
+
+    async def expire(self, store: DesiredStore, placement: VectorPlacement, written_before: datetime.datetime,
+                     limit: int) -> int:
+        # Like Pinecone: the time is the metadata's written_at (seconds since the epoch).
+        records = self._records(store, placement)
+        expired = [key for key, record in records.items()
+                   if isinstance(record.metadata.get("written_at"), (int, float))
+                   and record.metadata["written_at"] < written_before.timestamp()][:limit]
+        for key in expired:
+            del records[key]
+        return len(expired)
 
     # --- measurement ---
 

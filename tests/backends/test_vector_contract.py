@@ -8,6 +8,7 @@ namespace (Pinecone keys are project-wide; the namespace is the isolation).
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from collections.abc import AsyncIterator
 
 import psycopg
@@ -18,7 +19,7 @@ from memory_backend import MemoryStore
 from psycopg import sql
 from vector_kit import PASSWORD, fresh_dimension, reasons, records, tenant, unit
 
-from tenantstore.backends import SharedIndex, Step, VectorPlacement, VectorStore
+from tenantstore.backends import SharedIndex, Step, VectorPlacement, VectorRecord, VectorStore
 from tenantstore.backends.pgvector import PgvectorStore, index_name_of
 from tenantstore.backends.pinecone import PineconeStore
 from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServer
@@ -197,6 +198,40 @@ async def test_batches_page_in_id_order_and_upserts_do_not_duplicate(harness: Ha
     await harness.vectors.teardown(target)
     await harness.teardown(source)
     assert await harness.vectors.residue(source) == await harness.vectors.residue(target) == []
+
+
+@pytest.mark.parametrize("isolation", [VectorIsolation.NAMESPACE, VectorIsolation.DEDICATED])
+async def test_expire_deletes_only_vectors_that_outlived_retention(harness: Harness, isolation) -> None:
+    dimension = fresh_dimension()
+    store = dataclasses.replace(tenant("ret", dimension), vector=isolation)
+    placement, _ = await harness.provision(store)
+    now = datetime.datetime.now(datetime.UTC)
+    old = [VectorRecord(f"old-{i:02}", unit(dimension, i), {"written_at": (now - datetime.timedelta(days=100))
+                                                            .timestamp()}) for i in range(30)]
+    new = [VectorRecord(f"new-{i:02}", unit(dimension, i), {"written_at": now.timestamp()}) for i in range(5)]
+    table = sql.Identifier(*placement.table.split("."))
+    if harness.name == "pgvector":  # a table made before retention existed has no written_at column
+        parent = sql.Identifier("tenantstore_vectors", placement.index.replace("-", "_")) \
+            if placement.namespace else table
+        async with harness.pg.connect(store.database) as conn:
+            await conn.execute(sql.SQL("ALTER TABLE {} DROP COLUMN written_at").format(parent))
+    await harness.vectors.write_batch(store, placement, old + new)
+    if harness.name == "pgvector":  # the time is a column there: the tenant wrote the old ones long ago
+        # The column comes back without a rewrite; what was there counts as written now, so nothing goes.
+        assert await harness.vectors.expire(store, placement, now - datetime.timedelta(days=90), 100) == 0
+        async with harness.pg.connect(store.database) as conn:
+            await conn.execute(sql.SQL("UPDATE {} SET written_at = %s WHERE id LIKE 'old-%%'").format(table),
+                               (now - datetime.timedelta(days=100),))
+    cutoff = now - datetime.timedelta(days=90)
+    assert await harness.vectors.expire(store, placement, cutoff, 20) == 20  # bounded
+    assert await harness.vectors.expire(store, placement, cutoff, 20) == 10
+    assert await harness.vectors.expire(store, placement, cutoff, 20) == 0
+    remaining, after = [], None
+    while batch := await harness.vectors.read_batch(store, placement, after, 50):
+        remaining += [record.id for record in batch]
+        after = batch[-1].id
+    assert remaining == [record.id for record in new]
+    await harness.teardown(store)
 
 
 async def test_a_full_shared_index_rolls_over_to_the_next(harness: Harness) -> None:

@@ -37,7 +37,8 @@ def operator(env: LocalEnvironment, default_class: str) -> Iterator[OperatorProc
     # Small migration batches make a copy long enough for the test that interrupts one.
     # Tenants are verified against their backends every 2 s so drift tests see repairs quickly (default 60 s).
     process = env.operator(extra_args=["--namespace", f"!{ISOLATED_PREFIX}*", "--usage-interval", "1",
-                                       "--migration-batch", "100", "--verify-interval", "2"])
+                                       "--migration-batch", "100", "--verify-interval", "2",
+                                       "--retention-interval", "2"])
     process.start()
     yield process
     process.stop()

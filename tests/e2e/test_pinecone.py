@@ -82,3 +82,34 @@ def test_a_plan_limit_is_a_condition_not_a_crash_loop(kubectl: Kubectl, operator
         pinecone.max_serverless_indexes = None
     wait_for_condition(kubectl, namespace, "pine-big", "Ready", "True", timeout=120)
     kubectl("delete", "tenantstore", "pine-big", "-n", namespace, "--timeout=120s")
+
+
+def test_a_pinecone_tenant_is_exported_and_restored_identically(kubectl: Kubectl, operator: OperatorProcess,
+                                                                 pinecone: PineconeTestServer, namespace: str) -> None:
+    from pinecone import Pinecone  # the tenant's own client, with the Secret's coordinates
+
+    kubectl.apply(tenant_store("cone-src", namespace, "cone-src", storeClassName="cone", dimension=8))
+    wait_for_condition(kubectl, namespace, "cone-src", "Ready", "True")
+    source = tenant_secret(kubectl, namespace, "cone-src-store")
+    client = Pinecone(api_key=pinecone.api_key, host=pinecone.host)
+    written = [{"id": f"m-{i:04}", "values": [float(i + 1)] + [0.25] * 7, "metadata": {"n": i, "kind": "episodic"}}
+               for i in range(1_200)]
+    for start in range(0, len(written), 500):  # Pinecone takes at most 1,000 records per upsert
+        client.Index(host=source["vectorHost"]).upsert(vectors=written[start:start + 500],
+                                                       namespace=source["vectorNamespace"])
+    kubectl.apply({"apiVersion": "tenancy.dev/v1alpha1", "kind": "TenantStoreExport",
+                   "metadata": {"name": "cone-export", "namespace": namespace},
+                   "spec": {"tenantStoreName": "cone-src", "destination": {"volume": {"path": "cone/src"}}}})
+    wait_for("the Pinecone export to complete", lambda: ((kubectl.get("tenantstoreexport", "cone-export", namespace)
+                                                          or {}).get("status") or {}).get("phase") == "Completed"
+             or None, timeout=120)
+    kubectl.apply(tenant_store("cone-dst", namespace, "cone-dst", storeClassName="cone", dimension=8,
+                               restoreFrom={"volume": {"path": "cone/src"}}))
+    restored = wait_for_condition(kubectl, namespace, "cone-dst", "Ready", "True", timeout=120)
+    assert restored["status"]["restore"]["vectors"] == 1_200
+    target = tenant_secret(kubectl, namespace, "cone-dst-store")
+    fetched = client.Index(host=target["vectorHost"]).fetch(ids=[v["id"] for v in written[:100]],
+                                                            namespace=target["vectorNamespace"])
+    assert {key: (list(vector.values), dict(vector.metadata)) for key, vector in fetched.vectors.items()} == {
+        v["id"]: (v["values"], v["metadata"]) for v in written[:100]}
+    kubectl("delete", "tenantstores", "--all", "-n", namespace, "--timeout=120s")

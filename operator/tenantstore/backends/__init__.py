@@ -8,7 +8,9 @@ pool (tenantstore.pool): a new backend is one new module.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import datetime
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
@@ -64,6 +66,24 @@ class VectorPlacement:
         if not raw or not raw.get("backend") or not raw.get("index"):
             return None
         return cls(**{field.name: raw.get(field.name, "") for field in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class IoLogin:
+    """A temporary login whose sessions act as the tenant's role (`role`): what export and restore run as."""
+
+    host: str
+    port: int
+    user: str
+    password: str
+    database: str
+    role: str
+
+    def environment(self) -> dict[str, str]:
+        """libpq's environment for the client tools: the password never appears on a command line."""
+        return {"PGHOST": self.host, "PGPORT": str(self.port), "PGUSER": self.user, "PGPASSWORD": self.password,
+                "PGDATABASE": self.database, "PGOPTIONS": f"-c role={self.role}", "PGCONNECT_TIMEOUT": "10",
+                "PGAPPNAME": "tenantstore-operator-io"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -132,6 +152,9 @@ class RelationalStore(Protocol):
     async def credentials_work(self, store: DesiredStore, password: str) -> bool | None:
         """Whether the tenant's role logs in with this password; None when it cannot be told now."""
 
+    def io_login(self, store: DesiredStore) -> contextlib.AbstractAsyncContextManager[IoLogin]:
+        """A temporary login acting as the tenant (exports and restores run as it), removed on exit."""
+
 
 class VectorLifecycle(Protocol):
     """A tenant's namespace or dedicated index: made, kept as made, checked, removed.
@@ -179,6 +202,16 @@ class VectorData(Protocol):
         """Upsert: writing the same records twice leaves one copy of each."""
 
 
+class VectorRetention(Protocol):
+    """Deleting a tenant's vectors that outlived its retention (spec.retention.vectors.maxAge)."""
+
+    async def expire(self, store: DesiredStore, placement: VectorPlacement, written_before: datetime.datetime,
+                     limit: int) -> int:
+        """Delete up to `limit` of the tenant's vectors written before then; how many went. pgvector keeps the
+        time in a `written_at` column (added where missing, without rewriting a table); Pinecone in the
+        `written_at` metadata field (seconds since the epoch) that the tenant's client writes."""
+
+
 class VectorMeasurement(Protocol):
     """What a class's periodic jobs read, for all of its tenants at once."""
 
@@ -189,7 +222,7 @@ class VectorMeasurement(Protocol):
         """Every shared index this backend holds for the class, with the tenants placed in each."""
 
 
-class VectorStore(VectorLifecycle, VectorData, VectorMeasurement, Protocol):
+class VectorStore(VectorLifecycle, VectorData, VectorRetention, VectorMeasurement, Protocol):
     """Everything the operator asks of a vector backend."""
 
 

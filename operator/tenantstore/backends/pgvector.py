@@ -13,6 +13,7 @@ admin checks what it is (under a lock) before it reads or writes there.
 from __future__ import annotations
 
 import contextlib
+import datetime
 import json
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
@@ -145,6 +146,7 @@ class PgvectorStore:
                 id text NOT NULL,
                 embedding {} NOT NULL,
                 metadata jsonb NOT NULL DEFAULT '{{}}',
+                written_at timestamptz NOT NULL DEFAULT now(),
                 PRIMARY KEY (namespace, id)
             ) PARTITION BY LIST (namespace)""").format(qualified, vector_type))
         await execute_at_once(conn, forced_row_security(qualified))
@@ -244,7 +246,8 @@ class PgvectorStore:
                         CREATE TABLE {} (
                             id text PRIMARY KEY,
                             embedding {} NOT NULL,
-                            metadata jsonb NOT NULL DEFAULT '{{}}'
+                            metadata jsonb NOT NULL DEFAULT '{{}}',
+                            written_at timestamptz NOT NULL DEFAULT now()
                         )""").format(qualified, await vector_type_of(conn, store.dimension)))
                     await self._create_ann_index(conn, qualified, store)
                 steps.append(Step("DedicatedIndexCreated", f"dedicated vector table {store.database}."
@@ -407,6 +410,36 @@ class PgvectorStore:
                         "INSERT INTO {} (id, embedding, metadata) VALUES (%s, %s::{}, %s::jsonb) "
                         "ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, "
                         "metadata = EXCLUDED.metadata").format(table, vector_type), rows)
+
+    async def expire(self, store: DesiredStore, placement: VectorPlacement, written_before: datetime.datetime,
+                     limit: int) -> int:
+        await self._ensure_written_at(store, placement)
+        async with self._data_target(store, placement, lock_mode="ROW EXCLUSIVE") as (conn, table):
+            cursor = await conn.execute(sql.SQL(
+                "DELETE FROM {} WHERE ctid = ANY(ARRAY(SELECT ctid FROM {} WHERE written_at < %s LIMIT %s))"
+            ).format(table, table), (written_before, limit))
+            return cursor.rowcount
+
+    async def _ensure_written_at(self, store: DesiredStore, placement: VectorPlacement) -> None:
+        """Tables made before retention existed get the column. A constant default: no table is rewritten,
+        and rows already there count as written now (retention never deletes early)."""
+        schema, name = (SHARED_SCHEMA, partition_name(store)) if placement.namespace else \
+            (store.schema, DEDICATED_TABLE)
+        async with self._data_target(store, placement) as (conn, _):
+            if await fetch_one(conn, """
+                    SELECT 1 FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                      JOIN pg_namespace n ON n.oid = c.relnamespace
+                     WHERE n.nspname = %s AND c.relname = %s AND a.attname = 'written_at' AND NOT a.attisdropped""",
+                               schema, name):
+                return
+        # A shared index's column is added to its parent (every partition at once); a dedicated table's to it.
+        target = sql.Identifier(SHARED_SCHEMA, placement.index.replace("-", "_")) if placement.namespace else None
+        async with self._data_target(store, placement, lock_mode="ACCESS EXCLUSIVE") as (conn, table):
+            now = datetime.datetime.now(datetime.UTC)
+            await conn.execute(sql.SQL("ALTER TABLE {} ADD COLUMN IF NOT EXISTS written_at timestamptz NOT NULL "
+                                       "DEFAULT {}").format(target or table, sql.Literal(now)))
+            await conn.execute(sql.SQL("ALTER TABLE {} ALTER COLUMN written_at SET DEFAULT now()").format(
+                target or table))
 
     # --- teardown ---
 

@@ -23,6 +23,7 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
+import datetime
 import json
 import logging
 import random
@@ -60,6 +61,10 @@ FETCH_MAX_ID_CHARS = 4000  # ...which servers cap in length
 UPSERT_MAX_RECORDS = 1000
 UPSERT_MAX_BYTES = 1_500_000  # below Pinecone's 2 MB per request, leaving room for the envelope
 CURSOR_CACHE_SIZE = 256
+# Retention: the metadata field (seconds since the epoch) that says when a vector was written, and how many
+# ids one expiry call looks at before it stops (the next call continues from there).
+WRITTEN_AT_FIELD = "written_at"
+RETENTION_SCAN = 5_000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -92,6 +97,7 @@ class PineconeClient:
         self._indexes: dict[str, AsyncIndex] = {}
         # (host, namespace, last id) -> the list page token that continues after it, for resumable paging.
         self.cursors: collections.OrderedDict[tuple[str, str, str], str] = collections.OrderedDict()
+        self.retention_cursors: dict[tuple[str, str], str] = {}  # (host, namespace): where expiry continues
 
     async def index(self, host: str) -> AsyncIndex:
         if host not in self._indexes:
@@ -664,6 +670,44 @@ class PineconeStore:
             for chunk in upsert_chunks(records):
                 await self.client.call(f"upserting vectors into {placement.index}", index.upsert,
                                        vectors=chunk, namespace=placement.namespace)
+
+
+    async def expire(self, store: DesiredStore, placement: VectorPlacement, written_before: datetime.datetime,
+                     limit: int) -> int:
+        """Pinecone cannot delete by a metadata filter on serverless indexes: scan ids (at most RETENTION_SCAN
+        per call, continuing where the last call stopped), fetch their metadata, delete the expired ones."""
+        cutoff = written_before.timestamp()
+        expired: list[str] = []
+        with pinecone_errors(f"expiring vectors of {store.tenant_id}"):
+            host, index = await self._data(placement)
+            key = (host, placement.namespace)
+            token, scanned = self.client.retention_cursors.pop(key, None), 0
+            while scanned < RETENTION_SCAN and len(expired) < limit:
+                page = await self.client.call(f"listing vector ids of {host}", index.list_paginated,
+                                              namespace=placement.namespace, limit=LIST_PAGE_MAX,
+                                              pagination_token=token)
+                ids = [item.id for item in page.vectors]
+                scanned += len(ids)
+                for chunk in fetch_chunks(ids):
+                    fetched = await self.client.call(f"fetching vectors from {placement.index}", index.fetch,
+                                                     ids=chunk, namespace=placement.namespace)
+                    expired += [vector_id for vector_id in chunk if vector_id in fetched.vectors
+                                and is_older(fetched.vectors[vector_id].metadata, cutoff)]
+                token = page.pagination.next if page.pagination else None
+                if not token:
+                    break
+            if token:
+                self.client.retention_cursors[key] = token
+            expired = expired[:limit]
+            for chunk in fetch_chunks(expired):
+                await self.client.call(f"deleting expired vectors from {placement.index}", index.delete,
+                                       ids=chunk, namespace=placement.namespace)
+        return len(expired)
+
+
+def is_older(metadata: Mapping[str, Any] | None, cutoff: float) -> bool:
+    written = (metadata or {}).get(WRITTEN_AT_FIELD)
+    return isinstance(written, (int, float)) and not isinstance(written, bool) and written < cutoff
 
 
 def chunked(items: Iterable[T], size_of: Callable[[T], int], max_count: int, max_size: int) -> Iterator[list[T]]:

@@ -20,6 +20,7 @@ import asyncio
 import json
 import os
 import re
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
@@ -29,7 +30,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
-from tenantstore.backends import Drift, RelationalPlacement, RelationalUsage, Step, bookkeeping
+from tenantstore.backends import Drift, IoLogin, RelationalPlacement, RelationalUsage, Step, bookkeeping
 from tenantstore.errors import BackendUnavailable, ReconcileError, StoreClassInvalid, TenantIdConflict
 from tenantstore.models import DesiredStore, RelationalIsolation
 from tenantstore.redaction import redact
@@ -553,7 +554,10 @@ class PostgresRelationalStore:
                     await conn.execute(reopened_database(store.database))
                 await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(store.database)))
                 steps.append(Step("DatabaseDropped", f"database {store.database} dropped"))
-            doomed = [name for name in (store.role, store.holding_role)
+            if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", store.io_role):
+                await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(store.io_role)))
+                await self._terminate_sessions(conn, store.io_role)
+            doomed = [name for name in (store.role, store.holding_role, store.io_role)
                       if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", name)]
             if doomed:
                 await self._forget_statements(conn, store.role)
@@ -715,6 +719,34 @@ class PostgresRelationalStore:
             # Only a refused password is drift; a full connection quota or an outage tells nothing.
             return False if "password authentication failed" in str(error) else None
 
+    @contextlib.asynccontextmanager
+    async def io_login(self, store: DesiredStore) -> AsyncIterator[IoLogin]:
+        """A login that acts as the tenant and nothing more, for the Postgres client tools an export or a
+        restore runs; it exists only meanwhile. Its sessions start as the tenant's role (options), it can
+        become nothing else, and it is not counted against the tenant's connection limit."""
+        password = secrets.token_urlsafe(24)
+        role = sql.Identifier(store.io_role)
+        async with self.server.connect() as conn:
+            exists = await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", store.io_role)
+            await execute_at_once(conn, [
+                *bookkeeping.lock_statements(SHARED_ACL_LOCK),
+                sql.SQL("ALTER ROLE {} LOGIN INHERIT CONNECTION LIMIT 4 PASSWORD {}" if exists else
+                        "CREATE ROLE {} LOGIN INHERIT CONNECTION LIMIT 4 PASSWORD {}").format(
+                    role, sql.Literal(scram_sha256_verifier(password))),
+                sql.SQL("GRANT {} TO {} WITH INHERIT TRUE, SET TRUE").format(sql.Identifier(store.role), role),
+                # So that the admin may end its sessions afterwards (as with every tenant role).
+                sql.SQL("GRANT {} TO CURRENT_USER WITH INHERIT TRUE, SET FALSE").format(role),
+                sql.SQL("COMMENT ON ROLE {} IS {}").format(role, sql.Literal(MANAGED_COMMENT))])
+        try:
+            yield IoLogin(host=self.server.host, port=self.server.port, user=store.io_role, password=password,
+                          database=store.database, role=store.role)
+        finally:
+            async with self.server.connect() as conn:
+                await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(role))
+                await self._terminate_sessions(conn, store.io_role)
+                await execute_at_once(conn, [*bookkeeping.lock_statements(SHARED_ACL_LOCK),
+                                             sql.SQL("DROP ROLE IF EXISTS {}").format(role)])
+
     async def residue(self, store: DesiredStore) -> list[str]:
         left: list[str] = []
         async with self.server.connect() as conn:
@@ -725,7 +757,8 @@ class PostgresRelationalStore:
                     left.append(f"schema {store.schema}")
             elif await fetch_one(conn, "SELECT 1 FROM pg_database WHERE datname = %s", store.database):
                 left.append(f"database {store.database}")
-            if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", store.holding_role):
-                left.append(f"role {store.holding_role}")
+            for role in (store.holding_role, store.io_role):
+                if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", role):
+                    left.append(f"role {role}")
             left += await bookkeeping.records_of(conn, store.role)
         return left
