@@ -17,6 +17,7 @@ loaded in one transaction, vectors are upserts) and verified against the manifes
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import datetime
 import json
@@ -34,7 +35,8 @@ from tenantstore import pgclient
 from tenantstore.api import Reason
 from tenantstore.backends import IoLogin, RelationalStore, VectorPlacement, VectorRecord, VectorStore
 from tenantstore.destinations import VolumeDirectory, lines_of
-from tenantstore.errors import ReconcileError
+from tenantstore.errors import BackendUnavailable, ReconcileError
+from tenantstore.redaction import redact
 from tenantstore.models import DesiredStore, RelationalIsolation
 
 FORMAT = 1
@@ -136,8 +138,7 @@ async def _export(store: DesiredStore, placement: VectorPlacement, relational: R
 async def dump_relational(store: DesiredStore, placement: VectorPlacement, relational: RelationalStore,
                           target: VolumeDirectory) -> dict[str, Any]:
     excluded = operator_table(store, placement)
-    async with relational.io_login(store) as login, \
-            await psycopg.AsyncConnection.connect(conninfo(login)) as conn:
+    async with relational.io_login(store) as login, connect_as(login) as conn:
         # One snapshot for the row counts and the dump, shared with pg_dump; it never blocks the tenant.
         await conn.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
         snapshot = (await (await conn.execute("SELECT pg_catalog.pg_export_snapshot()")).fetchone())[0]
@@ -180,6 +181,20 @@ async def table_rows(conn: psycopg.AsyncConnection[Any], store: DesiredStore, ex
         counted = await conn.execute(sql.SQL("SELECT count(*) FROM {}").format(sql.Identifier(schema, table)))
         rows[name] = int((await counted.fetchone())[0])
     return rows
+
+
+@contextlib.asynccontextmanager
+async def connect_as(login: IoLogin) -> AsyncIterator[psycopg.AsyncConnection[Any]]:
+    """A session of the temporary login, acting as the tenant; a refused connection is an outage to retry."""
+    refused: BackendUnavailable | None = None
+    try:
+        async with await psycopg.AsyncConnection.connect(conninfo(login)) as conn:
+            yield conn
+    except psycopg.OperationalError as error:
+        refused = BackendUnavailable(redact(f"Postgres at {login.host}:{login.port}: "
+                                            f"{str(error).strip().splitlines()[0]}", [login.password]))
+    if refused is not None:
+        raise refused
 
 
 def conninfo(login: IoLogin) -> str:
@@ -252,10 +267,27 @@ async def _restore(store: DesiredStore, placement: VectorPlacement, relational: 
     if (exported["dimension"], exported["metric"]) != (store.dimension, store.metric.value):
         raise RestoreImpossible(f"{source} holds {exported['dimension']}-dimensional {exported['metric']} vectors; the "
                             f"tenant's are {store.dimension}-dimensional {store.metric.value}")
-    source_schema = manifest["relational"]["schema"]
-    wanted = {retarget_name(name, source_schema, store.schema): rows
-              for name, rows in manifest["relational"]["tables"].items()}
-    excluded = operator_table(store, placement)
+    wanted = await load_relational(store, relational, source, manifest["relational"],
+                                   excluded=operator_table(store, placement))
+    for entry in exported["files"]:
+        batch: list[VectorRecord] = []
+        async for line in lines_of(source.read(entry["name"])):
+            batch.append(parse_record(line, store.dimension, entry["name"]))
+            if len(batch) == WRITE_BATCH:
+                await vectors.write_batch(store, placement, batch)
+                batch = []
+        if batch:
+            await vectors.write_batch(store, placement, batch)
+    await settled_count(vectors, store, placement, exported["count"])
+    return Restored(str(source), len(wanted), sum(wanted.values()), exported["count"])
+
+
+async def load_relational(store: DesiredStore, relational: RelationalStore, source: VolumeDirectory,
+                          exported: Mapping[str, Any], excluded: str | None) -> dict[str, int]:
+    """Load relational.sql into the tenant's (empty) schema or database, as the tenant, in one transaction;
+    then its tables and row counts must be the exported ones. Loaded already (a rerun): only checked."""
+    source_schema = exported["schema"]
+    wanted = {retarget_name(name, source_schema, store.schema): rows for name, rows in exported["tables"].items()}
     async with relational.io_login(store) as login:
         found = await tenant_tables(login, store, excluded)
         if found != wanted:
@@ -275,21 +307,11 @@ async def _restore(store: DesiredStore, placement: VectorPlacement, relational: 
             if found != wanted:
                 raise RestoreFailed(f"after loading {RELATIONAL_FILE}, the tenant's tables and rows differ from the "
                                     f"export's: {describe_difference(wanted, found)}")
-    for entry in exported["files"]:
-        batch: list[VectorRecord] = []
-        async for line in lines_of(source.read(entry["name"])):
-            batch.append(parse_record(line, store.dimension, entry["name"]))
-            if len(batch) == WRITE_BATCH:
-                await vectors.write_batch(store, placement, batch)
-                batch = []
-        if batch:
-            await vectors.write_batch(store, placement, batch)
-    await settled_count(vectors, store, placement, exported["count"])
-    return Restored(str(source), len(wanted), sum(wanted.values()), exported["count"])
+    return wanted
 
 
 async def tenant_tables(login: IoLogin, store: DesiredStore, excluded: str | None) -> dict[str, int]:
-    async with await psycopg.AsyncConnection.connect(conninfo(login)) as conn:
+    async with connect_as(login) as conn:
         return await table_rows(conn, store, excluded)
 
 

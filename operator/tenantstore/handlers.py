@@ -199,7 +199,7 @@ def unchanged_since(seen: Mapping[str, Any], fresh: Mapping[str, Any]) -> bool:
             and not fresh["metadata"].get("deletionTimestamp")
             and fresh["metadata"].get("generation") == seen["metadata"].get("generation")
             == status.get("observedGeneration")
-            and not status.get("migration")
+            and not status.get("migration") and not status.get("relationalMigration")
             and all(status.get(key) == before.get(key) for key in ("phase", "relational", "vectorStore", "isolation")))
 
 

@@ -17,7 +17,7 @@ from typing import Any
 from tenantstore.backends import Step, VectorPlacement, VectorStore
 from tenantstore.errors import ReconcileError
 from tenantstore.api import Phase, Reason
-from tenantstore.models import DesiredStore, VectorIsolation
+from tenantstore.models import DesiredStore, RelationalIsolation, VectorIsolation
 
 Report = Callable[[dict[str, Any]], Awaitable[None]]
 SAMPLE_SIZE = 100
@@ -42,19 +42,24 @@ class Move:
                 "source": self.source_placement.to_status(), **extra}
 
 
-def pending_move(store: DesiredStore, status: Mapping[str, Any]) -> Move | None:
-    """The move this reconcile must make or finish, from what status says was made; None when in place."""
+def pending_move(store: DesiredStore, status: Mapping[str, Any],
+                 source_relational: RelationalIsolation | None = None) -> Move | None:
+    """The move this reconcile must make or finish, from what status says was made; None when in place.
+
+    `source_relational`: where the source's relational data still is, when that moves too (a dedicated
+    pgvector table lives in the tenant's schema or database)."""
     recorded = status.get("migration") or {}
     placement = VectorPlacement.from_status(status.get("vectorStore"))
+    store_as_it_was = dataclasses.replace(store, relational=source_relational) if source_relational else store
     if recorded.get("state") in (COPYING, SOURCE_PENDING_DELETION):
-        source = dataclasses.replace(store, vector=VectorIsolation(recorded["from"]))
+        source = dataclasses.replace(store_as_it_was, vector=VectorIsolation(recorded["from"]))
         return Move(source, VectorPlacement.from_status(recorded["source"]) or placement,
                     dataclasses.replace(store, vector=VectorIsolation(recorded["to"])),
                     recorded.get("lastId") if recorded.get("state") == COPYING else None)
     current = (status.get("isolation") or {}).get("vector")
     if placement is None or not current or current == store.vector.value:
         return None
-    return Move(dataclasses.replace(store, vector=VectorIsolation(current)), placement, store, None)
+    return Move(dataclasses.replace(store_as_it_was, vector=VectorIsolation(current)), placement, store, None)
 
 
 async def move_vectors(vectors: VectorStore, move: Move, report: Report, batch_size: int

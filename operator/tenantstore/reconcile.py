@@ -12,7 +12,7 @@ import secrets as token_source
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from tenantstore import conditions, export, migration, settings, tracing
+from tenantstore import conditions, export, migration, relational_moves, settings, tracing
 from tenantstore.api import DATA_LOSS_ACKNOWLEDGED_ANNOTATION, TERMINAL_REASONS, ConditionType, Phase, Reason
 from tenantstore.backends import NAMESPACE_CREATED, RelationalPlacement, Step, VectorPlacement, VectorStore
 from tenantstore.conditions import Condition
@@ -193,6 +193,7 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
     made_in: str | None = None  # the class whose backends this reconcile started to change
     move: migration.Move | None = None
     restored: export.Restored | None = None
+    relational_moved = False
     try:
         spec = TenantStoreSpec.from_body(body)
         # The class it was made in, once recorded: moving the default annotation never moves a tenant.
@@ -204,7 +205,6 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
                         spec.quota_action)
         store = desired_store(spec, store_class, meta["uid"], f"{meta['namespace']}/{meta['name']}",
                               writes_allowed=not verdict.blocks_writes)
-        refuse_relational_move(store, current)
         backends = await registry.for_class(store_class)
         tracing.annotate({"gen_ai.provider.name": backends.vector.backend})
         if not current.get("storeClassName"):
@@ -218,10 +218,25 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         if check_credentials and password and not store.suspended:
             password_is_new = await backends.relational.credentials_work(store, password) is False
         made_in = store_class.name
+        relational_move = relational_moves.pending(store, current)
+        recorded_vectors = VectorPlacement.from_status(current.get("vectorStore"))
+        if relational_move is not None and relational_move.state == relational_moves.COPYING:
+            await relational_moves.check_movable(backends.relational, relational_move, recorded_vectors,
+                                                 backends.vector.backend)
         with tracing.backend_call("postgres", "ensure"):
             relational, steps = await backends.relational.ensure(store, password or (password := new_password()),
                                                                   password_is_new)
-        move = migration.pending_move(store, current)
+        if (given_up := relational_moves.abandoned(store, current)) is not None:
+            steps += await backends.relational.drop_data(given_up)
+            await report({"relationalMigration": None})
+        if relational_move is not None and relational_move.state == relational_moves.COPYING:
+            with tracing.backend_call("postgres", "migrate"):
+                steps += await relational_moves.copy(backends.relational, relational_move, recorded_vectors,
+                                                     backends.vector.backend, settings.current().export_dir, report)
+                steps += await backends.relational.ensure_write_access(store)  # loaded as the tenant: a Block holds
+        # The vectors' source sits where the relational data was made (a dedicated pgvector table lives there).
+        move = migration.pending_move(store, current, relational_move.source.relational if relational_move
+                                      and relational_move.state == relational_moves.COPYING else None)
         with tracing.backend_call(backends.vector.backend, "migrate" if move else "ensure"):
             if move is None:
                 vector, vector_steps = await backends.vector.ensure(store)
@@ -253,6 +268,14 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
                                                         current=current_secret if move is None else NOT_READ)
         if written:
             steps.append(Step("SecretWritten", f"credentials written to Secret {spec.secret_name}"))
+        if relational_move is not None:
+            # The Secret names the target: record the switch before the source goes.
+            await report({"isolation": {**(current.get("isolation") or {}), "relational": store.relational.value},
+                          "relational": relational.to_status(),
+                          "relationalMigration": relational_move.record(relational_moves.SOURCE_PENDING_DELETION)})
+            steps += await relational_moves.finish(backends.relational, relational_move, settings.current().export_dir)
+            await report({"relationalMigration": None})
+            relational_moved = True
     except InvalidResource as error:
         return failed_outcome(current, generation, Reason.INVALID_SPEC, str(error), Phase.FAILED, retry_after=None)
     except ReconcileError as error:
@@ -264,13 +287,14 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         outcome.warning = error
         return outcome
 
-    migrated = [Condition(ConditionType.MIGRATING, False, Reason.DONE, f"vectors live in {vector.index}")] \
-        if move or conditions.find(current.get("conditions"), ConditionType.MIGRATING) else []
+    migrated = [Condition(ConditionType.MIGRATING, False, Reason.DONE, f"vectors live in {vector.index}, "
+                                                                      f"tables in {relational_moves.describe(store)}")] \
+        if move or relational_moved or conditions.find(current.get("conditions"), ConditionType.MIGRATING) else []
     status = converged_status(spec, store_class, store, relational, vector, verdict, generation,
                               current.get("conditions"), migrated, hold=lambda updates: DATA_LOSS.hold(body, updates))
     if restored is not None:
         status["restore"] = restored.to_status()
-    if move is not None:
+    if move is not None or relational_moved:
         # Status was written while the move ran, so the body's copy is stale: state the end result in full.
         await report(status)
     return Outcome(status=status, events=steps)
@@ -304,15 +328,6 @@ def converged_status(spec: TenantStoreSpec, store_class: StoreClass, store: Desi
         "secretName": spec.secret_name,
         "quotas": store.quotas.to_status(),
     }
-
-
-def refuse_relational_move(store: DesiredStore, status: Mapping[str, Any]) -> None:
-    recorded = (status.get("isolation") or {}).get("relational")
-    if recorded and recorded != store.relational.value:
-        raise RelationalMigrationUnsupported(
-            f"the new tier keeps relational data in a {store.relational.value}, the tenant's is in a {recorded}: "
-            f"moving tables between a schema and a database is not supported yet. The tenant keeps working as it "
-            f"is; revert spec.tier, or use a StoreClass whose tiers keep the relational isolation")
 
 
 async def run_move(vectors: VectorStore, store: DesiredStore, move: migration.Move, report: migration.Report,
@@ -459,12 +474,16 @@ async def teardown_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreCl
         for side in vector_sides:
             events += await backends.vector.teardown(side)
     with tracing.backend_call("postgres", "teardown"):
+        if (moving := relational_moves.other_side(store, current)) is not None:
+            events += await backends.relational.drop_data(moving)  # deleted in the middle of a move
         events += await backends.relational.teardown(store)
     secret_deletion = await secrets.delete_tenant_secret(namespace, spec.secret_name, body)
     if secret_deletion is not SecretDeletion.ABSENT:
         events.append(Step("SecretDeleted", f"Secret {spec.secret_name} deleted"))
     residue = [left for side in vector_sides for left in await backends.vector.residue(side)]
     residue += await backends.relational.residue(store)
+    if moving is not None:
+        residue += [left for left in await backends.relational.residue(moving) if not left.startswith("role ")]
     if secret_deletion is SecretDeletion.PENDING:
         residue.append(f"Secret {spec.secret_name}")
     if residue:

@@ -68,7 +68,8 @@ def verifiable(tenants: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
     found = []
     for body in tenants:
         status = body.get("status") or {}
-        if body["metadata"].get("deletionTimestamp") or status.get("migration") or not status.get("relational"):
+        if body["metadata"].get("deletionTimestamp") or status.get("migration") or status.get("relationalMigration") \
+                or not status.get("relational"):
             continue
         if status.get("phase") not in (Phase.READY, Phase.SUSPENDED):
             continue

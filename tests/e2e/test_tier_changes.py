@@ -111,20 +111,95 @@ def test_a_migration_interrupted_by_a_crash_finishes_after_restart(env: LocalEnv
     kubectl("delete", "tenantstore", "crasher", "-n", namespace, "--timeout=60s")
 
 
-def test_a_relational_move_is_refused_and_the_tenant_keeps_working(kubectl: Kubectl, operator: OperatorProcess,
-                                                                   namespace: str) -> None:
+def fill_tables(secret: dict[str, str], rows: int) -> None:
+    schema = secret["schema"]
+    with psycopg.connect(secret["uri"], autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {schema}.orders (id serial PRIMARY KEY, customer text, total numeric)")
+        conn.execute(f"INSERT INTO {schema}.orders (customer, total) SELECT 'c' || g, g / 3.0 "
+                     f"FROM generate_series(1, {rows}) g")
+        conn.execute(f"CREATE SEQUENCE {schema}.invoices START 900")
+        conn.execute(f"SELECT nextval('{schema}.invoices') FROM generate_series(1, 17)")
+        conn.execute(f"CREATE VIEW {schema}.large_orders AS SELECT id, total FROM {schema}.orders WHERE total > 10")
+        conn.execute(f"CREATE FUNCTION {schema}.order_count() RETURNS bigint LANGUAGE sql "
+                     f"AS 'SELECT count(*) FROM {schema}.orders'")
+
+
+def tables(secret: dict[str, str]) -> dict[str, object]:
+    schema = secret["schema"]
+    with psycopg.connect(secret["uri"], autocommit=True) as conn:
+        return {"orders": conn.execute(f"SELECT md5(string_agg(o::text, ',' ORDER BY id)), count(*) "
+                                       f"FROM {schema}.orders o").fetchone(),
+                "invoices": conn.execute(f"SELECT last_value FROM {schema}.invoices").fetchone(),
+                "view": conn.execute(f"SELECT count(*) FROM {schema}.large_orders").fetchone(),
+                "function": conn.execute(f"SELECT {schema}.order_count()").fetchone()}
+
+
+def wait_for_relational(kubectl: Kubectl, namespace: str, name: str, relational: str) -> dict:
+    def moved() -> dict | None:
+        body = kubectl.get("tenantstore", name, namespace)
+        status = body.get("status") or {}
+        done = (status.get("isolation", {}).get("relational") == relational and status.get("phase") == "Ready"
+                and not status.get("migration") and not status.get("relationalMigration")
+                and condition(body, "Ready").get("status") == "True"
+                and status.get("observedGeneration") == body["metadata"]["generation"])
+        return body if done else None
+    return wait_for(f"{name} to keep its tables in a {relational} and be Ready", moved, timeout=180)
+
+
+def test_schema_to_database_and_back_keeps_tables_sequences_views_and_vectors(
+        env: LocalEnvironment, kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:
     kubectl.apply(tenant_store("rooted", namespace, "rooted"))  # default class: enterprise means a database
     wait_for_condition(kubectl, namespace, "rooted", "Ready", "True")
     secret = tenant_secret(kubectl, namespace, "rooted-store")
-    fill(secret, 10)
+    fill(secret, VECTORS)
+    fill_tables(secret, 1_000)
+    before_tables, before_vectors = tables(secret), contents(secret)
 
     set_tier(kubectl, namespace, "rooted", "enterprise")
-    body = wait_for_condition(kubectl, namespace, "rooted", "Ready", "False", reason="RelationalMigrationUnsupported")
-    assert "schema" in condition(body, "Ready")["message"] and "database" in condition(body, "Ready")["message"]
-    assert body["status"]["phase"] == "Ready"  # still serving, on its old isolation
-    assert body["status"]["isolation"] == {"relational": "schema", "vector": "namespace"}
-    assert len(contents(secret)) == 10
+    body = wait_for_relational(kubectl, namespace, "rooted", "database")
+    assert body["status"]["relational"]["database"] == "tenant_rooted"
+    moved = tenant_secret(kubectl, namespace, "rooted-store")
+    assert (moved["database"], moved["schema"]) == ("tenant_rooted", "public")
+    assert tables(moved) == before_tables and contents(moved) == before_vectors
+    with superuser(env) as conn:  # the source schema is gone
+        assert conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'tenant_rooted'").fetchone() is None
+    events = kubectl("get", "events", "-n", namespace, "--field-selector", "reason=RelationalDataCopied",
+                     "-o", "jsonpath={.items[*].message}")
+    assert "1 tables (1000 rows)" in events
 
     set_tier(kubectl, namespace, "rooted", "free")
-    wait_for_condition(kubectl, namespace, "rooted", "Ready", "True")
+    wait_for_relational(kubectl, namespace, "rooted", "schema")
+    back = tenant_secret(kubectl, namespace, "rooted-store")
+    assert (back["database"], back["schema"]) == ("tenants", "tenant_rooted")
+    assert tables(back) == before_tables and contents(back) == before_vectors
+    with superuser(env) as conn:
+        assert conn.execute("SELECT 1 FROM pg_database WHERE datname = 'tenant_rooted'").fetchone() is None
     kubectl("delete", "tenantstore", "rooted", "-n", namespace, "--timeout=60s")
+
+
+def test_a_relational_move_interrupted_by_a_crash_finishes_after_restart(
+        env: LocalEnvironment, kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:
+    kubectl.apply(tenant_store("uprooted", namespace, "uprooted"))
+    wait_for_condition(kubectl, namespace, "uprooted", "Ready", "True")
+    secret = tenant_secret(kubectl, namespace, "uprooted-store")
+    fill(secret, VECTORS)
+    fill_tables(secret, 300_000)  # a copy that takes long enough to be interrupted
+    before_tables, before_vectors = tables(secret), contents(secret)
+
+    set_tier(kubectl, namespace, "uprooted", "enterprise")
+    wait_for("the relational copy to start", lambda: ((kubectl.get("tenantstore", "uprooted", namespace)["status"]
+                                                       .get("relationalMigration") or {}).get("state") == "Copying")
+             or None, timeout=60, interval=0.05)
+    operator.kill()
+    stalled = kubectl.get("tenantstore", "uprooted", namespace)["status"]
+    assert stalled["phase"] == "Migrating" and stalled["isolation"]["relational"] == "schema"
+
+    operator.start()
+    wait_for_relational(kubectl, namespace, "uprooted", "database")
+    moved = tenant_secret(kubectl, namespace, "uprooted-store")
+    assert tables(moved) == before_tables and contents(moved) == before_vectors
+    with superuser(env) as conn:
+        assert conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'tenant_uprooted'").fetchone() is None
+        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'tenantstore_io_uprooted'").fetchone() is None
+    assert not any((env.export_dir / ".moves").glob("*")) if (env.export_dir / ".moves").exists() else True
+    kubectl("delete", "tenantstore", "uprooted", "-n", namespace, "--timeout=60s")

@@ -131,6 +131,10 @@ class RelationalStore(Protocol):
     async def teardown(self, store: DesiredStore) -> list[Step]:
         """End the tenant's sessions, drop its schema or database, then its role."""
 
+    async def drop_data(self, store: DesiredStore) -> list[Step]:
+        """Drop the tenant's schema or database (store.relational says which), keeping its role: the source
+        of a move between them, once the target is verified and in use."""
+
     async def release(self, store: DesiredStore) -> list[Step]:
         """Keep everything but give up the claim, so a new TenantStore with this tenantId can adopt it."""
 

@@ -544,16 +544,7 @@ class PostgresRelationalStore:
                 await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(role))
                 ended = await self._terminate_sessions(conn, store.role)
                 steps.append(Step("SessionsTerminated", f"role {store.role} can no longer log in; {ended} session(s) ended"))
-            if store.relational is RelationalIsolation.SCHEMA:
-                if await fetch_one(conn, "SELECT 1 FROM pg_namespace WHERE nspname = %s", store.schema):
-                    await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(store.schema)))
-                    steps.append(Step("SchemaDropped", f"schema {store.schema} dropped from database {store.database}"))
-            elif database := await fetch_one(conn, f"SELECT {DATABASE_STATE} FROM pg_database WHERE datname = %s",
-                                             store.database):
-                if database["settings_changed"]:  # e.g. its owner made it a template, which cannot be dropped
-                    await conn.execute(reopened_database(store.database))
-                await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(store.database)))
-                steps.append(Step("DatabaseDropped", f"database {store.database} dropped"))
+            steps += await self._drop_data(conn, store)
             if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", store.io_role):
                 await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(store.io_role)))
                 await self._terminate_sessions(conn, store.io_role)
@@ -572,6 +563,23 @@ class PostgresRelationalStore:
             else:
                 await execute_at_once(conn, bookkeeping.forget_role(store.role))
         return steps
+
+    async def drop_data(self, store: DesiredStore) -> list[Step]:
+        async with self.server.connect() as conn:
+            return await self._drop_data(conn, store)
+
+    async def _drop_data(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> list[Step]:
+        if store.relational is RelationalIsolation.SCHEMA:
+            if await fetch_one(conn, "SELECT 1 FROM pg_namespace WHERE nspname = %s", store.schema):
+                await conn.execute(sql.SQL("DROP SCHEMA IF EXISTS {} CASCADE").format(sql.Identifier(store.schema)))
+                return [Step("SchemaDropped", f"schema {store.schema} dropped from database {store.database}")]
+        elif database := await fetch_one(conn, f"SELECT {DATABASE_STATE} FROM pg_database WHERE datname = %s",
+                                         store.database):
+            if database["settings_changed"]:  # e.g. its owner made it a template, which cannot be dropped
+                await conn.execute(reopened_database(store.database))
+            await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(store.database)))
+            return [Step("DatabaseDropped", f"database {store.database} dropped")]
+        return []
 
     async def _forget_statements(self, conn: psycopg.AsyncConnection[Any], role: str) -> None:
         """Drop the role's entries (query texts included) from pg_stat_statements, where the admin may."""
