@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install controlplane helm kstatus promtool sync-crds sync-monitoring demo test test-unit clean bench bench-sweep chaos
+.PHONY: install controlplane helm kstatus seaweedfs promtool sync-crds sync-monitoring demo test test-unit clean bench bench-sweep chaos
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -24,6 +24,10 @@ helm: install
 # Builds kstatus (cli-utils' status library, as Flux's `wait: true` uses it) once, beside helm; $$KSTATUS overrides.
 kstatus: install
 	$(BIN)/python -m tenantstore_dev.controlplane kstatus
+
+# Builds SeaweedFS's weed (a real S3-compatible server for the export tests) once, beside helm; $$WEED overrides.
+seaweedfs: install
+	$(BIN)/python -m tenantstore_dev.controlplane seaweedfs
 
 # crds/ is the source; the chart and the kustomize base carry copies (tests fail when they drift).
 sync-crds:
@@ -47,7 +51,7 @@ sync-monitoring: install
 demo: controlplane
 	$(BIN)/python -m tenantstore_dev demo
 
-test: controlplane helm kstatus promtool
+test: controlplane helm kstatus seaweedfs promtool
 	$(BIN)/pytest
 
 # The fast tier: no control plane, no Postgres (tests/backends need Postgres; `make test` runs them).

@@ -34,7 +34,7 @@ from psycopg.conninfo import make_conninfo
 from tenantstore import pgclient
 from tenantstore.api import Reason
 from tenantstore.backends import IoLogin, RelationalStore, VectorPlacement, VectorRecord, VectorStore
-from tenantstore.destinations import VolumeDirectory, lines_of
+from tenantstore.destinations import Destination, lines_of
 from tenantstore.errors import BackendUnavailable, ReconcileError
 from tenantstore.redaction import redact
 from tenantstore.models import DesiredStore, RelationalIsolation
@@ -87,7 +87,7 @@ class ExportProgress:
 # --- export ---
 
 async def export_tenant(store: DesiredStore, placement: VectorPlacement, relational: RelationalStore,
-                        vectors: VectorStore, target: VolumeDirectory, progress: ExportProgress,
+                        vectors: VectorStore, target: Destination, progress: ExportProgress,
                         report: Report) -> dict[str, Any]:
     """Write (or finish writing) the export, then read every file back and check it against the manifest."""
     try:
@@ -97,7 +97,7 @@ async def export_tenant(store: DesiredStore, placement: VectorPlacement, relatio
 
 
 async def _export(store: DesiredStore, placement: VectorPlacement, relational: RelationalStore,
-                  vectors: VectorStore, target: VolumeDirectory, progress: ExportProgress,
+                  vectors: VectorStore, target: Destination, progress: ExportProgress,
                   report: Report) -> dict[str, Any]:
     await target.prepare()
     if progress.relational is None:
@@ -136,7 +136,7 @@ async def _export(store: DesiredStore, placement: VectorPlacement, relational: R
 
 
 async def dump_relational(store: DesiredStore, placement: VectorPlacement, relational: RelationalStore,
-                          target: VolumeDirectory) -> dict[str, Any]:
+                          target: Destination) -> dict[str, Any]:
     excluded = operator_table(store, placement)
     async with relational.io_login(store) as login, connect_as(login) as conn:
         # One snapshot for the row counts and the dump, shared with pg_dump; it never blocks the tenant.
@@ -208,7 +208,7 @@ async def jsonl(records: Sequence[VectorRecord]) -> AsyncIterator[bytes]:
                               separators=(",", ":")).encode() + b"\n" for record in records)
 
 
-async def verify_files(directory: VolumeDirectory, manifest: Mapping[str, Any]) -> None:
+async def verify_files(directory: Destination, manifest: Mapping[str, Any]) -> None:
     """Every file the manifest lists is there, whole: the same size and sha256, the same number of vectors."""
     listed: list[Mapping[str, Any]] = [manifest["relational"], *manifest["vectors"]["files"]]
     for entry in listed:
@@ -236,7 +236,7 @@ class Restored:
                 "completedAt": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
 
 
-async def read_manifest(source: VolumeDirectory) -> dict[str, Any]:
+async def read_manifest(source: Destination) -> dict[str, Any]:
     if not await source.exists(MANIFEST):
         raise RestoreFailed(f"{source} holds no complete export (no {MANIFEST})")
     try:
@@ -252,7 +252,7 @@ async def read_manifest(source: VolumeDirectory) -> dict[str, Any]:
 
 
 async def restore_tenant(store: DesiredStore, placement: VectorPlacement, relational: RelationalStore,
-                         vectors: VectorStore, source: VolumeDirectory) -> Restored:
+                         vectors: VectorStore, source: Destination) -> Restored:
     """Load the export into the tenant (idempotent), then check tables, rows and vectors against the manifest."""
     try:
         return await _restore(store, placement, relational, vectors, source)
@@ -261,7 +261,7 @@ async def restore_tenant(store: DesiredStore, placement: VectorPlacement, relati
 
 
 async def _restore(store: DesiredStore, placement: VectorPlacement, relational: RelationalStore,
-                   vectors: VectorStore, source: VolumeDirectory) -> Restored:
+                   vectors: VectorStore, source: Destination) -> Restored:
     manifest = await read_manifest(source)
     exported = manifest["vectors"]
     if (exported["dimension"], exported["metric"]) != (store.dimension, store.metric.value):
@@ -282,7 +282,7 @@ async def _restore(store: DesiredStore, placement: VectorPlacement, relational: 
     return Restored(str(source), len(wanted), sum(wanted.values()), exported["count"])
 
 
-async def load_relational(store: DesiredStore, relational: RelationalStore, source: VolumeDirectory,
+async def load_relational(store: DesiredStore, relational: RelationalStore, source: Destination,
                           exported: Mapping[str, Any], excluded: str | None) -> dict[str, int]:
     """Load relational.sql into the tenant's (empty) schema or database, as the tenant, in one transaction;
     then its tables and row counts must be the exported ones. Loaded already (a rerun): only checked."""

@@ -16,9 +16,9 @@ from typing import Any
 from tenantstore import conditions, export, metrics, reconcile, tracing
 from tenantstore.api import API_VERSION, ConditionType, ExportPhase, Reason
 from tenantstore.backends import VectorPlacement
-from tenantstore.destinations import VolumeDirectory
+from tenantstore import destinations
 from tenantstore.errors import ReconcileError
-from tenantstore.models import ExportDestination, InvalidResource, StoreClass, TenantStoreSpec
+from tenantstore.models import ExportDestination, InvalidResource, TenantStoreSpec
 from tenantstore.registry import BackendRegistry
 
 FINAL_EXPORT_LABEL = "tenancy.dev/final-export-of"
@@ -61,7 +61,8 @@ def state(body: Mapping[str, Any], phase: ExportPhase, ready: bool, reason: str,
 
 
 async def run(body: Mapping[str, Any], tenant: Mapping[str, Any] | None, classes: Mapping[str, Any],
-              registry: BackendRegistry, export_dir: str, report: Report) -> Ending:
+              registry: BackendRegistry, export_dir: str, read_secret: destinations.SecretReader,
+              report: Report) -> Ending:
     namespace = body["metadata"]["namespace"]
     try:
         spec = ExportSpec.from_body(body)
@@ -76,7 +77,7 @@ async def run(body: Mapping[str, Any], tenant: Mapping[str, Any] | None, classes
         message = f"TenantStore {spec.tenant_store_name} is not provisioned (or is moving): waiting"
         return Ending(state(body, ExportPhase.PENDING, False, Reason.TENANT_STORE_NOT_READY, message),
                       retry_after=10.0, message=message)
-    target = VolumeDirectory(export_dir, namespace, spec.destination)
+    label = spec.destination.describe(namespace)
     started = time.monotonic()
     try:
         tenant_spec = TenantStoreSpec.from_body(tenant)
@@ -86,20 +87,21 @@ async def run(body: Mapping[str, Any], tenant: Mapping[str, Any] | None, classes
         backends = await registry.for_class(store_class)
         progress = export.ExportProgress.from_status((body.get("status") or {}).get("progress"))
         begun = (body.get("status") or {}).get("startedAt") or conditions.now_rfc3339()
-        await report(state(body, ExportPhase.RUNNING, False, Reason.EXPORTING, f"writing to {target}",
-                           startedAt=begun, location=str(target)))
+        await report(state(body, ExportPhase.RUNNING, False, Reason.EXPORTING, f"writing to {label}",
+                           startedAt=begun, location=label))
 
         async def write_progress(now: export.ExportProgress) -> None:
             await report({"progress": now.to_status()})
 
         with tracing.lifecycle(tracing.EXPORT, tenant) as span:
-            span.set_attribute("tenancy.export.destination", str(target))
-            manifest = await export.export_tenant(store, placement, backends.relational, backends.vector, target,
-                                                  progress, write_progress)
+            span.set_attribute("tenancy.export.destination", label)
+            async with destinations.opened(spec.destination, namespace, export_dir, read_secret) as target:
+                manifest = await export.export_tenant(store, placement, backends.relational, backends.vector,
+                                                      target, progress, write_progress)
     except InvalidResource as error:
         return Ending(state(body, ExportPhase.FAILED, False, Reason.INVALID_SPEC, str(error)))
     except ReconcileError as error:
-        message = f"{target}: {error}"
+        message = f"{label}: {error}" if not str(error).startswith(label) else str(error)
         if error.retry_after is None:
             metrics.EXPORTS.labels("failed").inc()
             return Ending(state(body, ExportPhase.FAILED, False, error.reason, message), message=message)
@@ -113,7 +115,7 @@ async def run(body: Mapping[str, Any], tenant: Mapping[str, Any] | None, classes
     metrics.EXPORT_BYTES.inc(size)
     tables = manifest["relational"]["tables"]
     message = (f"{len(tables)} tables ({sum(tables.values())} rows) and {manifest['vectors']['count']} vectors "
-               f"written to {target} and verified ({size} bytes)")
+               f"written to {label} and verified ({size} bytes)")
     return Ending(state(body, ExportPhase.COMPLETED, True, Reason.EXPORT_COMPLETED, message,
                         completedAt=conditions.now_rfc3339(), sizeBytes=size, tables=len(tables),
                         rows=sum(tables.values()), vectors=manifest["vectors"]["count"],
@@ -138,9 +140,3 @@ def is_verified(export_body: Mapping[str, Any] | None) -> bool:
     status = (export_body or {}).get("status") or {}
     ready = conditions.find(status.get("conditions"), ConditionType.READY) or {}
     return status.get("phase") == ExportPhase.COMPLETED and ready.get("status") == "True"
-
-
-def store_class_of(tenant: Mapping[str, Any], classes: Mapping[str, Any]) -> StoreClass:
-    spec = TenantStoreSpec.from_body(tenant)
-    return reconcile.resolve_store_class((tenant.get("status") or {}).get("storeClassName") or spec.store_class_name,
-                                         classes)

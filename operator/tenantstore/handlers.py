@@ -278,7 +278,7 @@ async def export_tenantstore(body: kopf.Body, status: kopf.Status, patch: kopf.P
         await memo.exports.patch(body, changes)
 
     ending = await exports.run(body, tenant, latest_classes(store_class_index), memo.backends, SETTINGS.export_dir,
-                               report)
+                               memo.secrets.data, report)
     patch.status.update(ending.status)
     phase = ending.status["phase"]
     if phase == ExportPhase.COMPLETED:

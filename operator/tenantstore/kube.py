@@ -71,6 +71,11 @@ class Secrets:
                 return None
             raise
 
+    async def data(self, namespace: str, name: str) -> dict[str, str] | None:
+        """A Secret's decoded data (an export destination's credentials); None when it does not exist."""
+        secret = await self.read(namespace, name)
+        return None if secret is None else decode(secret.data)
+
     async def value(self, ref: SecretKeyRef, fresh: bool = False) -> str:
         """One key of a Secret a StoreClass names (the admin URI, an API key), cached for a short while."""
         cached = self._class_values.get(ref)

@@ -122,28 +122,67 @@ class Retention:
 
 
 @dataclasses.dataclass(frozen=True)
+class S3Location:
+    """An S3-compatible bucket: objects <prefix>/<file>; credentials from a Secret in the resource's namespace."""
+
+    endpoint: str
+    bucket: str
+    prefix: str
+    credentials_secret: str
+    region: str = "us-east-1"
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any], field: str) -> S3Location:
+        endpoint, bucket = str(raw.get("endpoint") or "").rstrip("/"), str(raw.get("bucket") or "")
+        if not _ENDPOINT.match(endpoint):
+            raise InvalidResource(f"{field}.endpoint {endpoint!r} must be http(s)://host[:port]")
+        if not _BUCKET.match(bucket):
+            raise InvalidResource(f"{field}.bucket {bucket!r} is not a bucket name")
+        secret = (raw.get("credentialsSecret") or {}).get("name")
+        if not secret:
+            raise InvalidResource(f"{field}.credentialsSecret.name is required (keys accessKeyId, secretAccessKey)")
+        return cls(endpoint=endpoint, bucket=bucket, prefix=checked_path(raw.get("prefix"), f"{field}.prefix"),
+                   credentials_secret=secret, region=str(raw.get("region") or "us-east-1"))
+
+    def describe(self) -> str:
+        return f"s3:{self.bucket}/{self.prefix}"
+
+
+@dataclasses.dataclass(frozen=True)
 class ExportDestination:
     """Where an export is written (and a restore reads from): a directory on the operator's export volume,
-    inside the part of it that belongs to the resource's namespace, so one namespace never reaches another's."""
+    inside the part of it that belongs to the resource's namespace (so one namespace never reaches another's),
+    or a prefix in an S3-compatible bucket."""
 
-    path: str
+    path: str = ""
+    s3: S3Location | None = None
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any] | None, field: str) -> ExportDestination:
-        volume = (raw or {}).get("volume") or {}
-        path = str(volume.get("path") or "").strip("/")
-        parts = path.split("/")
-        if not path or any(part in ("", ".", "..") for part in parts) or not all(
-                _PATH_PART.match(part) for part in parts):
-            raise InvalidResource(f"{field}.volume.path {volume.get('path')!r} must be a relative path of "
-                                  f"letters, digits, '.', '_' and '-' (no '..')")
-        return cls(path)
+        raw = raw or {}
+        if raw.get("s3"):
+            return cls(s3=S3Location.from_dict(raw["s3"], f"{field}.s3"))
+        volume = raw.get("volume") or {}
+        return cls(path=checked_path(volume.get("path"), f"{field}.volume.path"))
 
     def describe(self, namespace: str) -> str:
-        return f"volume:{namespace}/{self.path}"
+        return self.s3.describe() if self.s3 else f"volume:{namespace}/{self.path}"
+
+
+def checked_path(value: Any, field: str) -> str:
+    path = str(value or "").strip("/")
+    parts = path.split("/")
+    if not path or any(part in ("", ".", "..") for part in parts) or not all(_PATH_PART.match(p) for p in parts):
+        raise InvalidResource(f"{field} {value!r} must be a relative path of letters, digits, '.', '_' and '-' "
+                              f"(no '..')")
+    return path
 
 
 _PATH_PART = re.compile(r"^[A-Za-z0-9._-]{1,128}$")
+_ENDPOINT = re.compile(r"^https?://[A-Za-z0-9.-]+(:[0-9]{1,5})?$")
+_BUCKET = re.compile(r"^[a-z0-9][a-z0-9.-]{1,61}[a-z0-9]$")
+
+
 
 
 @dataclasses.dataclass(frozen=True)

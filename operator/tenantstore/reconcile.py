@@ -12,11 +12,10 @@ import secrets as token_source
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from tenantstore import conditions, export, migration, relational_moves, settings, tracing
+from tenantstore import conditions, destinations, export, migration, relational_moves, settings, tracing
 from tenantstore.api import DATA_LOSS_ACKNOWLEDGED_ANNOTATION, TERMINAL_REASONS, ConditionType, Phase, Reason
 from tenantstore.backends import NAMESPACE_CREATED, RelationalPlacement, Step, VectorPlacement, VectorStore
 from tenantstore.conditions import Condition
-from tenantstore.destinations import VolumeDirectory
 from tenantstore.errors import (BackendUnavailable, IsolationBroken, ReconcileError, SecretConflict,
                                 StoreClassInvalid, StoreClassNotAllowed, StoreClassNotFound, StoreClassNotReady,
                                 TenantIdConflict, RelationalMigrationUnsupported, VectorQuotaExceeded)
@@ -255,9 +254,10 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         if spec.restore_from is not None and not current.get("restore"):
             # Before the Secret exists: the tenant's workloads never see a half-restored store.
             with tracing.backend_call(backends.vector.backend, "restore"):
-                restored = await export.restore_tenant(store, vector, backends.relational, backends.vector,
-                                                       VolumeDirectory(settings.current().export_dir, meta["namespace"],
-                                                                       spec.restore_from))
+                async with destinations.opened(spec.restore_from, meta["namespace"], settings.current().export_dir,
+                                               secrets.data) as source:
+                    restored = await export.restore_tenant(store, vector, backends.relational, backends.vector,
+                                                           source)
             steps.append(Step(Reason.RESTORED, f"restored from {restored.source}: {restored.tables} tables "
                                                f"({restored.rows} rows) and {restored.vectors} vectors, verified"))
         with tracing.backend_call("kubernetes", "apply_secret"):

@@ -29,6 +29,11 @@ Binaries
     prints) and prints one JSON line per object: ``kind``, ``namespace``,
     ``name``, ``status`` (``status.Compute``'s verdict) and ``message``.
 
+    :func:`ensure_seaweedfs` likewise for SeaweedFS's ``weed`` (a real
+    S3-compatible server, for the export tests): ``$WEED`` if set, else built
+    from its Go module at ``SEAWEEDFS_VERSION`` into ``.../seaweedfs-<version>/bin/weed``
+    (about 9 minutes cold on two cores).
+
 Start-up (:meth:`ControlPlane.start`)
     1. issue a CA, the apiserver serving cert, an admin client cert
        (``O=system:masters``) and a service-account key pair;
@@ -93,6 +98,7 @@ __all__ = [
     "ensure_binaries",
     "ensure_helm",
     "ensure_kstatus",
+    "ensure_seaweedfs",
 ]
 
 KUBERNETES_VERSION = "1.33.13"
@@ -121,6 +127,9 @@ HELM_VERSION = "3.22.0"
 # The tests' kstatus: sigs.k8s.io/cli-utils' status library behind a small command. Its
 # k8s.io dependencies (apimachinery, api) stay at the versions this release requires.
 CLI_UTILS_VERSION = "0.37.2"
+
+# The export tests' S3: SeaweedFS's `weed` (its releases are published as Go pseudo-versions).
+SEAWEEDFS_VERSION = "v0.0.0-20261109003541-7506e5f91cd6"
 
 # Controllers that need nodes, volumes or a cloud provider; without a kubelet
 # they would only produce noise.
@@ -185,6 +194,11 @@ def kstatus_cache_dir() -> Path:
     return _cache_root() / f"kstatus-v{CLI_UTILS_VERSION}"
 
 
+def seaweedfs_cache_dir() -> Path:
+    """Per-version cache directory of SeaweedFS: ``bin/weed``, ``src/`` and the build log."""
+    return _cache_root() / f"seaweedfs-{SEAWEEDFS_VERSION}"
+
+
 def _is_executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
@@ -235,6 +249,11 @@ def ensure_kstatus() -> Path:
     v``CLI_UTILS_VERSION`` into :func:`kstatus_cache_dir` (about a minute cold), under a file lock.
     """
     return _cached_tool("KSTATUS", kstatus_cache_dir(), "kstatus", _build_kstatus)
+
+
+def ensure_seaweedfs() -> Path:
+    """Return the path of SeaweedFS's ``weed`` (``$WEED`` wins; else built once, under a file lock)."""
+    return _cached_tool("WEED", seaweedfs_cache_dir(), "weed", _build_seaweedfs)
 
 
 def _cached_tool(variable: str, cache: Path, name: str, build: Callable[[Path], None]) -> Path:
@@ -512,6 +531,22 @@ def _build_kstatus(cache: Path) -> None:
     _build_go_tool(cache, "kstatus", f"kstatus (cli-utils v{CLI_UTILS_VERSION})", "about a minute",
                    require=f"sigs.k8s.io/cli-utils v{CLI_UTILS_VERSION}", files={"main.go": _KSTATUS_MAIN_GO},
                    build_args=lambda go, src, env: ["-ldflags=-s -w", "."])
+
+
+_SEAWEEDFS_TOOLS_GO = """\
+//go:build tools
+
+package tools
+
+import _ "github.com/seaweedfs/seaweedfs/weed"
+"""
+
+
+def _build_seaweedfs(cache: Path) -> None:
+    _build_go_tool(cache, "weed", f"SeaweedFS {SEAWEEDFS_VERSION}", "about 9 minutes",
+                   require=f"github.com/seaweedfs/seaweedfs {SEAWEEDFS_VERSION}",
+                   files={"tools.go": _SEAWEEDFS_TOOLS_GO},
+                   build_args=lambda go, src, env: ["-ldflags=-s -w", "github.com/seaweedfs/seaweedfs/weed"])
 
 
 def _run_logged(cmd: Sequence[str], cwd: Path, env: dict[str, str], log: IO[str],
@@ -963,6 +998,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("build", help="build or locate the binaries and print their directory")
     commands.add_parser("helm", help="build or locate helm and print its path")
     commands.add_parser("kstatus", help="build or locate kstatus (cli-utils' status library) and print its path")
+    commands.add_parser("seaweedfs", help="build or locate SeaweedFS's weed (the tests' S3) and print its path")
     up = commands.add_parser("up", help="start a control plane and run until SIGINT/SIGTERM")
     up.add_argument("workdir", type=Path)
     up.add_argument("--timeout", type=float, default=120, help="start-up timeout in seconds")
@@ -976,6 +1012,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "kstatus":
             print(ensure_kstatus())
+            return 0
+        if args.command == "seaweedfs":
+            print(ensure_seaweedfs())
             return 0
         return _cmd_up(args.workdir, args.timeout)
     except ControlPlaneError as error:

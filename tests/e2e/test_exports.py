@@ -148,3 +148,29 @@ def test_an_export_of_a_missing_tenant_fails_clearly(kubectl: Kubectl, operator:
     assert "no-such-tenant does not exist" in condition({"status": failed}, "Ready")["message"]
     assert "spec.destination.volume.path" in refused(kubectl, export_resource("escape", namespace, "x",
                                                                               "../other-namespace"))
+
+
+def test_an_export_to_s3_and_a_restore_from_it(kubectl: Kubectl, operator: OperatorProcess, s3_server,
+                                               namespace: str) -> None:
+    kubectl.apply({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "backup-bucket", "namespace": namespace},
+                   "stringData": {"accessKeyId": s3_server.access_key, "secretAccessKey": s3_server.secret_key}})
+    bucket = {"s3": {"endpoint": s3_server.endpoint, "bucket": s3_server.bucket, "prefix": f"{namespace}/s3-src",
+                     "credentialsSecret": {"name": "backup-bucket"}}}
+    kubectl.apply(tenant_store("s3-src", namespace, "s3-src", tier="pro"))
+    wait_for_condition(kubectl, namespace, "s3-src", "Ready", "True")
+    source = tenant_secret(kubectl, namespace, "s3-src-store")
+    fill(source)
+    kubectl.apply({**export_resource("to-s3", namespace, "s3-src", "unused"),
+                   "spec": {"tenantStoreName": "s3-src", "destination": bucket}})
+    done = wait_for_export(kubectl, namespace, "to-s3")["status"]
+    assert done["location"] == f"s3:{s3_server.bucket}/{namespace}/s3-src" and done["vectors"] == VECTORS
+
+    kubectl.apply(tenant_store("s3-dst", namespace, "s3-dst", tier="pro", restoreFrom=bucket))
+    wait_for_condition(kubectl, namespace, "s3-dst", "Ready", "True", timeout=180)
+    target = tenant_secret(kubectl, namespace, "s3-dst-store")
+    assert relational_snapshot(target) == relational_snapshot(source)
+    assert vectors_of(target) == vectors_of(source)
+    assert "name exactly one of volume and s3" in refused(kubectl, {
+        **export_resource("both", namespace, "s3-src", "x"),
+        "spec": {"tenantStoreName": "s3-src", "destination": {**bucket, "volume": {"path": "x"}}}})
+    kubectl("delete", "tenantstores", "--all", "-n", namespace, "--timeout=120s")

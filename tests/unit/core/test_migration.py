@@ -7,10 +7,11 @@ from typing import Any
 
 import pytest
 
-from tenantstore import migration
+from tenantstore import migration, relational_moves
 from tenantstore.backends import VectorPlacement, VectorRecord
 from tenantstore.errors import BackendUnavailable
-from tenantstore.models import DesiredStore, StoreClass, TenantStoreSpec, VectorIsolation, desired_store
+from tenantstore.models import (DesiredStore, RelationalIsolation, StoreClass, TenantStoreSpec, VectorIsolation,
+                                desired_store)
 
 from .world import World, condition, ready, reasons, spec_changed, stalled, store_class, tenant_body
 
@@ -84,29 +85,32 @@ def test_a_move_cut_over_before_its_source_was_deleted_only_deletes_the_source()
     assert move.source.vector is VectorIsolation.NAMESPACE and move.source_placement == placement(SHARED)
 
 
-# --- moves that are refused ---
+# --- relational moves: which one a reconcile must make, finish, abandon or tear down ---
 
-@pytest.mark.parametrize("start, change", [("free", "enterprise"), ("enterprise", "pro")])
-async def test_a_tier_change_that_would_move_relational_data_is_refused_and_the_tenant_keeps_serving(
-        world: World, start: str, change: str) -> None:
-    body = await world.provision(tenant_body(tier=start))
-    before = (dict(world.relational.roles), dict(world.relational.schemas), dict(world.relational.databases))
-    world.registry.forbid()
+def test_a_tier_change_between_schema_and_database_is_a_relational_move() -> None:
+    enterprise = desired("enterprise", store_class())
+    move = relational_moves.pending(enterprise, {"isolation": {"relational": "schema", "vector": "namespace"}})
+    assert move is not None and move.state == relational_moves.COPYING
+    assert (move.source.relational, move.target.relational) == (RelationalIsolation.SCHEMA,
+                                                                 RelationalIsolation.DATABASE)
+    assert (move.source.database, move.target.database) == ("tenants", "tenant_acme")
+    assert relational_moves.pending(enterprise, {"isolation": {"relational": "database"}}) is None
 
-    outcome, body = await world.converge(spec_changed(body, tier=change))
 
-    assert outcome.status["phase"] == "Ready"
-    assert ready(outcome.status) == ("False", "RelationalMigrationUnsupported")
-    assert "revert spec.tier" in condition(outcome.status, "Ready")["message"]
-    assert stalled(outcome.status) == ("True", "RelationalMigrationUnsupported")
-    assert outcome.retry_after is None and outcome.status["observedGeneration"] == 2
-    assert (world.relational.roles, world.relational.schemas, world.relational.databases) == before
-    assert "isolation" not in outcome.status  # what was made is still what status says
-
-    world.registry.forbidden = world.relational.forbidden = world.vector.forbidden = False
-    outcome = await world.reconcile(spec_changed(body, tier=start))
-
-    assert ready(outcome.status) == ("True", "Provisioned") and stalled(outcome.status) == ("False", "Converged")
+def test_a_recorded_switch_only_finishes_and_a_turned_back_copy_is_dropped() -> None:
+    free, enterprise = desired("free", store_class()), desired("enterprise", store_class())
+    switched = {"isolation": {"relational": "database"},
+                "relationalMigration": {"from": "schema", "to": "database", "state": "SourcePendingDeletion"}}
+    move = relational_moves.pending(enterprise, switched)
+    assert move is not None and move.state == relational_moves.SOURCE_PENDING_DELETION
+    assert move.source.relational is RelationalIsolation.SCHEMA
+    copying = {"isolation": {"relational": "schema"},
+               "relationalMigration": {"from": "schema", "to": "database", "state": "Copying"}}
+    given_up = relational_moves.abandoned(free, copying)  # the tier went back to free mid-copy
+    assert given_up is not None and given_up.relational is RelationalIsolation.DATABASE
+    assert relational_moves.abandoned(enterprise, copying) is None
+    side = relational_moves.other_side(free, copying)  # deleted mid-copy: both sides go
+    assert side is not None and side.relational is RelationalIsolation.DATABASE
 
 
 # --- the move ---
@@ -123,7 +127,7 @@ async def test_a_tier_change_moves_every_vector_to_the_tenants_own_index(world: 
     assert status["phase"] == "Ready" and ready(status) == ("True", "Provisioned")
     migrating = condition(status, "Migrating")
     assert (migrating["status"], migrating["reason"], migrating["message"]) == ("False", "Done",
-                                                                               "vectors live in ts-acme")
+                                                                               "vectors live in ts-acme, tables in schema tenant_acme of database tenants")
     assert status["isolation"] == {"relational": "schema", "vector": "dedicated"}
     assert body["status"]["vectorStore"] == DEDICATED  # the shared placement's keys are gone, not merged
     assert "migration" not in body["status"]
