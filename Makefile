@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install controlplane helm kstatus seaweedfs promtool sync-crds sync-monitoring demo test test-unit clean bench bench-sweep chaos
+.PHONY: install controlplane helm kstatus seaweedfs promtool sync-crds sync-monitoring demo test test-unit clean bench bench-sweep bench-export chaos
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -67,6 +67,12 @@ bench: controlplane
 
 bench-sweep: controlplane
 	$(BIN)/python -m bench.provisioning --sweep $(SWEEP) $(BENCH_ARGS)
+
+# The export benchmark: one TenantStoreExport of a tenant with N vectors (384 dimensions) and N rows.
+# `make bench-export` (N defaults to 100000 here). Prints one `export:` line; results in bench/results/.
+bench-export: N = 100000
+bench-export: controlplane
+	$(BIN)/python -m bench.export --n $(N)
 
 # Chaos: N tenants of every tier provisioned and torn down while the operator is SIGKILLed (KILLS times, default
 # max(3, N/4)), Postgres goes away for a few seconds and the kube-apiserver restarts; SEED repeats a run.

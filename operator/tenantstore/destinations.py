@@ -64,7 +64,30 @@ class Destination(Protocol):
     async def read_json(self, name: str) -> Any: ...
 
 
-class VolumeDirectory:
+class Files:
+    """What both destinations derive from reading and writing whole files."""
+
+    async def write(self, name: str, chunks: AsyncIterable[bytes]) -> FileDigest:
+        raise NotImplementedError
+
+    def read(self, name: str) -> AsyncIterator[bytes]:
+        raise NotImplementedError
+
+    async def digest(self, name: str) -> FileDigest:
+        digest, size = hashlib.sha256(), 0
+        async for chunk in self.read(name):
+            digest.update(chunk)
+            size += len(chunk)
+        return FileDigest(name, size, digest.hexdigest())
+
+    async def write_json(self, name: str, document: Any) -> FileDigest:
+        return await self.write(name, one_chunk(json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"))
+
+    async def read_json(self, name: str) -> Any:
+        return json.loads(b"".join([chunk async for chunk in self.read(name)]))
+
+
+class VolumeDirectory(Files):
     def __init__(self, root: Path | str, namespace: str, destination: ExportDestination):
         self.root = Path(root)
         self.label = destination.describe(namespace)
@@ -87,11 +110,6 @@ class VolumeDirectory:
 
     async def exists(self, name: str) -> bool:
         return await asyncio.to_thread((self.path / name).is_file)
-
-    async def names(self) -> list[str]:
-        def list_files() -> list[str]:
-            return sorted(entry.name for entry in self.path.iterdir() if entry.is_file()) if self.path.is_dir() else []
-        return await asyncio.to_thread(list_files)
 
     async def write(self, name: str, chunks: AsyncIterable[bytes]) -> FileDigest:
         partial = self.path / f".{name}.partial"
@@ -116,21 +134,8 @@ class VolumeDirectory:
         finally:
             await asyncio.to_thread(handle.close)
 
-    async def digest(self, name: str) -> FileDigest:
-        digest, size = hashlib.sha256(), 0
-        async for chunk in self.read(name):
-            digest.update(chunk)
-            size += len(chunk)
-        return FileDigest(name, size, digest.hexdigest())
 
-    async def write_json(self, name: str, document: Any) -> FileDigest:
-        return await self.write(name, one_chunk(json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"))
-
-    async def read_json(self, name: str) -> Any:
-        return json.loads(b"".join([chunk async for chunk in self.read(name)]))
-
-
-class S3Prefix:
+class S3Prefix(Files):
     """The same operations on objects <prefix>/<name> of a bucket."""
 
     def __init__(self, location: S3Location, access_key: str, secret_key: str, session: aiohttp.ClientSession):
@@ -229,19 +234,6 @@ class S3Prefix:
                 yield chunk
         finally:
             response.release()
-
-    async def digest(self, name: str) -> FileDigest:
-        digest, size = hashlib.sha256(), 0
-        async for chunk in self.read(name):
-            digest.update(chunk)
-            size += len(chunk)
-        return FileDigest(name, size, digest.hexdigest())
-
-    async def write_json(self, name: str, document: Any) -> FileDigest:
-        return await self.write(name, one_chunk(json.dumps(document, indent=2, sort_keys=True).encode() + b"\n"))
-
-    async def read_json(self, name: str) -> Any:
-        return json.loads(b"".join([chunk async for chunk in self.read(name)]))
 
 
 def sign_v4(method: str, url: str, body: bytes, access_key: str, secret_key: str, region: str,

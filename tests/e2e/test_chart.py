@@ -41,6 +41,9 @@ CLUSTER_RULES = [
     {"apiGroups": ["tenancy.dev"], "resources": ["storeclasses/status"], "verbs": ["patch"]},
     {"apiGroups": ["tenancy.dev"], "resources": ["tenantstores"], "verbs": ["get", "list", "watch", "patch"]},
     {"apiGroups": ["tenancy.dev"], "resources": ["tenantstores/status"], "verbs": ["patch"]},
+    {"apiGroups": ["tenancy.dev"], "resources": ["tenantstoreexports"],
+     "verbs": ["get", "list", "watch", "create", "patch"]},
+    {"apiGroups": ["tenancy.dev"], "resources": ["tenantstoreexports/status"], "verbs": ["patch"]},
     {"apiGroups": [""], "resources": ["secrets"],
      "verbs": ["get", "list", "watch", "create", "update", "patch", "delete"]},
     {"apiGroups": [""], "resources": ["events"], "verbs": ["create"]},
@@ -245,6 +248,10 @@ NEEDED = [
     ("get", "tenantstores.tenancy.dev", *IN_TENANTS),  # the owner of a tenant Secret edited by hand
     ("patch", "tenantstores.tenancy.dev", *IN_TENANTS),
     ("patch", "tenantstores.tenancy.dev", "--subresource=status", *IN_TENANTS),
+    # TenantStoreExports run; a deletionPolicy Export tenant's final export is created by the operator.
+    ("list", "tenantstoreexports.tenancy.dev", *ANYWHERE), ("watch", "tenantstoreexports.tenancy.dev", *ANYWHERE),
+    ("create", "tenantstoreexports.tenancy.dev", *IN_TENANTS), ("get", "tenantstoreexports.tenancy.dev", *IN_TENANTS),
+    ("patch", "tenantstoreexports.tenancy.dev", "--subresource=status", *IN_TENANTS),
     ("list", "storeclasses.tenancy.dev"), ("watch", "storeclasses.tenancy.dev"), ("patch", "storeclasses.tenancy.dev"),
     ("patch", "storeclasses.tenancy.dev", "--subresource=status"),
     # Tenant Secrets are watched (label-selected) so one deleted or edited by hand is repaired at once.
