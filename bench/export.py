@@ -53,13 +53,13 @@ def tenant_secret(env: LocalEnvironment, namespace: str, name: str) -> dict[str,
 def fill(secret: dict[str, str], count: int) -> None:
     with psycopg.connect(secret["uri"], autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {secret['schema']}.events (id bigint PRIMARY KEY, kind text, body jsonb)")
-        conn.execute(f"INSERT INTO {secret['schema']}.events SELECT g, 'kind-' || (g % 7), "
-                     f"jsonb_build_object('n', g, 'text', md5(g::text)) FROM generate_series(1, %s) g", (count,))
+        conn.execute(f"INSERT INTO {secret['schema']}.events SELECT g, 'kind-' || (g %% 7), "
+                     f"jsonb_build_object('n', g, 'text', md5(g::text)) FROM generate_series(1, %s::int) g", (count,))
         for start in range(0, count, 10_000):  # random unit-ish vectors, in batches the server builds itself
             conn.execute(f"INSERT INTO {secret['vectorTable']} (namespace, id, embedding, metadata) "
                          f"SELECT %s, 'doc-' || lpad(g::text, 7, '0'), "
                          f"(SELECT array_agg(random()::real) FROM generate_series(1, {DIMENSION}) WHERE g > 0)"
-                         f"::vector, jsonb_build_object('n', g) FROM generate_series(%s, %s) g",
+                         f"::vector, jsonb_build_object('n', g) FROM generate_series(%s::int, %s::int) g",
                          (secret["vectorNamespace"], start + 1, min(start + 10_000, count)))
 
 

@@ -104,20 +104,14 @@ async def _export(store: DesiredStore, placement: VectorPlacement, relational: R
         progress.relational = await dump_relational(store, placement, relational, target)
         await report(progress)
     after = progress.vector_files[-1]["lastId"] if progress.vector_files else None
-    while True:
-        records: list[VectorRecord] = []
-        while len(records) < VECTORS_PER_FILE:
-            batch = await vectors.read_batch(store, placement, after, min(READ_BATCH, VECTORS_PER_FILE - len(records)))
-            if not batch:
-                break
-            records += batch
-            after = batch[-1].id
-        if not records:
-            break
-        digest = await target.write(f"vectors-{len(progress.vector_files) + 1:06d}.jsonl", jsonl(records))
-        progress.vector_files.append({**digest.to_dict(), "records": len(records), "lastId": after})
+    while batch := await vectors.read_batch(store, placement, after, min(READ_BATCH, VECTORS_PER_FILE)):
+        # A file streams batch by batch: memory holds one batch, not a file's worth of vectors.
+        part = VectorFile(vectors, store, placement, batch)
+        digest = await target.write(f"vectors-{len(progress.vector_files) + 1:06d}.jsonl", part.lines())
+        after = part.last_id
+        progress.vector_files.append({**digest.to_dict(), "records": part.records, "lastId": after})
         await report(progress)
-        if len(records) < VECTORS_PER_FILE:
+        if part.records < VECTORS_PER_FILE:
             break
     manifest = {
         "format": FORMAT,
@@ -203,9 +197,30 @@ def conninfo(login: IoLogin) -> str:
                          application_name="tenantstore-operator-io")
 
 
-async def jsonl(records: Sequence[VectorRecord]) -> AsyncIterator[bytes]:
-    yield b"".join(json.dumps({"id": record.id, "values": record.values, "metadata": record.metadata},
-                              separators=(",", ":")).encode() + b"\n" for record in records)
+class VectorFile:
+    """One vectors-NNNNNN.jsonl: up to VECTORS_PER_FILE records in id order, read as they are written."""
+
+    def __init__(self, vectors: VectorStore, store: DesiredStore, placement: VectorPlacement,
+                 first: list[VectorRecord]):
+        self.vectors, self.store, self.placement = vectors, store, placement
+        self.first = first
+        self.records = 0
+        self.last_id = first[-1].id
+
+    async def lines(self) -> AsyncIterator[bytes]:
+        batch = self.first
+        while batch:
+            self.records += len(batch)
+            self.last_id = batch[-1].id
+            yield jsonl(batch)
+            room = VECTORS_PER_FILE - self.records
+            batch = await self.vectors.read_batch(self.store, self.placement, self.last_id,
+                                                  min(READ_BATCH, room)) if room else []
+
+
+def jsonl(records: Sequence[VectorRecord]) -> bytes:
+    return b"".join(json.dumps({"id": record.id, "values": record.values, "metadata": record.metadata},
+                               separators=(",", ":")).encode() + b"\n" for record in records)
 
 
 async def verify_files(directory: Destination, manifest: Mapping[str, Any]) -> None:

@@ -1,13 +1,16 @@
 """Pure logic: parsing, defaults, effective quotas, claims and conditions."""
 from __future__ import annotations
 
+import datetime
+
 import pytest
 
 from tenantstore import conditions
 from tenantstore.conditions import Condition
 from tenantstore.errors import StoreClassNotFound, TenantIdConflict
-from tenantstore.models import (InvalidResource, Quotas, RelationalIsolation, StoreClass, TenantStoreSpec, Tier,
-                                VectorIsolation, backend_name, desired_store, format_quantity, parse_quantity)
+from tenantstore.models import (ExportDestination, InvalidResource, Quotas, RelationalIsolation, StoreClass,
+                                TenantStoreSpec, Tier, VectorIsolation, backend_name, desired_store, format_quantity,
+                                parse_duration, parse_quantity)
 from tenantstore.reconcile import ClaimRef, check_claim, resolve_store_class
 
 
@@ -108,3 +111,60 @@ def test_unchanged_status_needs_no_write() -> None:
     current = {"phase": "Ready", "observedGeneration": 3}
     assert conditions.status_changes(current, {"phase": "Ready", "observedGeneration": 3}) == {}
     assert conditions.status_changes(current, {"phase": "Ready", "observedGeneration": 4}) == {"observedGeneration": 4}
+
+
+@pytest.mark.parametrize("path", ["../other-namespace/acme", "a/../../b", "./a", "a//b", "/", "", "a/b c", "a/.."])
+def test_an_export_path_never_leaves_its_namespace(path: str) -> None:
+    with pytest.raises(InvalidResource, match="volume.path"):
+        ExportDestination.from_dict({"volume": {"path": path}}, "spec.destination")
+
+
+def test_export_destinations_parse_and_describe_where_they_are() -> None:
+    volume = ExportDestination.from_dict({"volume": {"path": "/acme/2026-11-30/"}}, "d")
+    assert (volume.path, volume.describe("customers")) == ("acme/2026-11-30", "volume:customers/acme/2026-11-30")
+    s3 = ExportDestination.from_dict({"s3": {"endpoint": "https://s3.example.com:9000/", "bucket": "exports",
+                                             "prefix": "customers/acme", "credentialsSecret": {"name": "bucket"}}}, "d")
+    assert s3.s3 is not None and s3.s3.endpoint == "https://s3.example.com:9000" and s3.s3.region == "us-east-1"
+    assert s3.describe("customers") == "s3:exports/customers/acme"
+    for bad, field in (({"endpoint": "ftp://x", "bucket": "exports", "prefix": "p"}, "endpoint"),
+                       ({"endpoint": "http://x", "bucket": "Ex", "prefix": "p"}, "bucket"),
+                       ({"endpoint": "http://x", "bucket": "exports", "prefix": "p"}, "credentialsSecret"),
+                       ({"endpoint": "http://x", "bucket": "exports", "prefix": "../p",
+                         "credentialsSecret": {"name": "s"}}, "prefix")):
+        with pytest.raises(InvalidResource, match=field):
+            ExportDestination.from_dict({"s3": bad}, "d")
+
+
+@pytest.mark.parametrize(("text", "days", "seconds"), [("90d", 90, 0), ("36h", 1, 12 * 3600), ("1h30m", 0, 5400),
+                                                       ("45s", 0, 45), ("1d1s", 1, 1)])
+def test_retention_durations(text: str, days: int, seconds: int) -> None:
+    assert parse_duration(text) == datetime.timedelta(days=days, seconds=seconds)
+
+
+@pytest.mark.parametrize("text", ["", "90", "1w", "h", "-1d", "1.5d"])
+def test_a_duration_that_is_not_one_is_refused(text: str) -> None:
+    with pytest.raises(InvalidResource):
+        parse_duration(text)
+
+
+def test_a_tenants_retention_overrides_its_tiers() -> None:
+    tiers = {"pro": {"retention": {"vectors": {"maxAge": "365d"}}}}
+    store_class = StoreClass.from_body({"metadata": {"name": "c"}, "spec": {
+        "postgres": {"adminSecretRef": {"name": "s", "namespace": "n"}}, "tiers": tiers}})
+    body = {"metadata": {"name": "acme", "namespace": "ns"},
+            "spec": {"tenantId": "acme", "tier": "pro", "vector": {"dimension": 3}}}
+    assert desired_store(TenantStoreSpec.from_body(body), store_class, "u").retention.vectors_max_age == \
+        datetime.timedelta(days=365)
+    body["spec"]["retention"] = {"vectors": {"maxAge": "90d"}}
+    assert desired_store(TenantStoreSpec.from_body(body), store_class, "u").retention.vectors_max_age == \
+        datetime.timedelta(days=90)
+    body["spec"]["tier"] = "free"
+    del body["spec"]["retention"]
+    assert desired_store(TenantStoreSpec.from_body(body), store_class, "u").retention.vectors_max_age is None
+
+
+def test_deletion_policy_export_needs_a_destination() -> None:
+    body = {"metadata": {"name": "acme", "namespace": "ns"},
+            "spec": {"tenantId": "acme", "vector": {"dimension": 3}, "deletionPolicy": "Export"}}
+    with pytest.raises(InvalidResource, match="finalExport"):
+        TenantStoreSpec.from_body(body)
