@@ -242,11 +242,16 @@ async def final_export_pending(body: kopf.Body, patch: kopf.Patch, memo: kopf.Me
     if spec.get("deletionPolicy") != "Export" or not status.get("relational"):
         return False
     namespace, name = body["metadata"]["namespace"], exports.final_export_name(body)
+    wanted = exports.final_export(body, (spec.get("finalExport") or {}).get("destination") or {})
     found = await memo.exports.read(namespace, name)
-    if exports.is_verified(found):
+    if found is not None and found.get("spec") != wanted["spec"]:
+        # Made by someone else under the name the operator uses: it is not this tenant's export.
+        message = (f"TenantStoreExport {name} exists but does not export this TenantStore to "
+                   f"spec.finalExport.destination; nothing is deleted until it is removed")
+    elif exports.is_verified(found):
         return False
-    if found is None:
-        await memo.exports.create(exports.final_export(body, (spec.get("finalExport") or {}).get("destination") or {}))
+    elif found is None:
+        await memo.exports.create(wanted)
         events.info(body, reason=Reason.FINAL_EXPORT_PENDING, message=f"final export {name} started; the tenant "
                                                                       f"is deleted once it is written and verified")
         message = f"final export {name} started"
@@ -455,6 +460,7 @@ async def report_outage(memo: kopf.Memo, body: Mapping[str, Any], status: Mappin
 
 @kopf.timer(*STORECLASSES, interval=SETTINGS.retention_interval, initial_delay=SETTINGS.retention_interval / 2,
             backoff=SETTINGS.retention_interval)
+@redacted_errors
 async def expire_vectors(name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped,
                          store_class_index: kopf.Index[str, Any], tenants_by_class: kopf.Index[str, dict[str, Any]],
                          **_: Any) -> None:

@@ -174,3 +174,28 @@ def test_an_export_to_s3_and_a_restore_from_it(kubectl: Kubectl, operator: Opera
         **export_resource("both", namespace, "s3-src", "x"),
         "spec": {"tenantStoreName": "s3-src", "destination": {**bucket, "volume": {"path": "x"}}}})
     kubectl("delete", "tenantstores", "--all", "-n", namespace, "--timeout=120s")
+
+
+def test_a_final_export_made_by_someone_else_deletes_nothing(env: LocalEnvironment, kubectl: Kubectl,
+                                                             operator: OperatorProcess, namespace: str) -> None:
+    """The final export's name is predictable: one made in advance for another tenant (or elsewhere) is not it."""
+    for name in ("exp-victim", "exp-decoy"):
+        kubectl.apply(tenant_store(name, namespace, name, deletionPolicy="Export",
+                                   finalExport={"destination": {"volume": {"path": f"final/{name}"}}}))
+        wait_for_condition(kubectl, namespace, name, "Ready", "True")
+    uid = kubectl.get("tenantstore", "exp-victim", namespace)["metadata"]["uid"]
+    decoy = export_resource(f"exp-victim-final-{uid[:8]}", namespace, "exp-decoy", "final/exp-victim")
+    kubectl.apply(decoy)
+    wait_for_export(kubectl, namespace, decoy["metadata"]["name"])
+    kubectl("delete", "tenantstore", "exp-victim", "-n", namespace, "--wait=false")
+    wait_for("the victim to refuse the decoy export", lambda: "does not export this TenantStore" in json.dumps(
+        kubectl.get("tenantstore", "exp-victim", namespace)) or None, timeout=60)
+    with superuser(env) as conn:
+        assert conn.execute("SELECT 1 FROM pg_roles WHERE rolname = 'tenant_exp_victim'").fetchone() is not None
+
+    kubectl("delete", "tenantstoreexport", decoy["metadata"]["name"], "-n", namespace)
+    wait_until_gone(kubectl, "tenantstore", "exp-victim", namespace, timeout=180)
+    manifest = json.loads((env.export_dir / namespace / "final" / "exp-victim" / "manifest.json").read_text())
+    assert manifest["tenantId"] == "exp-victim"
+    kubectl("delete", "tenantstores", "--all", "-n", namespace, "--wait=false")
+    wait_until_gone(kubectl, "tenantstore", "exp-decoy", namespace, timeout=180)
