@@ -114,6 +114,8 @@ class Reason(enum.StrEnum):
     EXPORT_COMPLETED = "ExportCompleted"
     EXPORTING = "Exporting"
     EXPORT_FAILED = "ExportFailed"
+    DESTINATION_REFUSED = "DestinationRefused"
+    CLIENT_TOOL_FAILED = "ClientToolFailed"
     TENANT_STORE_NOT_FOUND = "TenantStoreNotFound"
     TENANT_STORE_NOT_READY = "TenantStoreNotReady"
 

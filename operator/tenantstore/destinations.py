@@ -25,23 +25,16 @@ import re
 import urllib.parse
 from collections.abc import AsyncIterable, AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 import aiohttp
 
-from tenantstore.errors import BackendUnavailable, ReconcileError
+from tenantstore.errors import BackendUnavailable, DestinationRefused
 from tenantstore.models import ExportDestination, S3Location
 
 CHUNK_BYTES = 1 << 20
 PART_BYTES = 8 << 20  # S3 multipart parts: at least 5 MiB except the last
 S3_TIMEOUT = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=120)
-
-
-class DestinationRefused(ReconcileError):
-    """The destination answered and said no (credentials, bucket, permissions): a person must fix it."""
-
-    reason = "DestinationRefused"
-    retry_after = 60.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -54,18 +47,14 @@ class FileDigest:
         return dataclasses.asdict(self)
 
 
-class Destination(Protocol):
-    async def prepare(self) -> None: ...
-    async def exists(self, name: str) -> bool: ...
-    async def write(self, name: str, chunks: AsyncIterable[bytes]) -> FileDigest: ...
-    def read(self, name: str) -> AsyncIterator[bytes]: ...
-    async def digest(self, name: str) -> FileDigest: ...
-    async def write_json(self, name: str, document: Any) -> FileDigest: ...
-    async def read_json(self, name: str) -> Any: ...
+class Destination:
+    """A place for an export's files; what both kinds derive from reading and writing whole files is here."""
 
+    async def prepare(self) -> None:
+        raise NotImplementedError
 
-class Files:
-    """What both destinations derive from reading and writing whole files."""
+    async def exists(self, name: str) -> bool:
+        raise NotImplementedError
 
     async def write(self, name: str, chunks: AsyncIterable[bytes]) -> FileDigest:
         raise NotImplementedError
@@ -87,7 +76,7 @@ class Files:
         return json.loads(b"".join([chunk async for chunk in self.read(name)]))
 
 
-class VolumeDirectory(Files):
+class VolumeDirectory(Destination):
     def __init__(self, root: Path | str, namespace: str, destination: ExportDestination):
         self.root = Path(root)
         self.label = destination.describe(namespace)
@@ -135,7 +124,7 @@ class VolumeDirectory(Files):
             await asyncio.to_thread(handle.close)
 
 
-class S3Prefix(Files):
+class S3Prefix(Destination):
     """The same operations on objects <prefix>/<name> of a bucket."""
 
     def __init__(self, location: S3Location, access_key: str, secret_key: str, session: aiohttp.ClientSession):

@@ -85,3 +85,33 @@ class ObjectReplaced(ReconcileError):
 
     reason = Reason.OBJECT_REPLACED
     retry_after = 60.0
+
+
+class ExportFailed(ReconcileError):
+    reason = Reason.EXPORT_FAILED
+    retry_after = 30.0
+
+
+class RestoreFailed(ReconcileError):
+    reason = Reason.RESTORE_FAILED
+    retry_after = 60.0
+
+
+class RestoreImpossible(RestoreFailed):
+    """Retrying cannot help (the export does not fit the tenant): a spec change must."""
+
+    retry_after = None
+
+
+class DestinationRefused(ReconcileError):
+    """An export destination answered and said no (credentials, bucket, permissions): a person must fix it."""
+
+    reason = Reason.DESTINATION_REFUSED
+    retry_after = 60.0
+
+
+class ClientToolFailed(ReconcileError):
+    """pg_dump or psql is missing or exited non-zero."""
+
+    reason = Reason.CLIENT_TOOL_FAILED
+    retry_after = 30.0

@@ -16,14 +16,11 @@ loaded in one transaction, vectors are upserts) and verified against the manifes
 """
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
-import datetime
 import json
 import re
 import secrets
-import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -31,11 +28,10 @@ import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from tenantstore import pgclient
-from tenantstore.api import Reason
+from tenantstore import conditions, migration, pgclient
 from tenantstore.backends import IoLogin, RelationalStore, VectorPlacement, VectorRecord, VectorStore
 from tenantstore.destinations import Destination, lines_of
-from tenantstore.errors import BackendUnavailable, ReconcileError
+from tenantstore.errors import BackendUnavailable, ClientToolFailed, ExportFailed, RestoreFailed, RestoreImpossible
 from tenantstore.redaction import redact
 from tenantstore.models import DesiredStore, RelationalIsolation
 
@@ -45,26 +41,9 @@ RELATIONAL_FILE = "relational.sql"
 VECTORS_PER_FILE = 10_000
 READ_BATCH = 1_000
 WRITE_BATCH = 500
-COUNT_SETTLE_SECONDS = 60.0
 MAX_ID_LENGTH = 512
 
 Report = Callable[["ExportProgress"], Awaitable[None]]
-
-
-class ExportFailed(ReconcileError):
-    reason = Reason.EXPORT_FAILED
-    retry_after = 30.0
-
-
-class RestoreFailed(ReconcileError):
-    reason = Reason.RESTORE_FAILED
-    retry_after = 60.0
-
-
-class RestoreImpossible(RestoreFailed):
-    """Retrying cannot help (the export does not fit the tenant): a spec change must."""
-
-    retry_after = None
 
 
 @dataclasses.dataclass
@@ -118,7 +97,7 @@ async def _export(store: DesiredStore, placement: VectorPlacement, relational: R
         "tenantId": store.tenant_id,
         "tenantStore": store.tenant_store,
         "uid": store.uid,
-        "exportedAt": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "exportedAt": conditions.now_rfc3339(),
         "relational": progress.relational,
         "vectors": {"backend": placement.backend, "dimension": store.dimension, "metric": store.metric.value,
                     "count": sum(part["records"] for part in progress.vector_files),
@@ -146,7 +125,7 @@ async def dump_relational(store: DesiredStore, placement: VectorPlacement, relat
         try:
             digest = await target.write(RELATIONAL_FILE, pgclient.stream_output("pg_dump", arguments,
                                                                                 login.environment()))
-        except pgclient.ClientToolFailed as error:
+        except ClientToolFailed as error:
             raise ExportFailed(str(error)) from None
         await conn.rollback()
     return {**digest.to_dict(), "isolation": store.relational.value, "schema": store.schema, "tables": tables}
@@ -248,7 +227,7 @@ class Restored:
 
     def to_status(self) -> dict[str, Any]:
         return {"source": self.source, "tables": self.tables, "rows": self.rows, "vectors": self.vectors,
-                "completedAt": datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")}
+                "completedAt": conditions.now_rfc3339()}
 
 
 async def read_manifest(source: Destination) -> dict[str, Any]:
@@ -293,7 +272,9 @@ async def _restore(store: DesiredStore, placement: VectorPlacement, relational: 
                 batch = []
         if batch:
             await vectors.write_batch(store, placement, batch)
-    await settled_count(vectors, store, placement, exported["count"])
+    count = await migration.settled_count(vectors, store, placement, exported["count"])
+    if count != exported["count"]:
+        raise RestoreFailed(f"the tenant holds {count} vectors after the restore, the export {exported['count']}")
     return Restored(str(source), len(wanted), sum(wanted.values()), exported["count"])
 
 
@@ -315,7 +296,7 @@ async def load_relational(store: DesiredStore, relational: RelationalStore, sour
                     "psql", ["--no-psqlrc", "--quiet", "--single-transaction", "--set", "ON_ERROR_STOP=1",
                              "--file", "-"], login.environment(),
                     retargeted(lines_of(source.read(RELATIONAL_FILE)), source_schema, store.schema, key))
-            except pgclient.ClientToolFailed as error:
+            except ClientToolFailed as error:
                 raise RestoreFailed(f"{RELATIONAL_FILE} of {source} did not load (nothing of it was kept): "
                                     f"{error}") from None
             found = await tenant_tables(login, store, excluded)
@@ -328,15 +309,6 @@ async def load_relational(store: DesiredStore, relational: RelationalStore, sour
 async def tenant_tables(login: IoLogin, store: DesiredStore, excluded: str | None) -> dict[str, int]:
     async with connect_as(login) as conn:
         return await table_rows(conn, store, excluded)
-
-
-async def settled_count(vectors: VectorStore, store: DesiredStore, placement: VectorPlacement, expected: int) -> None:
-    # Some backends (Pinecone) count eventually: give the count a bounded time to catch up.
-    deadline = time.monotonic() + COUNT_SETTLE_SECONDS
-    while (count := await vectors.count(store, placement)) != expected and time.monotonic() < deadline:
-        await asyncio.sleep(1.0)
-    if count != expected:
-        raise RestoreFailed(f"the tenant holds {count} vectors after the restore, the export {expected}")
 
 
 def parse_record(line: bytes, dimension: int, file: str) -> VectorRecord:

@@ -84,10 +84,7 @@ async def move_vectors(vectors: VectorStore, move: Move, report: Report, batch_s
 
 
 async def verify(vectors: VectorStore, move: Move, target_placement: VectorPlacement, total: int) -> None:
-    # Some backends (Pinecone) count eventually: give the target's count a bounded time to catch up.
-    deadline = time.monotonic() + COUNT_SETTLE_SECONDS
-    while (copied := await vectors.count(move.target, target_placement)) != total and time.monotonic() < deadline:
-        await asyncio.sleep(1.0)
+    copied = await settled_count(vectors, move.target, target_placement, total)
     if copied != total:
         raise MigrationVerificationFailed(f"the target holds {copied} vectors, the source {total}; copying again")
     first_source = await vectors.read_batch(move.source, move.source_placement, None, SAMPLE_SIZE)
@@ -99,6 +96,15 @@ async def verify(vectors: VectorStore, move: Move, target_placement: VectorPlace
 async def finish(vectors: VectorStore, move: Move) -> list[Step]:
     """After the cut-over is recorded: delete the source."""
     return await vectors.teardown(move.source)
+
+
+async def settled_count(vectors: VectorStore, store: DesiredStore, placement: VectorPlacement, expected: int) -> int:
+    """The count once it is `expected`, or after COUNT_SETTLE_SECONDS: some backends (Pinecone) count
+    eventually, so a count just after writes gets a bounded time to catch up."""
+    deadline = time.monotonic() + COUNT_SETTLE_SECONDS
+    while (count := await vectors.count(store, placement)) != expected and time.monotonic() < deadline:
+        await asyncio.sleep(1.0)
+    return count
 
 
 def describe(placement: VectorPlacement) -> str:

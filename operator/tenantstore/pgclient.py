@@ -12,15 +12,10 @@ from collections.abc import AsyncIterable, AsyncIterator, Mapping, Sequence
 from pathlib import Path
 
 from tenantstore import settings
-from tenantstore.errors import ReconcileError
+from tenantstore.errors import ClientToolFailed
 from tenantstore.redaction import redact
 
 READ_BYTES = 1 << 20
-
-
-class ClientToolFailed(ReconcileError):
-    reason = "ClientToolFailed"
-    retry_after = 30.0
 
 
 def tool(name: str) -> str:
@@ -38,32 +33,49 @@ def environment(extra: Mapping[str, str]) -> dict[str, str]:
     return {**keep, "PGSSLMODE": os.environ.get("PGSSLMODE", "prefer"), **extra}
 
 
+class Run:
+    """One run of a client tool: started with its standard error collected, finished by `check`."""
+
+    def __init__(self, name: str, env: Mapping[str, str]):
+        self.name, self.env = name, env
+
+    async def start(self, args: Sequence[str], stdin: int, stdout: int) -> asyncio.subprocess.Process:
+        self.process = await asyncio.create_subprocess_exec(tool(self.name), *args, env=environment(self.env),
+                                                            stdin=stdin, stdout=stdout,
+                                                            stderr=asyncio.subprocess.PIPE)
+        assert self.process.stderr is not None
+        self.errors = asyncio.create_task(self.process.stderr.read())
+        return self.process
+
+    async def check(self, kill: bool = False) -> None:
+        """Wait for the exit (killing the tool first when asked); ClientToolFailed unless it exited 0."""
+        if kill and self.process.returncode is None:
+            self.process.kill()
+        returncode = await self.process.wait()
+        stderr = await self.errors
+        if returncode != 0 and not kill:
+            raise ClientToolFailed(f"{self.name} failed (exit {returncode}): {summary(stderr, self.env)}")
+
+
 async def stream_output(name: str, args: Sequence[str], env: Mapping[str, str]) -> AsyncIterator[bytes]:
     """The tool's standard output, chunk by chunk; raises ClientToolFailed when it exits non-zero."""
-    process = await asyncio.create_subprocess_exec(tool(name), *args, env=environment(env),
-                                                   stdin=asyncio.subprocess.DEVNULL,
-                                                   stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
-    assert process.stdout is not None and process.stderr is not None
-    errors = asyncio.create_task(process.stderr.read())
+    run = Run(name, env)
+    process = await run.start(args, asyncio.subprocess.DEVNULL, asyncio.subprocess.PIPE)
+    assert process.stdout is not None
     try:
         while chunk := await process.stdout.read(READ_BYTES):
             yield chunk
-    finally:
-        if process.returncode is None and process.stdout.at_eof() is False:
-            process.kill()
-        returncode = await process.wait()
-        stderr = await errors
-    if returncode != 0:
-        raise ClientToolFailed(f"{name} failed (exit {returncode}): {summary(stderr, env)}")
+    except BaseException:
+        await run.check(kill=True)  # the reader gave up: the tool goes too
+        raise
+    await run.check()
 
 
 async def feed_input(name: str, args: Sequence[str], env: Mapping[str, str], lines: AsyncIterable[bytes]) -> None:
     """Run the tool with `lines` as its standard input; raises ClientToolFailed when it exits non-zero."""
-    process = await asyncio.create_subprocess_exec(tool(name), *args, env=environment(env),
-                                                   stdin=asyncio.subprocess.PIPE,
-                                                   stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
-    assert process.stdin is not None and process.stderr is not None
-    errors = asyncio.create_task(process.stderr.read())
+    run = Run(name, env)
+    process = await run.start(args, asyncio.subprocess.PIPE, asyncio.subprocess.DEVNULL)
+    assert process.stdin is not None
     try:
         async for line in lines:
             process.stdin.write(line)
@@ -72,13 +84,9 @@ async def feed_input(name: str, args: Sequence[str], env: Mapping[str, str], lin
     except (BrokenPipeError, ConnectionResetError):
         pass  # it stopped reading: its exit status and standard error say why
     except BaseException:
-        process.kill()
-        await process.wait()
+        await run.check(kill=True)
         raise
-    returncode = await process.wait()
-    stderr = await errors
-    if returncode != 0:
-        raise ClientToolFailed(f"{name} failed (exit {returncode}): {summary(stderr, env)}")
+    await run.check()
 
 
 def summary(stderr: bytes, env: Mapping[str, str]) -> str:

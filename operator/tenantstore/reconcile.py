@@ -16,7 +16,7 @@ from tenantstore import conditions, destinations, export, migration, relational_
 from tenantstore.api import DATA_LOSS_ACKNOWLEDGED_ANNOTATION, TERMINAL_REASONS, ConditionType, Phase, Reason
 from tenantstore.backends import NAMESPACE_CREATED, RelationalPlacement, Step, VectorPlacement, VectorStore
 from tenantstore.conditions import Condition
-from tenantstore.errors import (BackendUnavailable, IsolationBroken, ReconcileError, SecretConflict,
+from tenantstore.errors import (BackendUnavailable, IsolationBroken, ReconcileError, RestoreFailed, SecretConflict,
                                 StoreClassInvalid, StoreClassNotAllowed, StoreClassNotFound, StoreClassNotReady,
                                 TenantIdConflict, RelationalMigrationUnsupported, VectorQuotaExceeded)
 from tenantstore.kube import NOT_READ, NamespaceLabels, SecretDeletion, Secrets, password_in
@@ -36,7 +36,7 @@ PHASE_BY_REASON = {
     StoreClassNotAllowed.reason: Phase.FAILED,
     TenantIdConflict.reason: Phase.FAILED,
     SecretConflict.reason: Phase.FAILED,
-    export.RestoreFailed.reason: Phase.PROVISIONING,
+    RestoreFailed.reason: Phase.PROVISIONING,
     migration.MigrationVerificationFailed.reason: Phase.MIGRATING,  # the copy is retried; the move goes on
 }
 

@@ -136,24 +136,23 @@ OBJECTS = """
                                WHERE d.objid = p.oid AND d.deptype = 'e')"""
 
 
-async def objects(login: IoLogin, store: DesiredStore, excluded: str | None) -> set[tuple[str, str]]:
-    """(kind, name) of the tenant's tables, views, sequences and functions, schema left out; not the
-    operator's vector table (nor the sequences, indexes and functions extensions bring)."""
+async def object_rows(login: IoLogin, store: DesiredStore) -> list[tuple[str, str, str]]:
+    """(schema, name, kind) of the tenant's tables, views, sequences and functions (not what extensions bring)."""
     where = sql.SQL("n.nspname = {}").format(sql.Literal(store.schema)) \
         if store.relational is RelationalIsolation.SCHEMA else \
         sql.SQL("n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'")
     async with export.connect_as(login) as conn:
-        rows = await (await conn.execute(sql.SQL(OBJECTS).format(where, where))).fetchall()
-    return {(kind, name) for schema, name, kind in rows if f"{schema}.{name}" != excluded}
+        return list(await (await conn.execute(sql.SQL(OBJECTS).format(where, where))).fetchall())
+
+
+async def objects(login: IoLogin, store: DesiredStore, excluded: str | None) -> set[tuple[str, str]]:
+    """(kind, name) of the tenant's objects, schema left out, without the operator's vector table."""
+    return {(kind, name) for schema, name, kind in await object_rows(login, store) if f"{schema}.{name}" != excluded}
 
 
 async def refuse_unmovable(login: IoLogin, move: RelationalMove, source_table: str | None,
                            target_table: str | None) -> None:
-    async with export.connect_as(login) as conn:
-        where = sql.SQL("n.nspname = {}").format(sql.Literal(move.source.schema)) \
-            if move.source.relational is RelationalIsolation.SCHEMA else \
-            sql.SQL("n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\\_%'")
-        rows = await (await conn.execute(sql.SQL(OBJECTS).format(where, where))).fetchall()
+    rows = await object_rows(login, move.source)
     others = sorted({schema for schema, _, _ in rows if schema != move.source.schema})
     if others and move.target.relational is RelationalIsolation.SCHEMA:
         raise RelationalMigrationUnsupported(

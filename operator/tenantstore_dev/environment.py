@@ -85,6 +85,17 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def terminate(process: subprocess.Popen[bytes] | None, grace: float) -> None:
+    """SIGTERM a process this harness started, and SIGKILL it when it has not exited after `grace` seconds."""
+    if process and process.poll() is None:
+        process.send_signal(signal.SIGTERM)
+        try:
+            process.wait(timeout=grace)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
+
+
 class OperatorProcess:
     """The operator as its own process, so tests can kill it (SIGKILL) like a crashed pod."""
 
@@ -142,12 +153,7 @@ class OperatorProcess:
             self.process.wait(timeout=30)
 
     def stop(self, grace: float = 20) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.kill()
+        terminate(self.process, grace)
 
 
 class LocalEnvironment:

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import secrets
-import signal
 import subprocess
 import urllib.error
 import urllib.request
@@ -18,7 +17,7 @@ import aiohttp
 
 from tenantstore.destinations import sign_v4
 from tenantstore_dev.controlplane import ensure_seaweedfs
-from tenantstore_dev.environment import free_port, wait_for
+from tenantstore_dev.environment import free_port, terminate, wait_for
 
 PORT_OPTIONS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
                 "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance")
@@ -72,10 +71,4 @@ class SeaweedS3:
                 return response.status in (200, 409)
 
     def stop(self, grace: float = 10) -> None:
-        if self.process and self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=grace)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
+        terminate(self.process, grace)

@@ -12,11 +12,12 @@ import psycopg
 import pytest
 from vector_kit import fresh_dimension, records, tenant
 
-from tenantstore import destinations, export, settings
+from tenantstore import destinations, export, migration, settings
 from tenantstore.backends import VectorStore
 from tenantstore.backends.pgvector import PgvectorStore
 from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServer
 from tenantstore.destinations import VolumeDirectory
+from tenantstore.errors import DestinationRefused, RestoreFailed
 from tenantstore.models import ExportDestination, RelationalIsolation, VectorIsolation
 from tenantstore_dev.postgres import bin_dir
 
@@ -74,7 +75,7 @@ async def round_trip(server: PostgresServer, vectors: VectorStore, tmp_path: Pat
     fill_relational(tenant_uri(server, source_rel), source.schema)
     written = records("v", 1234, dimension)
     await vectors.write_batch(source, source_vec, written)
-    await export.settled_count(vectors, source, source_vec, len(written))
+    await migration.settled_count(vectors, source, source_vec, len(written))
 
     destination = VolumeDirectory(tmp_path, "team-a", ExportDestination("exports/src"))
     reported: list[dict] = []
@@ -186,13 +187,13 @@ async def test_a_tampered_export_is_refused_and_runs_nothing(pg: PostgresServer,
     dump.write_text(dump.read_text() + f"\n\\! touch {marker}\nCREATE ROLE intruder SUPERUSER;\n")
     target_rel, _ = await relational.ensure(target, PASSWORD, True)
     target_vec, _ = await vectors.ensure(target)
-    with pytest.raises(export.RestoreFailed, match="not the file the manifest describes"):
+    with pytest.raises(RestoreFailed, match="not the file the manifest describes"):
         await export.restore_tenant(target, target_vec, relational, vectors, directory)
 
     found = await directory.digest(export.RELATIONAL_FILE)  # a forger rewrites the manifest too
     manifest["relational"].update(bytes=found.bytes, sha256=found.sha256)
     await directory.write_json(export.MANIFEST, manifest)
-    with pytest.raises(export.RestoreFailed, match="restricted"):
+    with pytest.raises(RestoreFailed, match="restricted"):
         await export.restore_tenant(target, target_vec, relational, vectors, directory)
     assert not marker.exists()
     async with pg.connect(target.database) as conn:  # nothing of the file was kept
@@ -248,7 +249,7 @@ async def test_an_export_to_s3_restores_identically(pg: PostgresServer, s3_serve
     assert await all_vectors(vectors, target, target_vec) == await all_vectors(vectors, source, source_vec)
 
     credentials["secretAccessKey"] = "not-the-key"
-    with pytest.raises(destinations.DestinationRefused):
+    with pytest.raises(DestinationRefused):
         async with destinations.opened(destination, "team-a", str(tmp_path), read_secret) as bucket:
             await bucket.prepare()
     for store in (source, target):
