@@ -49,3 +49,15 @@ def namespace(kubectl: Kubectl, request: pytest.FixtureRequest) -> str:
     name = request.node.name.replace("_", "-").lower()[:50].strip("-")
     kubectl.apply({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}})
     return name
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """A failed end-to-end test's report carries what the operator logged about the test's namespace."""
+    outcome = yield
+    report = outcome.get_result()
+    funcargs = getattr(item, "funcargs", {})
+    operator, namespace = funcargs.get("operator"), funcargs.get("namespace")
+    if report.failed and isinstance(operator, OperatorProcess) and isinstance(namespace, str):
+        lines = [line for line in operator.log_since_start().splitlines() if namespace in line]
+        report.sections.append((f"operator log about {namespace}", "\n".join(lines[-80:]) or "(nothing)"))
