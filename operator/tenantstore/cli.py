@@ -48,6 +48,32 @@ def run(args: argparse.Namespace) -> int:
     return asyncio.run(standby.run_elected(config, run_operator, args.liveness or None))
 
 
+def audit(args: argparse.Namespace) -> int:
+    """Print a tenant's audit trail, read from the Postgres of every StoreClass (or of --admin-uri)."""
+    import asyncio  # noqa: PLC0415
+    import json  # noqa: PLC0415
+
+    from tenantstore import audit as trail, kube  # noqa: PLC0415
+
+    async def read() -> list[trail.Entry]:
+        if args.admin_uri:
+            return await trail.read_trail(args.tenant, [(args.admin_uri, args.database)])
+        api = await kube.api_client()
+        try:
+            return await trail.read_trail(args.tenant, await trail.class_databases(api, args.store_class))
+        finally:
+            await api.close()
+
+    entries = asyncio.run(read())
+    if args.output == "json":
+        print(json.dumps([entry.to_json() for entry in entries], indent=2))
+    elif entries:
+        print(trail.format_table(entries))
+    else:
+        print(f"no audit entries for tenant {args.tenant}", file=sys.stderr)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tenantstore", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -89,6 +115,17 @@ def main(argv: list[str] | None = None) -> int:
                             help="seconds between passes that delete vectors past their retention (default 300)")
     run_parser.add_argument("--verbose", action="store_true")
     run_parser.set_defaults(func=run)
+    audit_parser = commands.add_parser("audit", help="print a tenant's audit trail (it outlives the tenant)")
+    audit_parser.add_argument("--tenant", required=True, help="the tenantId")
+    audit_parser.add_argument("--output", "-o", choices=("table", "json"), default="table")
+    audit_parser.add_argument("--store-class", default=None,
+                              help="read only this StoreClass's trail (default: every StoreClass in the cluster)")
+    audit_parser.add_argument("--admin-uri", default=os.environ.get("TENANTSTORE_ADMIN_URI"),
+                              help="read this Postgres directly, as the class's admin role, without a cluster "
+                                   "(default: $TENANTSTORE_ADMIN_URI)")
+    audit_parser.add_argument("--database", default="tenants",
+                              help="with --admin-uri: the class's shared database (default: %(default)s)")
+    audit_parser.set_defaults(func=audit)
     args = parser.parse_args(argv)
     return args.func(args)
 

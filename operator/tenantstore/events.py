@@ -1,4 +1,4 @@
-"""Kubernetes Events from the steps a reconcile or teardown took.
+"""Kubernetes Events from the steps a reconcile or teardown took, each also a row of the audit trail.
 
 Routine steps are folded into one Event per reconcile: provisioning a tenant takes about seven steps, and an
 Event each was half of the operator's API writes (bench/README.md). Steps a user acts on (quotas, tier
@@ -7,13 +7,16 @@ moves, adoption, a reset password, a shared index created or dropped) keep an Ev
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import kopf
 
 from tenantstore.api import Reason
 from tenantstore.backends import NAMESPACE_CREATED, Step
 from tenantstore.redaction import redact
+
+if TYPE_CHECKING:
+    from tenantstore.audit import AuditTrail
 
 PROVISIONED = Reason.PROVISIONED
 TEARDOWN_VERIFIED = "TeardownVerified"
@@ -46,16 +49,38 @@ def summarize(steps: Sequence[Step]) -> list[Step]:
     return events
 
 
-def post(body: Mapping[str, Any], steps: Sequence[Step], warning: bool = False) -> None:
-    """Post through Kopf's background poster (it never blocks the handler)."""
+_trail: AuditTrail | None = None
+
+
+def audit_to(trail: AuditTrail | None) -> None:
+    """Where the Events on TenantStores are also recorded (the operator's trail; None in unit tests)."""
+    global _trail  # noqa: PLW0603 (one per process, like Kopf's own event queue)
+    _trail = trail
+
+
+def post(body: Mapping[str, Any], steps: Sequence[Step], warning: bool = False, actor: str | None = None,
+         trace_id: str | None = None) -> None:
+    """Post through Kopf's background poster (it never blocks the handler).
+
+    `actor` and `trace_id` for the audit trail: by default the spec's last field manager and the current span."""
     for step in summarize(steps):
-        (warn if warning and step.reason in QUOTA_WARNINGS else info)(body, reason=step.reason, message=step.message)
+        (warn if warning and step.reason in QUOTA_WARNINGS else info)(body, reason=step.reason, message=step.message,
+                                                                      actor=actor, trace_id=trace_id)
 
 
 # Every Event the operator posts goes through these two: messages often quote a backend's error.
-def info(body: Mapping[str, Any], reason: str, message: str) -> None:
+def info(body: Mapping[str, Any], reason: str, message: str, actor: str | None = None,
+         trace_id: str | None = None) -> None:
     kopf.info(body, reason=reason, message=redact(message))
+    _audit(body, reason, message, actor, trace_id)
 
 
-def warn(body: Mapping[str, Any], reason: str, message: str) -> None:
+def warn(body: Mapping[str, Any], reason: str, message: str, actor: str | None = None,
+         trace_id: str | None = None) -> None:
     kopf.warn(body, reason=reason, message=redact(message))
+    _audit(body, reason, message, actor, trace_id)
+
+
+def _audit(body: Mapping[str, Any], reason: str, message: str, actor: str | None, trace_id: str | None) -> None:
+    if _trail is not None and body.get("kind") == "TenantStore":
+        _trail.record(body, reason, message, actor=actor, trace_id=trace_id)

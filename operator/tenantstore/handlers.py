@@ -16,8 +16,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import kopf
 
-from tenantstore import (conditions, events, exports, fleet, kopf_fixes, kube, metrics, reconcile, redaction, retention,
-                         settings, tracing, verify)
+from tenantstore import (audit, conditions, events, exports, fleet, kopf_fixes, kube, metrics, reconcile, redaction,
+                         retention, settings, tracing, verify)
 from tenantstore.errors import IsolationBroken, ReconcileError
 from tenantstore.api import (DATA_LOSS_ACKNOWLEDGED_ANNOTATION, FINALIZER, GROUP, MANAGED_BY, MANAGED_BY_LABEL, VERSION,
                              ConditionType, ExportPhase, Phase, Reason)
@@ -76,6 +76,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.statuses = kube.TenantStatuses(memo.api)
     memo.exports = kube.TenantStatuses(memo.api, "tenantstoreexports")
     memo.backends = BackendRegistry(memo.secrets)
+    memo.audit = audit.AuditTrail(memo.backends)
+    events.audit_to(memo.audit)
     kopf_fixes.wake_waiters_only_on_change()  # before the watchers start listing objects
     memo.settings = SETTINGS
     memo.reconciles = asyncio.Semaphore(SETTINGS.max_concurrent_reconciles)
@@ -85,6 +87,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
 
 @kopf.on.cleanup()
 async def cleanup(memo: kopf.Memo, **_: Any) -> None:
+    await memo.audit.close()
+    events.audit_to(None)
     await memo.backends.close()
     await memo.api.close()
 
@@ -92,11 +96,14 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 # Index and event handlers are coroutines (they never block): Kopf runs sync handlers in its thread pool,
 # a thread hop per handler per watch event, which cost ~15 % of the operator's CPU at 1,000 tenants.
 @kopf.index(*STORECLASSES)
-async def store_class_index(body: kopf.Body, name: str, **_: Any) -> dict[str, StoreClass | InvalidResource]:
+async def store_class_index(body: kopf.Body, name: str, memo: kopf.Memo,
+                            **_: Any) -> dict[str, StoreClass | InvalidResource]:
     try:
-        return {name: StoreClass.from_body(body)}
+        store_class = StoreClass.from_body(body)
     except (InvalidResource, KeyError, ValueError) as error:
         return {name: InvalidResource(str(error))}
+    memo.audit.know(store_class)  # where each class's audit rows go, also after the class is deleted
+    return {name: store_class}
 
 
 @kopf.index(*TENANTSTORES)
@@ -176,6 +183,7 @@ async def _reconcile(memo: kopf.Memo, body: Mapping[str, Any], classes: Mapping[
                                                        migration_batch=memo.settings.migration_batch)
             if outcome.warning is not None:
                 span.set_status(tracing.Status(tracing.StatusCode.ERROR, outcome.warning.reason))
+            outcome.trace_id = audit.current_trace_id()
     return outcome
 
 
@@ -205,7 +213,7 @@ def unchanged_since(seen: Mapping[str, Any], fresh: Mapping[str, Any]) -> bool:
 
 async def record(memo: kopf.Memo, body: Mapping[str, Any], outcome: Outcome) -> None:
     """What `write` does for a Kopf handler, for reconciles started elsewhere (timers, Secret events)."""
-    events.post(body, outcome.events)
+    events.post(body, outcome.events, actor=audit.OPERATOR_ACTOR, trace_id=outcome.trace_id)
     if outcome.warning is not None:
         metrics.RECONCILE_ERRORS.labels(outcome.warning.reason).inc()
         warn_on_transition(body, outcome)
@@ -225,6 +233,12 @@ async def delete_tenantstore(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo
             with tracing.lifecycle(tracing.DELETE, body):
                 outcome = await reconcile.teardown_tenant(body, latest_classes(store_class_index), memo.backends,
                                                           memo.secrets)
+                # Kubernetes does not record who deleted an object: the receipt names no actor.
+                events.post(body, outcome.events, actor="")
+        # The deletion receipt of a store that was made is written before the finalizer goes (else the next
+        # attempt writes it).
+        if made_in := (body.get("status") or {}).get("storeClassName"):
+            await memo.audit.flush([made_in])
     except ReconcileError as error:
         metrics.RECONCILE_ERRORS.labels(error.reason).inc()
         patch.status["phase"] = Phase.DELETING.value
@@ -232,7 +246,6 @@ async def delete_tenantstore(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo
         # A temporary error keeps the finalizer; a permanent one would release it and leak the tenant's data.
         raise kopf.TemporaryError(redaction.redact(str(error)), delay=error.retry_after or 30) from error
     memo.tenant_locks.pop(body["metadata"]["uid"], None)
-    events.post(body, outcome.events)
 
 
 async def final_export_pending(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo) -> bool:
@@ -286,10 +299,12 @@ async def export_tenantstore(body: kopf.Body, status: kopf.Status, patch: kopf.P
                                memo.secrets.data, report)
     patch.status.update(ending.status)
     phase = ending.status["phase"]
-    if phase == ExportPhase.COMPLETED:
-        events.info(body, reason=Reason.EXPORT_COMPLETED, message=ending.message)
-    elif phase == ExportPhase.FAILED:
-        events.warn(body, reason=Reason.EXPORT_FAILED, message=ending.message)
+    if phase in (ExportPhase.COMPLETED, ExportPhase.FAILED):
+        reason = Reason.EXPORT_COMPLETED if phase == ExportPhase.COMPLETED else Reason.EXPORT_FAILED
+        (events.info if phase == ExportPhase.COMPLETED else events.warn)(body, reason=reason, message=ending.message)
+        if tenant is not None:  # the tenant's trail has its exports (the Event is on the TenantStoreExport)
+            memo.audit.record(tenant, reason, f"TenantStoreExport {body['metadata']['name']}: {ending.message}",
+                              actor=audit.spec_author(body))
     if ending.retry_after is not None:
         raise kopf.TemporaryError(redaction.redact(ending.message), delay=ending.retry_after)
 
@@ -343,7 +358,7 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
     for condition in flipped:
         (events.warn if condition.status else events.info)(body, reason=condition.reason, message=condition.message)
     for result in measured:
-        events.post(result.body, result.events, warning=result.warning)
+        events.post(result.body, result.events, warning=result.warning, actor=audit.OPERATOR_ACTOR)
 
 
 @kopf.timer(*STORECLASSES, interval=SETTINGS.verify_interval, initial_delay=SETTINGS.verify_interval / 2,
@@ -409,7 +424,8 @@ async def act_on_drift(memo: kopf.Memo, store_class: StoreClass, tenant: verify.
         if ready.get("reason") not in {drift.kind for drift in drifts}:  # newly found, not still there
             for drift in drifts:
                 metrics.DRIFT_DETECTED.labels(drift.kind).inc()
-            events.warn(body, reason=Reason.DRIFT_DETECTED, message="; ".join(drift.message for drift in drifts))
+            events.warn(body, reason=Reason.DRIFT_DETECTED, message="; ".join(drift.message for drift in drifts),
+                        actor=audit.OPERATOR_ACTOR)
         if store_class.drift_policy is DriftPolicy.REPORT:
             changes = conditions.status_changes(body.get("status"), verify.drift_status(body, drifts))
             if changes:
@@ -418,7 +434,7 @@ async def act_on_drift(memo: kopf.Memo, store_class: StoreClass, tenant: verify.
         if lost := dataclasses.replace(tenant, body=body).data_lost:
             changes = verify.data_loss_status(body, lost)
             await memo.statuses.patch(body, changes)
-            events.warn(body, reason=Reason.DATA_LOST,
+            events.warn(body, reason=Reason.DATA_LOST, actor=audit.OPERATOR_ACTOR,
                         message=str((conditions.find(changes["conditions"], reconcile.DATA_LOSS.condition) or {})
                                     .get("message")))
             body = {**body, "status": {**(body.get("status") or {}), **changes}}
@@ -426,7 +442,8 @@ async def act_on_drift(memo: kopf.Memo, store_class: StoreClass, tenant: verify.
             drift.kind == Reason.CREDENTIALS_OUT_OF_SYNC for drift in drifts))
         await record(memo, body, outcome)
         if outcome.warning is None:
-            events.info(body, reason=Reason.DRIFT_REPAIRED, message="repaired: " + "; ".join(d.message for d in drifts))
+            events.info(body, reason=Reason.DRIFT_REPAIRED, message="repaired: " + "; ".join(d.message for d in drifts),
+                        actor=audit.OPERATOR_ACTOR)
 
 
 async def report_broken_isolation(memo: kopf.Memo, store_class: StoreClass, tenant: verify.Checked) -> None:
@@ -435,7 +452,7 @@ async def report_broken_isolation(memo: kopf.Memo, store_class: StoreClass, tena
     metrics.ISOLATION_PROBE_FAILURES.labels(store_class.name, index).inc()
     ready = conditions.find((body.get("status") or {}).get("conditions"), ConditionType.READY) or {}
     if ready.get("reason") != IsolationBroken.reason:
-        events.warn(body, reason=IsolationBroken.reason, message=str(tenant.isolation))
+        events.warn(body, reason=IsolationBroken.reason, message=str(tenant.isolation), actor=audit.OPERATOR_ACTOR)
     changes = conditions.status_changes(body.get("status"), verify.isolation_status(body, str(tenant.isolation)))
     if changes:
         await memo.statuses.patch(body, changes)
@@ -464,18 +481,24 @@ async def report_outage(memo: kopf.Memo, body: Mapping[str, Any], status: Mappin
 async def expire_vectors(name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped,
                          store_class_index: kopf.Index[str, Any], tenants_by_class: kopf.Index[str, dict[str, Any]],
                          **_: Any) -> None:
-    """Per StoreClass: delete the vectors its tenants keep past their retention (bounded per pass)."""
+    """Per StoreClass: delete the vectors its tenants keep past their retention (bounded per pass), and the
+    audit rows past the class's audit retention."""
     if await stopped.wait(random.uniform(0, SETTINGS.retention_interval / 10)):  # jitter, as above
         return
     store_class = latest_classes(store_class_index).get(name)
-    if not isinstance(store_class, StoreClass) or not store_class_has_retention(store_class, tenants_by_class):
+    if not isinstance(store_class, StoreClass):
+        return
+    if expired_rows := await memo.audit.expire(store_class):
+        logger.info("StoreClass %s: %d audit rows older than %s deleted", name, expired_rows,
+                    store_class.audit_retention)
+    if not store_class_has_retention(store_class, tenants_by_class):
         return
     backends = await memo.backends.for_class(store_class)
     for expired in await retention.expire_class(store_class, list(tenants_by_class.get(name, ())), backends.vector,
                                                 datetime.datetime.now(datetime.UTC)):
         metrics.VECTORS_EXPIRED.labels(*metrics.TenantSnapshot.from_body(expired.body).labels).inc(expired.count)
         await memo.statuses.patch(expired.body, expired.status_changes(conditions.now_rfc3339()))
-        events.info(expired.body, reason=Reason.VECTORS_EXPIRED, message=expired.message)
+        events.info(expired.body, reason=Reason.VECTORS_EXPIRED, message=expired.message, actor=audit.OPERATOR_ACTOR)
 
 
 def store_class_has_retention(store_class: StoreClass, tenants_by_class: kopf.Index[str, dict[str, Any]]) -> bool:
@@ -533,7 +556,7 @@ async def observe_storeclass(body: kopf.Body, type: str | None, **_: Any) -> Non
 
 
 def write(body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> None:
-    events.post(body, outcome.events)
+    events.post(body, outcome.events, trace_id=outcome.trace_id)
     patch.status.update(outcome.status_patch(body.get("status")))
     if outcome.warning is not None:
         metrics.RECONCILE_ERRORS.labels(outcome.warning.reason).inc()

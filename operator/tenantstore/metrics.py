@@ -12,7 +12,7 @@ import threading
 from collections.abc import Iterator, Mapping
 from typing import Any
 
-from prometheus_client import CollectorRegistry, Counter, Histogram, start_http_server
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
@@ -52,6 +52,14 @@ EXPORT_DURATION = Histogram(
 VECTORS_EXPIRED = Counter(
     "tenantstore_tenant_vectors_expired_total", "Vectors deleted because they outlived the tenant's retention.",
     TENANT_LABELS, registry=REGISTRY)
+AUDIT_WRITTEN = Counter(
+    "tenantstore_audit_entries_written_total", "Rows appended to the StoreClasses' audit trails.", registry=REGISTRY)
+AUDIT_DROPPED = Counter(
+    "tenantstore_audit_entries_dropped_total", "Audit rows dropped because too many waited for their Postgres.",
+    registry=REGISTRY)
+AUDIT_PENDING = Gauge(
+    "tenantstore_audit_entries_pending", "Audit rows queued, not yet written (their Postgres did not answer).",
+    registry=REGISTRY)
 BACKEND_DURATION = Histogram(
     "tenantstore_backend_operation_duration_seconds", "Latency of backend operations, by backend and operation.",
     ("backend", "operation"), buckets=LATENCY_BUCKETS, registry=REGISTRY)

@@ -106,6 +106,11 @@ def parse_duration(value: str) -> datetime.timedelta:
     return datetime.timedelta(days=days, hours=hours, minutes=minutes, seconds=seconds)
 
 
+# Seven years (of 365 days and a leap day or two), what compliance regimes commonly ask for.
+DEFAULT_AUDIT_RETENTION_TEXT = "2557d"
+DEFAULT_AUDIT_RETENTION = parse_duration(DEFAULT_AUDIT_RETENTION_TEXT)
+
+
 @dataclasses.dataclass(frozen=True)
 class Retention:
     """How long a tenant's vectors are kept (None: for ever). Relational data is the tenant's to expire."""
@@ -338,6 +343,7 @@ class StoreClass:
     vector_settings: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     allowed_namespaces: AllowedNamespaces = AllowedNamespaces()
     drift_policy: DriftPolicy = DriftPolicy.REPAIR
+    audit_retention: datetime.timedelta = DEFAULT_AUDIT_RETENTION
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> StoreClass:
@@ -362,6 +368,7 @@ class StoreClass:
             vector_settings=dict(vector.get(vector_backend) or {}),
             allowed_namespaces=AllowedNamespaces.from_dict(spec.get("allowedNamespaces")),
             drift_policy=DriftPolicy(spec.get("driftPolicy") or DriftPolicy.REPAIR),
+            audit_retention=parse_duration((spec.get("audit") or {}).get("retention") or DEFAULT_AUDIT_RETENTION_TEXT),
         )
 
 

@@ -97,6 +97,7 @@ class Outcome:
     events: list[Step]
     retry_after: float | None = None
     warning: ReconcileError | None = None
+    trace_id: str = ""  # the reconcile's span, for the audit trail
 
     def status_patch(self, current: Mapping[str, Any] | None) -> dict[str, Any]:
         return conditions.status_changes(current, self.status)
