@@ -16,6 +16,8 @@ FINALIZER = "tenancy.dev/cleanup"
 # Labels and annotations.
 DEFAULT_CLASS_ANNOTATION = "storeclass.tenancy.dev/is-default-class"
 TENANT_ID_LABEL = "tenancy.dev/tenant-id"
+# On the Secret of a scoped credential: the credential's name (spec.credentials[].name).
+CREDENTIAL_LABEL = "tenancy.dev/credential"
 MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "tenantstore-operator"
 # On a tenant Secret: clients of a backend that cannot refuse writes (Pinecone) honour it while a quota blocks.
@@ -80,6 +82,8 @@ class Reason(enum.StrEnum):
     RESTORE_FAILED = "RestoreFailed"
     # Ready=False, found by the verification pass (drift)
     ROLE_MISSING = "RoleMissing"
+    CREDENTIAL_MISSING = "CredentialMissing"
+    CREDENTIAL_CHANGED = "CredentialChanged"
     LOGIN_CHANGED = "LoginChanged"
     CONNECTION_LIMIT_CHANGED = "ConnectionLimitChanged"
     SCHEMA_MISSING = "SchemaMissing"
@@ -125,7 +129,7 @@ DRIFT_REASONS = frozenset({
     Reason.ROLE_MISSING, Reason.LOGIN_CHANGED, Reason.CONNECTION_LIMIT_CHANGED, Reason.SCHEMA_MISSING,
     Reason.DATABASE_MISSING, Reason.DATABASE_SETTINGS_CHANGED, Reason.OWNER_CHANGED, Reason.GRANT_MISSING,
     Reason.NAMESPACE_MISSING, Reason.POLICY_MISSING, Reason.INDEX_MISSING, Reason.SECRET_MISSING,
-    Reason.CREDENTIALS_OUT_OF_SYNC, Reason.OBJECT_REPLACED})
+    Reason.CREDENTIALS_OUT_OF_SYNC, Reason.OBJECT_REPLACED, Reason.CREDENTIAL_MISSING, Reason.CREDENTIAL_CHANGED})
 
 # Failures no retry can end: they wait for a person (a spec, a Secret, a class or a namespace to change).
 # kstatus (Flux's `wait`, kpt) reads Stalled=True as Failed; every other failure stays InProgress.

@@ -24,7 +24,7 @@ TEARDOWN_VERIFIED = "TeardownVerified"
 ROUTINE_PROVISIONING = frozenset({
     "RoleCreated", "SchemaCreated", "DatabaseCreated", NAMESPACE_CREATED, "NamespaceIsolated",
     "VectorAccessGranted", "DedicatedIndexCreated", "DeletionProtectionEnabled", "IsolationVerified",
-    "SecretWritten"})
+    "SecretWritten", "CredentialSecretWritten", "ReaderRoleCreated", "ReadAccessGranted", "VectorReadAccessGranted"})
 ROUTINE_TEARDOWN = frozenset({
     "SessionsTerminated", "NamespaceDropped", "NamespaceDeleted", "DedicatedIndexDropped", "DedicatedIndexDeleted",
     "DeletionProtectionDisabled", "SchemaDropped", "DatabaseDropped", "RoleDropped", "SecretDeleted"})

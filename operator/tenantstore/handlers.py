@@ -19,8 +19,8 @@ import kopf
 from tenantstore import (audit, conditions, events, exports, fleet, kopf_fixes, kube, metrics, reconcile, redaction,
                          retention, settings, tracing, verify)
 from tenantstore.errors import IsolationBroken, ReconcileError
-from tenantstore.api import (DATA_LOSS_ACKNOWLEDGED_ANNOTATION, FINALIZER, GROUP, MANAGED_BY, MANAGED_BY_LABEL, VERSION,
-                             ConditionType, ExportPhase, Phase, Reason)
+from tenantstore.api import (CREDENTIAL_LABEL, DATA_LOSS_ACKNOWLEDGED_ANNOTATION, FINALIZER, GROUP, MANAGED_BY,
+                             MANAGED_BY_LABEL, VERSION, ConditionType, ExportPhase, Phase, Reason)
 from tenantstore.models import DriftPolicy, InvalidResource, StoreClass
 from tenantstore.reconcile import ClaimRef, Outcome
 from tenantstore.registry import BackendRegistry
@@ -523,6 +523,12 @@ async def tenant_secret_changed(body: kopf.Body, type: str | None, memo: kopf.Me
     if tenant is None or tenant["metadata"].get("uid") != owner.get("uid") or not verify.verifiable([tenant]):
         return
     classes = latest_classes(store_class_index)
+    if CREDENTIAL_LABEL in (body["metadata"].get("labels") or {}):
+        # A scoped credential's Secret: the reconcile writes it again, or gives its login the edited password.
+        async with current_tenant(memo, tenant) as fresh:
+            if fresh is not None:
+                await record(memo, fresh, await reconcile_through(memo, fresh, classes, tenant_id_index, held=True))
+        return
     store_class = classes.get(tenant["status"].get("storeClassName", ""))
     if not isinstance(store_class, StoreClass):
         return

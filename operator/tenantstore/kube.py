@@ -20,7 +20,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 
 from tenantstore import redaction
 from tenantstore.errors import BackendUnavailable, SecretConflict, StoreClassInvalid
-from tenantstore.api import (API_VERSION, DATA_DIGEST_ANNOTATION, GROUP, MANAGED_BY, MANAGED_BY_LABEL,
+from tenantstore.api import (API_VERSION, CREDENTIAL_LABEL, DATA_DIGEST_ANNOTATION, GROUP, MANAGED_BY, MANAGED_BY_LABEL,
                              TENANT_ID_LABEL, VERSION, WRITES_BLOCKED_ANNOTATION)
 from tenantstore.models import SecretKeyRef
 
@@ -105,22 +105,26 @@ class Secrets:
 
     async def apply_tenant_secret(self, namespace: str, name: str, owner: Mapping[str, Any],
                                   data: Mapping[str, str], writes_blocked: bool = False,
-                                  current: client.V1Secret | None | object = NOT_READ) -> bool:
-        """Create or correct the tenant's Secret; False when it already said exactly this.
+                                  current: client.V1Secret | None | object = NOT_READ, credential: str = "") -> bool:
+        """Create or correct the tenant's Secret (or, `credential`, a scoped credential's); False when it already
+        said exactly this.
 
         `current` is the Secret as the caller just read it (saves a GET); a stale one costs a re-read.
         """
         try:
-            return await self._apply_tenant_secret(namespace, name, owner, data, writes_blocked, current)
+            return await self._apply_tenant_secret(namespace, name, owner, data, writes_blocked, current, credential)
         except ApiException as error:
             if error.status != 409 or current is NOT_READ:
                 raise
-            return await self._apply_tenant_secret(namespace, name, owner, data, writes_blocked, NOT_READ)
+            return await self._apply_tenant_secret(namespace, name, owner, data, writes_blocked, NOT_READ,
+                                                   credential)
 
     async def _apply_tenant_secret(self, namespace: str, name: str, owner: Mapping[str, Any],
-                                   data: Mapping[str, str], writes_blocked: bool, current: Any) -> bool:
+                                   data: Mapping[str, str], writes_blocked: bool, current: Any,
+                                   credential: str) -> bool:
         encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
-        wanted_meta = {"labels": {TENANT_ID_LABEL: owner["spec"]["tenantId"], MANAGED_BY_LABEL: MANAGED_BY},
+        wanted_meta = {"labels": {TENANT_ID_LABEL: owner["spec"]["tenantId"], MANAGED_BY_LABEL: MANAGED_BY,
+                                  **({CREDENTIAL_LABEL: credential} if credential else {})},
                        "ownerReferences": [owner_reference(owner)]}
         secret = await self.read(namespace, name) if current is NOT_READ else current
         if secret is None:
@@ -145,6 +149,14 @@ class Secrets:
                 "type": secret.type or "Opaque", "data": encoded}
         await self.core.replace_namespaced_secret(name, namespace, body)
         return True
+
+    async def credential_secrets(self, namespace: str, owner: Mapping[str, Any]) -> dict[str, str]:
+        """The scoped credentials' Secrets this TenantStore owns: Secret name -> credential name."""
+        listed = await self.core.list_namespaced_secret(
+            namespace, label_selector=f"{TENANT_ID_LABEL}={owner['spec']['tenantId']},{CREDENTIAL_LABEL}")
+        return {secret.metadata.name: (secret.metadata.labels or {}).get(CREDENTIAL_LABEL, "")
+                for secret in listed.items
+                if any(ref.uid == owner["metadata"]["uid"] for ref in secret.metadata.owner_references or ())}
 
     async def mark_writes_blocked(self, namespace: str, name: str, owner: Mapping[str, Any], blocked: bool) -> bool:
         """Set or clear the annotation clients honour where the backend cannot refuse writes itself (Pinecone)."""

@@ -10,7 +10,7 @@ import dataclasses
 import datetime
 import enum
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from decimal import Decimal
 from typing import Any
 
@@ -388,6 +388,7 @@ class TenantStoreSpec:
     final_export: ExportDestination | None = None  # deletionPolicy Export: where the final export goes
     restore_from: ExportDestination | None = None  # an export the new tenant starts from
     retention: Retention = Retention()
+    credentials: tuple[Credential, ...] = ()  # scoped credentials besides the owner's (secret_name)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> TenantStoreSpec:
@@ -418,7 +419,75 @@ class TenantStoreSpec:
             restore_from=ExportDestination.from_dict(spec["restoreFrom"], "spec.restoreFrom")
             if spec.get("restoreFrom") else None,
             retention=Retention.from_dict(spec.get("retention")),
+            credentials=Credential.list_from(spec.get("credentials"), meta["name"],
+                                             spec.get("secretName") or f"{meta['name']}-store"),
         )
+
+
+class Access(str, enum.Enum):
+    READ_WRITE = "readWrite"
+    READ_ONLY = "readOnly"
+
+
+CREDENTIAL_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,14}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Credential:
+    """One of spec.credentials: a login of its own, with the tenant's rights (readWrite) or read rights only."""
+
+    name: str
+    access: Access
+    secret_name: str
+
+    @classmethod
+    def list_from(cls, raw: Sequence[Mapping[str, Any]] | None, store_name: str,
+                  owner_secret: str) -> tuple[Credential, ...]:
+        credentials = []
+        for item in raw or ():
+            name = str(item.get("name") or "")
+            if not CREDENTIAL_NAME_PATTERN.match(name):
+                raise InvalidResource(f"spec.credentials[].name {name!r} must match {CREDENTIAL_NAME_PATTERN.pattern}")
+            try:
+                access = Access(item.get("access") or Access.READ_WRITE)
+            except ValueError:
+                raise InvalidResource(f"spec.credentials[{name}].access must be readWrite or readOnly") from None
+            credentials.append(cls(name, access, item.get("secretName") or f"{store_name}-{name}"))
+        names = [credential.name for credential in credentials]
+        secrets = [owner_secret, *(credential.secret_name for credential in credentials)]
+        if len(set(names)) != len(names) or len(set(secrets)) != len(secrets):
+            raise InvalidResource("spec.credentials: every credential needs its own name and its own Secret "
+                                  "(not the owner's, spec.secretName)")
+        return tuple(credentials)
+
+
+@dataclasses.dataclass(frozen=True)
+class CredentialRole:
+    """A credential as Postgres sees it: a login role that acts as the tenant's role or its reader role."""
+
+    name: str
+    access: Access
+    role: str
+    secret_name: str
+    connection_limit: int  # Postgres's spelling: -1 unlimited
+
+    def to_status(self) -> dict[str, Any]:
+        return {"name": self.name, "access": self.access.value, "secretName": self.secret_name, "user": self.role,
+                "connectionLimit": self.connection_limit}
+
+
+def credential_role(tenant_id: str, name: str) -> str:
+    """tscred_<id>_<name>: the name has no '_', so the last one splits them (63 characters at most)."""
+    return f"tscred_{tenant_id.replace('-', '_')}_{name}"
+
+
+def connection_shares(limit: int, logins: int) -> list[int]:
+    """A tenant's connection limit split over its logins (the owner's first), so that together they stay
+    within it: Postgres counts connections per role. 0 (unlimited) stays unlimited for each (-1)."""
+    if limit <= 0:
+        return [-1] * logins
+    share, rest = divmod(limit, logins)
+    return [share + (1 if index < rest else 0) for index in range(logins)]
 
 
 def backend_name(tenant_id: str) -> str:
@@ -454,6 +523,7 @@ class DesiredStore:
     writes_allowed: bool = True  # False while a Block quota is exceeded
     quotas_capped: tuple[str, ...] = ()  # spec.quotas fields the class's ceilings lowered
     retention: Retention = Retention()
+    credentials: tuple[Credential, ...] = ()
 
     @property
     def role(self) -> str:
@@ -487,9 +557,25 @@ class DesiredStore:
         return "tenantstore_io_" + self.tenant_id.replace("-", "_")
 
     @property
+    def reader_role(self) -> str:
+        """The NOLOGIN role readOnly credentials act as: SELECT on the tenant's tables and vectors, nothing else."""
+        return "tsread_" + self.tenant_id.replace("-", "_")
+
+    @property
     def connection_limit(self) -> int:
-        # Postgres spells "unlimited" as -1; our quotas spell it 0.
-        return self.quotas.max_connections or -1
+        """The owner's share of the tenant's connection limit (all of it without scoped credentials)."""
+        return connection_shares(self.quotas.max_connections, 1 + len(self.credentials))[0]
+
+    @property
+    def credential_roles(self) -> tuple[CredentialRole, ...]:
+        shares = connection_shares(self.quotas.max_connections, 1 + len(self.credentials))[1:]
+        return tuple(CredentialRole(credential.name, credential.access, credential_role(self.tenant_id, credential.name),
+                                    credential.secret_name, share)
+                     for credential, share in zip(self.credentials, shares))
+
+    @property
+    def has_readers(self) -> bool:
+        return any(credential.access is Access.READ_ONLY for credential in self.credentials)
 
 
 def effective_quotas(spec: TenantStoreSpec, store_class: StoreClass) -> tuple[Quotas, list[str]]:
@@ -503,6 +589,11 @@ def desired_store(spec: TenantStoreSpec, store_class: StoreClass, uid: str, tena
                   writes_allowed: bool = True) -> DesiredStore:
     policy = store_class.tiers[spec.tier]
     quotas, capped = effective_quotas(spec, store_class)
+    logins = 1 + len(spec.credentials)
+    if 0 < quotas.max_connections < logins:
+        raise InvalidResource(f"spec.credentials: {logins} logins (the owner's and {len(spec.credentials)} scoped) "
+                              f"share the tenant's connection limit of {quotas.max_connections}, which gives some "
+                              f"of them none: raise spec.quotas.maxConnections or drop a credential")
     return DesiredStore(
         tenant_id=spec.tenant_id,
         uid=uid,
@@ -519,4 +610,5 @@ def desired_store(spec: TenantStoreSpec, store_class: StoreClass, uid: str, tena
         writes_allowed=writes_allowed,
         quotas_capped=tuple(capped),
         retention=policy.retention.overridden_by(spec.retention),
+        credentials=spec.credentials,
     )

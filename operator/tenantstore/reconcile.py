@@ -12,7 +12,7 @@ import secrets as token_source
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from tenantstore import conditions, destinations, export, migration, relational_moves, settings, tracing
+from tenantstore import conditions, destinations, export, kube, migration, relational_moves, settings, tracing
 from tenantstore.api import DATA_LOSS_ACKNOWLEDGED_ANNOTATION, TERMINAL_REASONS, ConditionType, Phase, Reason
 from tenantstore.backends import NAMESPACE_CREATED, RelationalPlacement, Step, VectorPlacement, VectorStore
 from tenantstore.conditions import Condition
@@ -169,6 +169,45 @@ def secret_data(spec: TenantStoreSpec, relational: RelationalPlacement, vector: 
     return data
 
 
+async def read_credential_passwords(store: DesiredStore, namespace: str, secrets: Secrets,
+                                    owner: Mapping[str, Any]) -> dict[str, tuple[str, bool]]:
+    """Each scoped credential's password as its Secret holds it, or a new one (True: the login needs it)."""
+    passwords = {}
+    for credential in store.credential_roles:
+        with tracing.backend_call("kubernetes", "read_secret"):
+            secret = await secrets.read_tenant_secret(namespace, credential.secret_name, owner)
+        held = password_in(secret)
+        # A Secret edited by hand: its login takes the password it now holds (as the owner's role does).
+        edited = secret is not None and kube.edited_by_hand({"metadata": {"annotations": secret.metadata.annotations},
+                                                             "data": secret.data})
+        passwords[credential.name] = (held, edited) if held else (new_password(), True)
+    return passwords
+
+
+async def apply_credential_secrets(spec: TenantStoreSpec, store: DesiredStore, owner: Mapping[str, Any],
+                                   relational: RelationalPlacement, vector: VectorPlacement,
+                                   passwords: Mapping[str, tuple[str, bool]], extras: Mapping[str, str],
+                                   writes_blocked: bool, secrets: Secrets) -> list[Step]:
+    """Each scoped credential's Secret (the owner's keys, its own login, and what it may do); the Secrets of
+    credentials no longer in the spec deleted."""
+    namespace, steps = owner["metadata"]["namespace"], []
+    for credential in store.credential_roles:
+        access = credential.access.value
+        data = {**secret_data(spec, dataclasses.replace(relational, role=credential.role),
+                              vector, passwords[credential.name][0], extras),
+                "access": access, "vectorAccess": access}
+        if await secrets.apply_tenant_secret(namespace, credential.secret_name, owner, data,
+                                             writes_blocked=writes_blocked, credential=credential.name):
+            steps.append(Step("CredentialSecretWritten", f"credential {credential.name} ({access}) written to "
+                                                         f"Secret {credential.secret_name}"))
+    wanted = {credential.secret_name for credential in store.credential_roles}
+    for name, credential in sorted((await secrets.credential_secrets(namespace, owner)).items()):
+        if name not in wanted and await secrets.delete_tenant_secret(namespace, name, owner) \
+                is not SecretDeletion.ABSENT:
+            steps.append(Step("CredentialSecretDeleted", f"Secret {name} of removed credential {credential} deleted"))
+    return steps
+
+
 def new_password() -> str:
     # URL-safe, so it can sit in the Secret's URI without escaping.
     return token_source.token_urlsafe(24)
@@ -226,6 +265,11 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         with tracing.backend_call("postgres", "ensure"):
             relational, steps = await backends.relational.ensure(store, password or (password := new_password()),
                                                                   password_is_new)
+        scoped = bool(store.credentials or current.get("credentials"))  # else no credential was ever made
+        if scoped:
+            credential_passwords = await read_credential_passwords(store, meta["namespace"], secrets, body)
+            with tracing.backend_call("postgres", "ensure_credentials"):
+                steps += await backends.relational.ensure_credentials(store, credential_passwords)
         if (given_up := relational_moves.abandoned(store, current)) is not None:
             steps += await backends.relational.drop_data(given_up)
             await report({"relationalMigration": None})
@@ -250,6 +294,8 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
                                                           writes_blocked=verdict.blocks_writes))
         tracing.annotate({"gen_ai.memory.namespace": vector.namespace or vector.index})
         steps += vector_steps
+        if move is not None and store.has_readers:  # the moved vectors' new home: readers may read it too
+            steps += (await backends.vector.ensure(store))[1]
         if any(step.reason == NAMESPACE_CREATED for step in vector_steps):
             steps += await probe_isolation(backends.vector, store, vector)
         if spec.restore_from is not None and not current.get("restore"):
@@ -269,6 +315,10 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
                                                         current=current_secret if move is None else NOT_READ)
         if written:
             steps.append(Step("SecretWritten", f"credentials written to Secret {spec.secret_name}"))
+        if scoped:
+            with tracing.backend_call("kubernetes", "apply_credential_secrets"):
+                steps += await apply_credential_secrets(spec, store, body, relational, vector, credential_passwords,
+                                                        backends.secret_extras, verdict.blocks_writes, secrets)
         if relational_move is not None:
             # The Secret names the target: record the switch before the source goes.
             await report({"isolation": {**(current.get("isolation") or {}), "relational": store.relational.value},
@@ -327,6 +377,7 @@ def converged_status(spec: TenantStoreSpec, store_class: StoreClass, store: Desi
         "relational": relational.to_status(),
         "vectorStore": vector.to_status(),
         "secretName": spec.secret_name,
+        "credentials": [credential.to_status() for credential in store.credential_roles] or None,
         "quotas": store.quotas.to_status(),
     }
 
@@ -481,12 +532,18 @@ async def teardown_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreCl
     secret_deletion = await secrets.delete_tenant_secret(namespace, spec.secret_name, body)
     if secret_deletion is not SecretDeletion.ABSENT:
         events.append(Step("SecretDeleted", f"Secret {spec.secret_name} deleted"))
+    pending_secrets = [spec.secret_name] if secret_deletion is SecretDeletion.PENDING else []
+    for name in sorted(await secrets.credential_secrets(namespace, body)):
+        deletion = await secrets.delete_tenant_secret(namespace, name, body)
+        if deletion is not SecretDeletion.ABSENT:
+            events.append(Step("SecretDeleted", f"Secret {name} deleted"))
+        if deletion is SecretDeletion.PENDING:
+            pending_secrets.append(name)
     residue = [left for side in vector_sides for left in await backends.vector.residue(side)]
     residue += await backends.relational.residue(store)
     if moving is not None:
         residue += [left for left in await backends.relational.residue(moving) if not left.startswith("role ")]
-    if secret_deletion is SecretDeletion.PENDING:
-        residue.append(f"Secret {spec.secret_name}")
+    residue += [f"Secret {name}" for name in pending_secrets]
     if residue:
         raise BackendUnavailable(f"teardown incomplete, still present: {', '.join(residue)}")
     events.append(Step("TeardownVerified", f"nothing of tenant {store.tenant_id} remains: role, "

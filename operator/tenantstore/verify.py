@@ -127,8 +127,10 @@ async def check_secrets(backends: Backends, parsed: Sequence[tuple[Mapping[str, 
 
     async def check(body: Mapping[str, Any], spec: TenantStoreSpec, store: DesiredStore) -> None:
         key = (body["metadata"]["namespace"], spec.secret_name)
-        if key not in passwords:
-            found[store.tenant_id] = [Drift(Reason.SECRET_MISSING, f"Secret {spec.secret_name} does not exist")]
+        missing = [name for name in (spec.secret_name, *(c.secret_name for c in spec.credentials))
+                   if (body["metadata"]["namespace"], name) not in passwords]
+        if missing:
+            found[store.tenant_id] = [Drift(Reason.SECRET_MISSING, f"Secret {', '.join(missing)} does not exist")]
             return
         password = passwords[key]
         if store.suspended or store.tenant_id in relational:

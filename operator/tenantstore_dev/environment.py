@@ -179,9 +179,14 @@ class LocalEnvironment:
     def install_crds(self) -> None:
         assert self.kubectl is not None
         self.kubectl.apply(CRD_DIR)
-        self.kubectl("wait", "--for=condition=Established", "--timeout=60s",
-                     "crd/tenantstores.tenancy.dev", "crd/storeclasses.tenancy.dev",
-                     "crd/tenantstoreexports.tenancy.dev")
+        names = ("tenantstores.tenancy.dev", "storeclasses.tenancy.dev", "tenantstoreexports.tenancy.dev")
+
+        # Not `kubectl wait`: it fails outright on a CRD the API server has not given conditions yet.
+        def established() -> bool:
+            return all(any(c.get("type") == "Established" and c.get("status") == "True"
+                           for c in ((self.kubectl.get("crd", name) or {}).get("status") or {}).get("conditions") or ())
+                       for name in names)
+        wait_for("the CRDs to be established", established, timeout=60)
 
     @property
     def export_dir(self) -> Path:

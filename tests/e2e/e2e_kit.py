@@ -4,7 +4,9 @@ from __future__ import annotations
 import base64
 import functools
 import json
+import os
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -96,3 +98,23 @@ def kstatus(kubectl: Kubectl, kind: str, name: str, namespace: str) -> str:
     assert result.returncode == 0, f"kstatus failed on {kind} {namespace}/{name}: {result.stderr or result.stdout}"
     (line,) = result.stdout.splitlines()
     return json.loads(line)["status"]
+
+
+def insert_vector(secret: dict[str, str], vector_id: str) -> None:
+    """One vector written with a tenant Secret's credentials, into its namespace of a shared index."""
+    with psycopg.connect(secret["uri"], autocommit=True) as conn:
+        conn.execute(f"INSERT INTO {secret['vectorTable']} (namespace, id, embedding) VALUES (%s, %s, '[1,0,0]')",
+                     (secret["vectorNamespace"], vector_id))
+
+
+def vector_ids(secret: dict[str, str]) -> list[str]:
+    with psycopg.connect(secret["uri"], autocommit=True) as conn:
+        return [row[0] for row in conn.execute(f"SELECT id FROM {secret['vectorTable']} ORDER BY id")]
+
+
+def audit_cli(kubectl: Kubectl, tenant_id: str, *options: str) -> str:
+    """What `tenantstore audit --tenant ID` prints, read through the test cluster's kubeconfig."""
+    result = subprocess.run([sys.executable, "-m", "tenantstore", "audit", "--tenant", tenant_id, *options],
+                            env={**os.environ, "KUBECONFIG": str(kubectl.kubeconfig)}, capture_output=True,
+                            text=True, timeout=60, check=True)
+    return result.stdout

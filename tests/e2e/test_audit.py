@@ -2,20 +2,10 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-from e2e_kit import tenant_store, wait_for_condition
+from e2e_kit import audit_cli, tenant_store, wait_for_condition
 
 from tenantstore_dev.environment import Kubectl, OperatorProcess, wait_for
-
-
-def audit_cli(kubectl: Kubectl, tenant_id: str, *options: str) -> str:
-    result = subprocess.run([sys.executable, "-m", "tenantstore", "audit", "--tenant", tenant_id, *options],
-                            env={**os.environ, "KUBECONFIG": str(kubectl.kubeconfig)}, capture_output=True,
-                            text=True, timeout=60, check=True)
-    return result.stdout
 
 
 def test_a_tenants_life_is_in_its_audit_trail_after_it_is_gone(kubectl: Kubectl, operator: OperatorProcess,

@@ -16,8 +16,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from e2e_kit import (DEFAULT_CLASS, SEEN_PASSWORDS, condition, store_class, superuser, tenant_secret, tenant_store,
-                     wait_for_condition, wait_until_gone)
+from e2e_kit import (DEFAULT_CLASS, SEEN_PASSWORDS, condition, insert_vector, store_class, superuser, tenant_secret,
+                     tenant_store, wait_for_condition, wait_until_gone)
 from pinecone_server import PineconeTestServer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -144,12 +144,6 @@ def logs_in(secret: dict[str, str], password: str) -> bool:
 def uri_logs_in(secret: dict[str, str]) -> bool:
     with psycopg.connect(secret["uri"], connect_timeout=5, autocommit=True) as conn:
         return conn.execute("SELECT current_user").fetchone()[0] == secret["user"]
-
-
-def insert_vector(secret: dict[str, str], vector_id: str) -> None:
-    with psycopg.connect(secret["uri"], autocommit=True) as conn:
-        conn.execute(f"INSERT INTO {secret['vectorTable']} (namespace, id, embedding) VALUES (%s, %s, '[1,0,0]')",
-                     (secret["vectorNamespace"], vector_id))
 
 
 def events(kubectl: Kubectl, namespace: str, name: str, reason: str) -> list[dict[str, Any]]:

@@ -5,20 +5,9 @@ import re
 
 import psycopg
 import pytest
-from e2e_kit import condition, store_class, tenant_secret, tenant_store, wait_for_condition
+from e2e_kit import condition, insert_vector, store_class, tenant_secret, tenant_store, vector_ids, wait_for_condition
 
 from tenantstore_dev.environment import Kubectl, LocalEnvironment, OperatorProcess, wait_for
-
-
-def insert_vector(secret: dict[str, str], vector_id: str) -> None:
-    with psycopg.connect(secret["uri"], autocommit=True) as conn:
-        conn.execute(f"INSERT INTO {secret['vectorTable']} (namespace, id, embedding) VALUES (%s, %s, '[1,0,0]')",
-                     (secret["vectorNamespace"], vector_id))
-
-
-def vector_ids(secret: dict[str, str]) -> list[str]:
-    with psycopg.connect(secret["uri"], autocommit=True) as conn:
-        return [row[0] for row in conn.execute(f"SELECT id FROM {secret['vectorTable']} ORDER BY id")]
 
 
 def events(kubectl: Kubectl, namespace: str, reason: str) -> list[str]:

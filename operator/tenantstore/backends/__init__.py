@@ -125,6 +125,11 @@ class RelationalStore(Protocol):
                      ) -> tuple[RelationalPlacement, list[Step]]:
         """Make the role (with this password when created or when the password is new) and its schema or database."""
 
+    async def ensure_credentials(self, store: DesiredStore, passwords: Mapping[str, tuple[str, bool]]) -> list[Step]:
+        """The store's scoped credential logins as its spec says, and no others. `passwords` by credential name:
+        (the password its Secret holds or a new one, whether the login must be given it)."""
+        ...
+
     async def claimed_by(self, store: DesiredStore) -> str | None:
         """The uid of the TenantStore that claimed this tenant's role; None when absent; a marker when retained."""
 

@@ -72,8 +72,42 @@ class PgvectorStore:
 
     async def ensure(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
         if store.vector is VectorIsolation.NAMESPACE:
-            return await self._ensure_namespace(store)
-        return await self._ensure_dedicated(store)
+            placement, steps = await self._ensure_namespace(store)
+        else:
+            placement, steps = await self._ensure_dedicated(store)
+        if store.has_readers:
+            steps += await self._ensure_reader_access(store, placement)
+        return placement, steps
+
+    async def _ensure_reader_access(self, store: DesiredStore, placement: VectorPlacement) -> list[Step]:
+        """readOnly credentials (as the tenant's reader role) may SELECT the tenant's vectors and nothing more:
+        on a shared index through a SELECT-only policy of its own on the tenant's partition."""
+        reader = sql.Identifier(store.reader_role)
+        schema, table = placement.table.split(".", 1)
+        async with self.server.connect(None if placement.namespace else store.database) as conn:
+            row = await (await conn.execute("""
+                SELECT has_schema_privilege(%(reader)s, %(schema)s, 'USAGE') AS usage,
+                       has_table_privilege(%(reader)s, format('%%I.%%I', %(schema)s::text, %(table)s::text),
+                                           'SELECT') AS can_select,
+                       EXISTS (SELECT 1 FROM pg_policy p JOIN pg_class c ON c.oid = p.polrelid
+                                 JOIN pg_namespace n ON n.oid = c.relnamespace
+                                WHERE n.nspname = %(schema)s AND c.relname = %(table)s
+                                  AND p.polname = %(reader)s) AS policy""",
+                {"reader": store.reader_role, "schema": schema, "table": table})).fetchone()
+            qualified = sql.Identifier(schema, table)
+            statements: list[sql.Composable] = []
+            if not row["usage"]:
+                statements.append(sql.SQL("GRANT USAGE ON SCHEMA {} TO {}").format(sql.Identifier(schema), reader))
+            if not row["can_select"]:
+                statements.append(sql.SQL("GRANT SELECT ON {} TO {}").format(qualified, reader))
+            if placement.namespace and not row["policy"]:
+                statements.append(sql.SQL("CREATE POLICY {} ON {} FOR SELECT TO {} USING (namespace = {})").format(
+                    reader, qualified, reader, sql.Literal(store.tenant_id)))
+            if not statements:
+                return []
+            await execute_at_once(conn, statements)
+        return [Step("VectorReadAccessGranted", f"{store.reader_role} may read, and only read, the tenant's "
+                                                f"vectors in {placement.table}")]
 
     # --- namespace isolation: a partition of a shared index ---
 

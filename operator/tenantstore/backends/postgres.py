@@ -13,6 +13,7 @@ tenant holds only for a bounded time.
 from __future__ import annotations
 
 import base64
+import collections
 import contextlib
 import hashlib
 import hmac
@@ -21,7 +22,7 @@ import json
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
@@ -31,8 +32,9 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
 from tenantstore.backends import Drift, IoLogin, RelationalPlacement, RelationalUsage, Step, bookkeeping
+from tenantstore.backends import postgres_credentials as credentials
 from tenantstore.errors import BackendUnavailable, ReconcileError, StoreClassInvalid, TenantIdConflict
-from tenantstore.models import DesiredStore, RelationalIsolation
+from tenantstore.models import CredentialRole, DesiredStore, RelationalIsolation
 from tenantstore.redaction import redact
 
 CONNECT_TIMEOUT_SECONDS = 5
@@ -190,25 +192,28 @@ def reopened_database(database: str) -> sql.Composed:
 
 
 async def close_to_public(conn: psycopg.AsyncConnection[Any], database: str) -> None:
-    """Only the shared database's own (schema) tenants may connect to it, not every role of the server.
+    """Only the shared database's own (schema) tenants may connect to it, not every role of the server, and
+    only they may create temporary tables there (a readOnly credential's reader role may not).
 
-    Tenants made before this rule get CONNECT first, so none of them loses its database. Where the admin
-    does not own the database nothing changes, and the class's Ready condition says so.
+    Tenants made before this rule get CONNECT and TEMPORARY first, so none of them loses anything. Where the
+    admin does not own the database nothing changes, and the class's Ready condition says so.
     """
     row = await fetch_one(conn, """
         SELECT pg_get_userbyid(datdba) = current_user AS ours, EXISTS (
                  SELECT 1 FROM aclexplode(COALESCE(datacl, acldefault('d', datdba)))
-                  WHERE grantee = 0 AND privilege_type = 'CONNECT') AS public_can_connect
+                  WHERE grantee = 0 AND privilege_type IN ('CONNECT', 'TEMPORARY')) AS open_to_public
           FROM pg_database WHERE datname = current_database()""")
-    if not (row and row["ours"] and row["public_can_connect"]):
+    if not (row and row["ours"] and row["open_to_public"]):
         return
     cursor = await conn.execute("""
         SELECT n.nspname AS role FROM pg_namespace n JOIN pg_roles r ON r.rolname = n.nspname
          WHERE starts_with(n.nspname, 'tenant_')""")
     database_name = sql.Identifier(database)
-    statements = [sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(database_name, sql.Identifier(row["role"]))
+    statements = [sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(database_name,
+                                                                                sql.Identifier(row["role"]))
                   for row in await cursor.fetchall()]
-    await execute_at_once(conn, [*statements, sql.SQL("REVOKE CONNECT ON DATABASE {} FROM PUBLIC").format(database_name)])
+    await execute_at_once(conn, [*statements, sql.SQL("REVOKE CONNECT, TEMPORARY ON DATABASE {} FROM PUBLIC")
+                                 .format(database_name)])
 
 
 async def execute_at_once(conn: psycopg.AsyncConnection[Any], statements: Sequence[sql.Composable]) -> None:
@@ -391,10 +396,12 @@ class PostgresRelationalStore:
 
     async def _ensure_schema(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> list[Step]:
         schema, role = sql.Identifier(store.schema), sql.Identifier(store.role)
-        grant_connect = sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(sql.Identifier(store.database), role)
+        grant_connect = sql.SQL("GRANT CONNECT, TEMPORARY ON DATABASE {} TO {}").format(
+            sql.Identifier(store.database), role)
         row = await fetch_one(conn, "SELECT pg_get_userbyid(nspowner) AS owner, "
-                                    "has_database_privilege(%s, current_database(), 'CONNECT') AS can_connect "
-                                    "FROM pg_namespace WHERE nspname = %s", store.role, store.schema)
+                                    "has_database_privilege(%s, current_database(), 'CONNECT') AND "
+                                    "has_database_privilege(%s, current_database(), 'TEMPORARY') AS can_connect "
+                                    "FROM pg_namespace WHERE nspname = %s", store.role, store.role, store.schema)
         if row is None:
             await execute_at_once(conn, [sql.SQL("CREATE SCHEMA {} AUTHORIZATION {}").format(schema, role), grant_connect])
             return [Step("SchemaCreated", f"schema {store.schema} in database {store.database} created, owned by {store.role}")]
@@ -529,6 +536,91 @@ class PostgresRelationalStore:
                     sql.SQL(RELATION_KEYWORDS[row["relkind"]]), sql.Identifier(row["nspname"], row["relname"]),
                     sql.Identifier(to_role)))
 
+    # --- scoped credentials (postgres_credentials.py) ---
+
+    async def ensure_credentials(self, store: DesiredStore, passwords: Mapping[str, tuple[str, bool]]) -> list[Step]:
+        """Each of the store's credential logins as wanted, and no other. `passwords`: by credential name, the
+        password its Secret holds (or a new one) and whether the login must be given it."""
+        steps: list[Step] = []
+        async with self.server.connect() as conn:
+            logins = await credentials.existing_logins(conn, store)
+            for role, existing in logins.items():
+                credentials.check_ours(role, existing, is_managed)
+            reader_exists = logins.pop(store.reader_role, None) is not None
+            if store.has_readers:
+                steps += await self._ensure_reader(conn, store, reader_exists)
+            for credential in store.credential_roles:
+                steps += await self._ensure_login(conn, store, credential, passwords[credential.name],
+                                                  logins.get(credential.role))
+            wanted = {credential.role for credential in store.credential_roles}
+            for role in sorted(set(logins) - wanted):
+                steps.append(await self._drop_login(conn, role))
+            if reader_exists and not store.has_readers:
+                steps += await self._drop_reader(conn, store)
+        return steps
+
+    async def _ensure_login(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore, credential: CredentialRole,
+                            password: tuple[str, bool], existing: dict[str, Any] | None) -> list[Step]:
+        verifier = scram_sha256_verifier(password[0]) if existing is None or password[1] else None
+        statements = credentials.login_statements(store, credential, verifier, existing, MANAGED_COMMENT)
+        if not statements:
+            return []
+        await execute_at_once(conn, [*bookkeeping.lock_statements(SHARED_ACL_LOCK), *statements])
+        if existing is None:
+            return [Step("CredentialCreated", f"login {credential.role} for credential {credential.name} "
+                                              f"({credential.access.value}, connection limit "
+                                              f"{credential.connection_limit})")]
+        if store.suspended or credentials.target_of(store, credential) not in existing["acts_as"]:
+            # Suspended, or its rights changed: sessions opened before must not keep what they had.
+            await self._terminate_sessions(conn, credential.role)
+        return [Step("CredentialChanged", f"login {credential.role} of credential {credential.name} set to "
+                                          f"{credential.access.value}, connection limit {credential.connection_limit}"
+                                          f"{', suspended' if store.suspended else ''}")]
+
+    async def _drop_login(self, conn: psycopg.AsyncConnection[Any], role: str) -> Step:
+        await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
+        ended = await self._terminate_sessions(conn, role)
+        await execute_at_once(conn, credentials.drop_login_statements(role))
+        return credentials.removal_step(role, ended)
+
+    async def _ensure_reader(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore,
+                             exists: bool) -> list[Step]:
+        reader = sql.Identifier(store.reader_role)
+        steps: list[Step] = []
+        if not exists:
+            await execute_at_once(conn, [
+                *bookkeeping.lock_statements(SHARED_ACL_LOCK),
+                sql.SQL("CREATE ROLE {} NOLOGIN NOINHERIT").format(reader),
+                sql.SQL("COMMENT ON ROLE {} IS {}").format(reader, sql.Literal(MANAGED_COMMENT)),
+                # DROP OWNED BY needs the role's privileges, which it shares with the admin (read-only ones).
+                sql.SQL("GRANT {} TO CURRENT_USER WITH INHERIT TRUE, SET FALSE").format(reader)])
+            steps.append(Step("ReaderRoleCreated", f"role {store.reader_role} (what readOnly credentials act as) "
+                                                   f"created"))
+        async with self.server.connect(store.database) as tenant_conn:
+            grants = await credentials.reader_grants(tenant_conn, store)
+            if not await fetch_one(tenant_conn, "SELECT 1 WHERE has_database_privilege(%s, current_database(), "
+                                                "'CONNECT')", store.reader_role):
+                grants.insert(0, sql.SQL("GRANT CONNECT ON DATABASE {} TO {}").format(
+                    sql.Identifier(store.database), reader))
+            if grants:
+                await execute_at_once(tenant_conn, grants)
+                steps.append(Step("ReadAccessGranted", f"{store.reader_role} may read the tenant's tables in "
+                                                       f"{store.relational.value} {store.schema if store.relational is RelationalIsolation.SCHEMA else store.database}"))
+        return steps
+
+    async def _drop_reader(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> list[Step]:
+        """No readOnly credential left: the reader role goes, with its grants and policies (all databases)."""
+        reader = sql.Identifier(store.reader_role)
+        if store.relational is RelationalIsolation.DATABASE and await fetch_one(
+                conn, "SELECT 1 FROM pg_database WHERE datname = %s", store.database):
+            async with self.server.connect(store.database) as tenant_conn:
+                await tenant_conn.execute(sql.SQL("DROP OWNED BY {}").format(reader))
+        await execute_at_once(conn, [*bookkeeping.lock_statements(SHARED_ACL_LOCK),
+                                     sql.SQL("DROP OWNED BY {}").format(reader),
+                                     sql.SQL("DROP ROLE {}").format(reader),
+                                     *bookkeeping.forget_role(store.reader_role)])
+        return [Step("ReaderRoleDropped", f"role {store.reader_role} dropped (no readOnly credential left)")]
+
     async def _terminate_sessions(self, conn: psycopg.AsyncConnection[Any], role: str) -> int:
         # Wait (up to 5 s each) until the sessions are gone, so "Suspended" is true when status says so.
         row = await fetch_one(conn, """
@@ -548,8 +640,12 @@ class PostgresRelationalStore:
             if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", store.io_role):
                 await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(store.io_role)))
                 await self._terminate_sessions(conn, store.io_role)
-            doomed = [name for name in (store.role, store.holding_role, store.io_role)
-                      if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", name)]
+            logins = await credentials.existing_logins(conn, store)
+            for login in sorted(set(logins) - {store.reader_role}):
+                await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(login)))
+                await self._terminate_sessions(conn, login)
+            doomed = sorted(logins) + [name for name in (store.role, store.holding_role, store.io_role)
+                                       if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", name)]
             if doomed:
                 await self._forget_statements(conn, store.role)
                 # Grants and policies the roles still hold in the shared database go with them.
@@ -558,7 +654,7 @@ class PostgresRelationalStore:
                     *(statement for name in doomed for statement in (
                         sql.SQL("DROP OWNED BY {}").format(sql.Identifier(name)),
                         sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(name)))),
-                    *bookkeeping.forget_role(store.role)])
+                    *bookkeeping.forget_role(store.role), *bookkeeping.forget_role(store.reader_role)])
                 steps.append(Step("RoleDropped", f"Postgres role {store.role} dropped"))
             else:
                 await execute_at_once(conn, bookkeeping.forget_role(store.role))
@@ -600,29 +696,44 @@ class PostgresRelationalStore:
             claim = self._claim_of(role) if role else None
             if role is None or (claim is not None and claim.owner_uid not in (None, store.uid)):
                 return []  # gone, or someone else's
+            # Data stays, access goes: the scoped logins and the reader role are dropped (their Secrets go too).
+            logins = await credentials.existing_logins(conn, store)
+            dropped = [await self._drop_login(conn, login) for login in sorted(set(logins) - {store.reader_role})]
+            if store.reader_role in logins:
+                dropped += await self._drop_reader(conn, store)
             # The namespace stays on record: only a TenantStore of this namespace may adopt the tenant.
             await execute_at_once(conn, [
                 bookkeeping.record_claim(store.role, store.tenant_id, None, store.tenant_store_namespace, store.tenant_store_name),
                 sql.SQL("COMMENT ON ROLE {} IS {}").format(sql.Identifier(store.role), sql.Literal(MANAGED_COMMENT))])
         where = (f"schema {store.schema} in database {store.database}" if store.relational is RelationalIsolation.SCHEMA
                  else f"database {store.database}")
-        return [Step("Retained", f"kept Postgres role {store.role} and {where}; a new TenantStore with "
-                                 f"tenantId {store.tenant_id} in namespace {store.tenant_store_namespace} adopts them")]
+        return [*dropped, Step("Retained", f"kept Postgres role {store.role} and {where}; a new TenantStore with "
+                                           f"tenantId {store.tenant_id} in namespace {store.tenant_store_namespace} "
+                                           f"adopts them")]
 
     async def measure(self, stores: Sequence[DesiredStore]) -> dict[str, RelationalUsage]:
         roles = [store.role for store in stores]
+        logins = {credential.role: store.role for store in stores for credential in store.credential_roles}
         schemas = {store.schema: store for store in stores if store.relational is RelationalIsolation.SCHEMA}
         databases = {store.database: store for store in stores if store.relational is RelationalIsolation.DATABASE}
         async with self.server.connect() as conn:
-            connections = await self._rows_by(conn, "SELECT usename AS key, count(*) AS value FROM pg_stat_activity "
-                                                    "WHERE usename = ANY(%s) GROUP BY usename", roles)
+            by_login = await self._rows_by(conn, "SELECT usename AS key, count(*) AS value FROM pg_stat_activity "
+                                                 "WHERE usename = ANY(%s) GROUP BY usename", roles + list(logins))
+            connections: dict[str, int] = collections.Counter()
+            for login, count in by_login.items():  # a tenant's connections are its credentials' too
+                connections[logins.get(login, login)] += int(count)
             schema_bytes = await self._rows_by(conn, """
                 SELECT n.nspname AS key, sum(pg_total_relation_size(c.oid)) AS value
                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'm') GROUP BY n.nspname""", list(schemas))
             database_bytes = await self._rows_by(conn, "SELECT datname AS key, pg_database_size(datname) AS value "
                                                        "FROM pg_database WHERE datname = ANY(%s)", list(databases))
-            queries = await self._daily_queries(conn, roles)
+            # A readWrite login's statements run as the tenant's role; a readOnly one's as the reader role.
+            readers = {store.reader_role: store.role for store in stores if store.has_readers}
+            queries = await self._daily_queries(conn, roles + list(readers))
+            if queries is not None:
+                for reader, owner in readers.items():
+                    queries[owner] = int(queries.get(owner, 0)) + int(queries.pop(reader, 0))
             # A schema or database that is gone has no figure (not 0): the verification pass must still see what
             # went with it. A schema without tables is there, with 0 bytes.
             present = set(await self._rows_by(conn, "SELECT nspname AS key, 1 AS value FROM pg_namespace "
@@ -681,8 +792,11 @@ class PostgresRelationalStore:
                 f"SELECT datname, pg_get_userbyid(datdba) AS owner, {DATABASE_STATE} "
                 "FROM pg_database WHERE datname = ANY(%s)",
                 ([store.database for store in stores if store.relational is RelationalIsolation.DATABASE],))).fetchall()}
+            logins = {store.tenant_id: await credentials.existing_logins(conn, store)
+                      for store in stores if store.credentials}
         return {store.tenant_id: drifts for store in stores
-                if (drifts := self._drifts(store, roles.get(store.role), schemas, databases))}
+                if (drifts := self._drifts(store, roles.get(store.role), schemas, databases)
+                    + credentials.drifts(store, logins.get(store.tenant_id, {})))}
 
     def _drifts(self, store: DesiredStore, role: dict[str, Any] | None, schemas: dict[str, str],
                 databases: dict[str, dict[str, Any]]) -> list[Drift]:
@@ -768,5 +882,6 @@ class PostgresRelationalStore:
             for role in (store.holding_role, store.io_role):
                 if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", role):
                     left.append(f"role {role}")
+            left += [f"role {role}" for role in sorted(await credentials.existing_logins(conn, store))]
             left += await bookkeeping.records_of(conn, store.role)
         return left

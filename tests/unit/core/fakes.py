@@ -20,15 +20,15 @@ from typing import Any
 
 from kubernetes_asyncio import client
 
-from tenantstore.api import (API_VERSION, DATA_DIGEST_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL, TENANT_ID_LABEL,
-                             WRITES_BLOCKED_ANNOTATION)
+from tenantstore.api import (API_VERSION, CREDENTIAL_LABEL, DATA_DIGEST_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL,
+                             TENANT_ID_LABEL, WRITES_BLOCKED_ANNOTATION)
 from tenantstore.backends import (NAMESPACE_CREATED, Drift, RelationalPlacement, RelationalUsage, SharedIndex, Step,
                                   VectorPlacement, VectorRecord, VectorUsage)
 from tenantstore.errors import (BackendUnavailable, ObjectReplaced, SecretConflict, StoreClassInvalid,
                                 StoreClassNotReady, TenantIdConflict)
 from tenantstore.kube import NOT_READ, SecretDeletion, data_digest
-from tenantstore.models import (DesiredStore, RelationalIsolation, SecretKeyRef, StoreClass, VectorIsolation,
-                                dedicated_index_name, shared_index_name)
+from tenantstore.models import (CREDENTIAL_NAME_PATTERN, DesiredStore, RelationalIsolation, SecretKeyRef, StoreClass,
+                                VectorIsolation, dedicated_index_name, shared_index_name)
 
 # What claimed_by answers for a role the operator did not make, and for a retained one (as the Postgres store).
 NOT_MANAGED = "(not managed by tenantstore)"
@@ -121,6 +121,7 @@ class FakeRelationalStore(Recorder):
         self.usage: dict[str, RelationalUsage] = {}  # what `measure` reports, per tenant id
         self.preflight_problems: list[Step] = []
         self.stuck: set[str] = set()  # names teardown cannot remove (a lock a tenant holds, say)
+        self.logins: dict[str, tuple[str, str, int, bool]] = {}  # credential login -> password, access, limit, login
 
     # RelationalStore
 
@@ -132,6 +133,24 @@ class FakeRelationalStore(Recorder):
         steps += self._write_access(store)
         return RelationalPlacement(host=self.host, port=self.port, database=store.database, schema=store.schema,
                                    role=store.role), steps
+
+    async def ensure_credentials(self, store: DesiredStore, passwords: Mapping[str, tuple[str, bool]]) -> list[Step]:
+        self.enter("ensure_credentials")
+        wanted = {credential.role: credential for credential in store.credential_roles}
+        steps = []
+        for role, credential in wanted.items():
+            password, is_new = passwords[credential.name]
+            existing = self.logins.get(role)
+            state = (password, credential.access.value, credential.connection_limit, not store.suspended)
+            if existing is None or is_new or existing[1:] != state[1:]:
+                self.logins[role] = state if existing is None or is_new else (existing[0], *state[1:])
+                steps.append(Step("CredentialCreated" if existing is None else "CredentialChanged", role))
+        prefix = f"tscred_{store.tenant_id.replace('-', '_')}_"
+        for role in sorted(set(self.logins) - set(wanted)):
+            if role.startswith(prefix) and CREDENTIAL_NAME_PATTERN.match(role[len(prefix):]):
+                del self.logins[role]
+                steps.append(Step("CredentialRemoved", role))
+        return steps
 
     async def claimed_by(self, store: DesiredStore) -> str | None:
         self.enter("claimed_by")
@@ -672,9 +691,10 @@ class FakeSecrets(Recorder):
 
     async def apply_tenant_secret(self, namespace: str, name: str, owner: Mapping[str, Any],
                                   data: Mapping[str, str], writes_blocked: bool = False,
-                                  current: client.V1Secret | None | object = NOT_READ) -> bool:
+                                  current: client.V1Secret | None | object = NOT_READ, credential: str = "") -> bool:
         self.enter("apply_tenant_secret")
-        labels = {TENANT_ID_LABEL: owner["spec"]["tenantId"], MANAGED_BY_LABEL: MANAGED_BY}
+        labels = {TENANT_ID_LABEL: owner["spec"]["tenantId"], MANAGED_BY_LABEL: MANAGED_BY,
+                  **({CREDENTIAL_LABEL: credential} if credential else {})}
         annotations = {DATA_DIGEST_ANNOTATION: data_digest(encoded(data))}
         uid, owner_name = owner["metadata"]["uid"], owner["metadata"]["name"]
         secret = self.secrets.get((namespace, name))
@@ -695,6 +715,12 @@ class FakeSecrets(Recorder):
         secret.labels.update(labels)
         self.writes += 1
         return True
+
+    async def credential_secrets(self, namespace: str, owner: Mapping[str, Any]) -> dict[str, str]:
+        self.enter("credential_secrets")
+        return {name: secret.labels[CREDENTIAL_LABEL] for (space, name), secret in self.secrets.items()
+                if space == namespace and CREDENTIAL_LABEL in secret.labels
+                and owner["metadata"]["uid"] in secret.owners}
 
     async def mark_writes_blocked(self, namespace: str, name: str, owner: Mapping[str, Any], blocked: bool) -> bool:
         self.enter("mark_writes_blocked")
