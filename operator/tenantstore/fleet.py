@@ -7,11 +7,12 @@ verdict changed cost an API write.
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tenantstore import conditions
+from tenantstore import conditions, credentials
 from tenantstore.backends import Step, VectorPlacement
 from tenantstore.errors import BackendUnavailable, StoreClassNotAllowed
 from tenantstore.api import WRITES_BLOCKED_ANNOTATION, ConditionType, Reason
@@ -44,9 +45,12 @@ def provisioned_tenants(tenants: Sequence[Mapping[str, Any]]) -> list[Mapping[st
 
 
 def needs_reconcile(store_class: StoreClass, body: Mapping[str, Any]) -> bool:
-    """A provisioned tenant whose class changed since it was reconciled (its quotas or isolation may follow)."""
+    """A provisioned tenant whose class changed since it was reconciled (its quotas or isolation may follow),
+    or one of whose credentials is due to rotate, or to close its previous login."""
     status = body.get("status") or {}
-    return bool(status.get("relational")) and status.get("observedStoreClassGeneration") != store_class.generation
+    return bool(status.get("relational")) and (
+        status.get("observedStoreClassGeneration") != store_class.generation
+        or credentials.rotation_due(body, datetime.datetime.now(datetime.UTC)))
 
 
 async def namespace_labels(store_class: StoreClass, tenants: Sequence[Mapping[str, Any]],

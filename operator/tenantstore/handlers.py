@@ -148,6 +148,7 @@ async def tenant_secrets(body: kopf.Body, namespace: str, name: str, **_: Any) -
 @kopf.on.resume(*TENANTSTORES)
 @kopf.on.create(*TENANTSTORES)
 @kopf.on.update(*TENANTSTORES, field="spec")
+@kopf.on.update(*TENANTSTORES, field="metadata.annotations")  # e.g. rotate.tenancy.dev/<credential>
 async def reconcile_tenantstore(body: kopf.Body, status: kopf.Status, meta: kopf.Meta, patch: kopf.Patch,
                                 memo: kopf.Memo, reason: kopf.Reason, store_class_index: kopf.Index[str, Any],
                                 tenant_id_index: kopf.Index[str, ClaimRef], **_: Any) -> None:

@@ -52,6 +52,9 @@ EXPORT_DURATION = Histogram(
 VECTORS_EXPIRED = Counter(
     "tenantstore_tenant_vectors_expired_total", "Vectors deleted because they outlived the tenant's retention.",
     TENANT_LABELS, registry=REGISTRY)
+CREDENTIAL_ROTATIONS = Counter(
+    "tenantstore_credential_rotations_total", "Rotations of a tenant's scoped credentials (a new login in turn).",
+    (*TENANT_LABELS, "credential"), registry=REGISTRY)
 AUDIT_WRITTEN = Counter(
     "tenantstore_audit_entries_written_total", "Rows appended to the StoreClasses' audit trails.", registry=REGISTRY)
 AUDIT_DROPPED = Counter(

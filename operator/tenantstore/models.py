@@ -429,7 +429,23 @@ class Access(str, enum.Enum):
     READ_ONLY = "readOnly"
 
 
-CREDENTIAL_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,14}$")
+CREDENTIAL_NAME_PATTERN = re.compile(r"^[a-z][a-z0-9]{0,12}$")
+DEFAULT_ROTATION_OVERLAP = datetime.timedelta(hours=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class Rotation:
+    """spec.credentials[].rotation: a new password every so often (None: only when asked), the previous one
+    still working for `overlap`."""
+
+    every: datetime.timedelta | None = None
+    overlap: datetime.timedelta = DEFAULT_ROTATION_OVERLAP
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> Rotation:
+        raw = raw or {}
+        return cls(parse_duration(raw["every"]) if raw.get("every") else None,
+                   parse_duration(raw["overlap"]) if raw.get("overlap") else DEFAULT_ROTATION_OVERLAP)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -439,6 +455,7 @@ class Credential:
     name: str
     access: Access
     secret_name: str
+    rotation: Rotation = Rotation()
 
     @classmethod
     def list_from(cls, raw: Sequence[Mapping[str, Any]] | None, store_name: str,
@@ -452,7 +469,8 @@ class Credential:
                 access = Access(item.get("access") or Access.READ_WRITE)
             except ValueError:
                 raise InvalidResource(f"spec.credentials[{name}].access must be readWrite or readOnly") from None
-            credentials.append(cls(name, access, item.get("secretName") or f"{store_name}-{name}"))
+            credentials.append(cls(name, access, item.get("secretName") or f"{store_name}-{name}",
+                                   Rotation.from_dict(item.get("rotation"))))
         names = [credential.name for credential in credentials]
         secrets = [owner_secret, *(credential.secret_name for credential in credentials)]
         if len(set(names)) != len(names) or len(set(secrets)) != len(secrets):
@@ -463,22 +481,25 @@ class Credential:
 
 @dataclasses.dataclass(frozen=True)
 class CredentialRole:
-    """A credential as Postgres sees it: a login role that acts as the tenant's role or its reader role."""
+    """A credential as Postgres sees it: two login roles that act as the tenant's role or its reader role. They
+    take turns: a rotation gives the one not in use a new password and moves the Secret to it."""
 
     name: str
     access: Access
-    role: str
+    logins: tuple[str, str]
     secret_name: str
     connection_limit: int  # Postgres's spelling: -1 unlimited
+    rotation: Rotation = Rotation()
 
-    def to_status(self) -> dict[str, Any]:
-        return {"name": self.name, "access": self.access.value, "secretName": self.secret_name, "user": self.role,
-                "connectionLimit": self.connection_limit}
+    def other(self, login: str) -> str:
+        return self.logins[1] if login == self.logins[0] else self.logins[0]
 
 
-def credential_role(tenant_id: str, name: str) -> str:
-    """tscred_<id>_<name>: the name has no '_', so the last one splits them (63 characters at most)."""
-    return f"tscred_{tenant_id.replace('-', '_')}_{name}"
+def credential_logins(tenant_id: str, name: str) -> tuple[str, str]:
+    """tscred_<id>_<name>_a and _b: the name has no '_', so the id, name and turn are unambiguous (at most
+    63 characters, Postgres's limit)."""
+    base = f"tscred_{tenant_id.replace('-', '_')}_{name}"
+    return f"{base}_a", f"{base}_b"
 
 
 def connection_shares(limit: int, logins: int) -> list[int]:
@@ -569,8 +590,9 @@ class DesiredStore:
     @property
     def credential_roles(self) -> tuple[CredentialRole, ...]:
         shares = connection_shares(self.quotas.max_connections, 1 + len(self.credentials))[1:]
-        return tuple(CredentialRole(credential.name, credential.access, credential_role(self.tenant_id, credential.name),
-                                    credential.secret_name, share)
+        return tuple(CredentialRole(credential.name, credential.access,
+                                    credential_logins(self.tenant_id, credential.name), credential.secret_name, share,
+                                    credential.rotation)
                      for credential, share in zip(self.credentials, shares))
 
     @property

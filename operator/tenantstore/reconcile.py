@@ -7,12 +7,13 @@ should, and changes only the difference; an operator killed anywhere converges o
 from __future__ import annotations
 
 import dataclasses
+import datetime
 import logging
-import secrets as token_source
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from tenantstore import conditions, destinations, export, kube, migration, relational_moves, settings, tracing
+from tenantstore import conditions, credentials, destinations, export, migration, relational_moves, settings, tracing
+from tenantstore.credentials import new_password
 from tenantstore.api import DATA_LOSS_ACKNOWLEDGED_ANNOTATION, TERMINAL_REASONS, ConditionType, Phase, Reason
 from tenantstore.backends import NAMESPACE_CREATED, RelationalPlacement, Step, VectorPlacement, VectorStore
 from tenantstore.conditions import Condition
@@ -169,48 +170,6 @@ def secret_data(spec: TenantStoreSpec, relational: RelationalPlacement, vector: 
     return data
 
 
-async def read_credential_passwords(store: DesiredStore, namespace: str, secrets: Secrets,
-                                    owner: Mapping[str, Any]) -> dict[str, tuple[str, bool]]:
-    """Each scoped credential's password as its Secret holds it, or a new one (True: the login needs it)."""
-    passwords = {}
-    for credential in store.credential_roles:
-        with tracing.backend_call("kubernetes", "read_secret"):
-            secret = await secrets.read_tenant_secret(namespace, credential.secret_name, owner)
-        held = password_in(secret)
-        # A Secret edited by hand: its login takes the password it now holds (as the owner's role does).
-        edited = secret is not None and kube.edited_by_hand({"metadata": {"annotations": secret.metadata.annotations},
-                                                             "data": secret.data})
-        passwords[credential.name] = (held, edited) if held else (new_password(), True)
-    return passwords
-
-
-async def apply_credential_secrets(spec: TenantStoreSpec, store: DesiredStore, owner: Mapping[str, Any],
-                                   relational: RelationalPlacement, vector: VectorPlacement,
-                                   passwords: Mapping[str, tuple[str, bool]], extras: Mapping[str, str],
-                                   writes_blocked: bool, secrets: Secrets) -> list[Step]:
-    """Each scoped credential's Secret (the owner's keys, its own login, and what it may do); the Secrets of
-    credentials no longer in the spec deleted."""
-    namespace, steps = owner["metadata"]["namespace"], []
-    for credential in store.credential_roles:
-        access = credential.access.value
-        data = {**secret_data(spec, dataclasses.replace(relational, role=credential.role),
-                              vector, passwords[credential.name][0], extras),
-                "access": access, "vectorAccess": access}
-        if await secrets.apply_tenant_secret(namespace, credential.secret_name, owner, data,
-                                             writes_blocked=writes_blocked, credential=credential.name):
-            steps.append(Step("CredentialSecretWritten", f"credential {credential.name} ({access}) written to "
-                                                         f"Secret {credential.secret_name}"))
-    wanted = {credential.secret_name for credential in store.credential_roles}
-    for name, credential in sorted((await secrets.credential_secrets(namespace, owner)).items()):
-        if name not in wanted and await secrets.delete_tenant_secret(namespace, name, owner) \
-                is not SecretDeletion.ABSENT:
-            steps.append(Step("CredentialSecretDeleted", f"Secret {name} of removed credential {credential} deleted"))
-    return steps
-
-
-def new_password() -> str:
-    # URL-safe, so it can sit in the Secret's URI without escaping.
-    return token_source.token_urlsafe(24)
 
 
 async def no_report(changes: dict[str, Any]) -> None:
@@ -267,9 +226,10 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
                                                                   password_is_new)
         scoped = bool(store.credentials or current.get("credentials"))  # else no credential was ever made
         if scoped:
-            credential_passwords = await read_credential_passwords(store, meta["namespace"], secrets, body)
+            logins = await credentials.plan(store, body, secrets, datetime.datetime.now(datetime.UTC))
             with tracing.backend_call("postgres", "ensure_credentials"):
-                steps += await backends.relational.ensure_credentials(store, credential_passwords)
+                steps += await backends.relational.ensure_credentials(store, logins.logins)
+            steps += logins.steps
         if (given_up := relational_moves.abandoned(store, current)) is not None:
             steps += await backends.relational.drop_data(given_up)
             await report({"relationalMigration": None})
@@ -317,8 +277,10 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
             steps.append(Step("SecretWritten", f"credentials written to Secret {spec.secret_name}"))
         if scoped:
             with tracing.backend_call("kubernetes", "apply_credential_secrets"):
-                steps += await apply_credential_secrets(spec, store, body, relational, vector, credential_passwords,
-                                                        backends.secret_extras, verdict.blocks_writes, secrets)
+                steps += await credentials.apply_secrets(
+                    store, body, logins, lambda login, placement, secret_password: secret_data(
+                        spec, login, placement, secret_password, backends.secret_extras),
+                    relational, vector, verdict.blocks_writes, secrets)
         if relational_move is not None:
             # The Secret names the target: record the switch before the source goes.
             await report({"isolation": {**(current.get("isolation") or {}), "relational": store.relational.value},
@@ -345,6 +307,8 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
                               current.get("conditions"), migrated, hold=lambda updates: DATA_LOSS.hold(body, updates))
     if restored is not None:
         status["restore"] = restored.to_status()
+    if scoped:
+        status["credentials"] = logins.status(store)
     if move is not None or relational_moved:
         # Status was written while the move ran, so the body's copy is stale: state the end result in full.
         await report(status)
@@ -377,7 +341,6 @@ def converged_status(spec: TenantStoreSpec, store_class: StoreClass, store: Desi
         "relational": relational.to_status(),
         "vectorStore": vector.to_status(),
         "secretName": spec.secret_name,
-        "credentials": [credential.to_status() for credential in store.credential_roles] or None,
         "quotas": store.quotas.to_status(),
     }
 

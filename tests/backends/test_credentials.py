@@ -8,6 +8,7 @@ import uuid
 import psycopg
 import pytest
 
+from tenantstore.backends import LoginPlan
 from tenantstore.backends.pgvector import PgvectorStore
 from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServer
 from tenantstore.models import Access, Credential, DesiredStore, Metric, Quotas, RelationalIsolation, VectorIsolation
@@ -34,13 +35,19 @@ async def server(admin_uri: str):
 async def provision(server: PostgresServer, store: DesiredStore, new: bool = True):
     relational = PostgresRelationalStore(server)
     placement, steps = await relational.ensure(store, "owner-pw", password_is_new=new)
-    steps += await relational.ensure_credentials(store, {c.name: (f"{c.name}-pw", new) for c in store.credentials})
+    steps += await relational.ensure_credentials(store, plans(store, new))
     vector, vector_steps = await PgvectorStore(server).ensure(store)
     return placement, vector, steps + vector_steps
 
 
-def login(server: PostgresServer, store: DesiredStore, credential: str, database: str | None = None) -> psycopg.Connection:
-    role = next(c.role for c in store.credential_roles if c.name == credential)
+def plans(store: DesiredStore, new: bool = False) -> dict[str, LoginPlan]:
+    """Every credential on its first login, with the password "<name>-pw"."""
+    return {c.name: LoginPlan(c.logins[0], f"{c.name}-pw", new) for c in store.credential_roles}
+
+
+def login(server: PostgresServer, store: DesiredStore, credential: str, database: str | None = None,
+          turn: int = 0) -> psycopg.Connection:
+    role = next(c.logins[turn] for c in store.credential_roles if c.name == credential)
     return psycopg.connect(f"postgresql://{role}:{credential}-pw@{server.host}:{server.port}/"
                            f"{database or store.database}", autocommit=True)
 
@@ -81,8 +88,7 @@ async def test_read_write_acts_as_the_tenant_and_read_only_only_reads(
             with pytest.raises((psycopg.errors.InsufficientPrivilege, psycopg.errors.ReadOnlySqlTransaction)):
                 viewer.execute(statement)
     # Nothing changed: nothing to do.
-    assert await PostgresRelationalStore(server).ensure_credentials(
-        store, {c.name: (f"{c.name}-pw", False) for c in store.credentials}) == []
+    assert await PostgresRelationalStore(server).ensure_credentials(store, plans(store)) == []
     await teardown(server, store)
 
 
@@ -101,9 +107,10 @@ async def test_a_removed_credential_loses_its_login_and_sessions(server: Postgre
     await provision(server, store)
     session = login(server, store, "viewer")
     fewer = dataclasses.replace(store, credentials=(APP,))
-    steps = await PostgresRelationalStore(server).ensure_credentials(fewer, {"app": ("app-pw", False)})
-    # The app login's share of the connections grows to what the viewer's was.
-    assert [step.reason for step in steps] == ["CredentialChanged", "CredentialRemoved", "ReaderRoleDropped"]
+    steps = await PostgresRelationalStore(server).ensure_credentials(fewer, plans(fewer))
+    # The app logins' share of the connections grows to what the viewer's was.
+    assert [step.reason for step in steps] == ["CredentialChanged", "CredentialChanged", "CredentialRemoved",
+                                               "CredentialRemoved", "ReaderRoleDropped"]
     assert "connection limit 3" in steps[0].message
     with pytest.raises(psycopg.OperationalError):
         session.execute("SELECT 1")
@@ -120,8 +127,7 @@ async def test_suspension_locks_out_every_login(server: PostgresServer) -> None:
     session = login(server, store, "app")
     suspended = dataclasses.replace(store, suspended=True)
     await PostgresRelationalStore(server).ensure(suspended, "owner-pw", password_is_new=False)
-    await PostgresRelationalStore(server).ensure_credentials(
-        suspended, {c.name: (f"{c.name}-pw", False) for c in store.credentials})
+    await PostgresRelationalStore(server).ensure_credentials(suspended, plans(suspended))
     with pytest.raises(psycopg.OperationalError):
         session.execute("SELECT 1")
     for name in ("app", "viewer"):
@@ -139,3 +145,27 @@ async def test_another_tenants_logins_are_not_taken_for_ours(server: PostgresSer
         assert viewer.execute("SELECT 1").fetchone() == (1,)
     await teardown(server, dataclasses.replace(short, credentials=()))
     await teardown(server, longer)
+
+
+async def test_a_rotation_opens_the_other_login_and_closes_the_previous_after_the_overlap(
+        server: PostgresServer) -> None:
+    store = tenant("cred-rotated", credentials=(APP,))
+    await provision(server, store)
+    first, second = store.credential_roles[0].logins
+    old_session = login(server, store, "app")
+    relational = PostgresRelationalStore(server)
+
+    overlap = await relational.ensure_credentials(store, {"app": LoginPlan(second, "app-pw-2", True, kept=first)})
+    assert overlap == []  # a rotation's Event is the reconcile's; opening a login in turn is no news
+    with psycopg.connect(f"postgresql://{second}:app-pw-2@{server.host}:{server.port}/{store.database}") as new:
+        assert new.execute("SELECT current_user").fetchone() == (store.role,)
+    with login(server, store, "app"):  # the previous password still works during the overlap
+        pass
+
+    closed = await relational.ensure_credentials(store, {"app": LoginPlan(second, "app-pw-2", False)})
+    assert [step.reason for step in closed] == ["CredentialRetired"] and "1 session(s) ended" in closed[0].message
+    with pytest.raises(psycopg.OperationalError):
+        old_session.execute("SELECT 1")
+    with pytest.raises(psycopg.OperationalError, match="not permitted to log in"):
+        login(server, store, "app").close()
+    await teardown(server, store)

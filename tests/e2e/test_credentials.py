@@ -4,6 +4,7 @@ and the tenant's deletion leaving none of them."""
 from __future__ import annotations
 
 import json
+import threading
 
 import psycopg
 import pytest
@@ -23,11 +24,12 @@ def test_scoped_credentials_from_creation_to_deletion(kubectl: Kubectl, operator
                                                       namespace: str) -> None:
     kubectl.apply(scoped(namespace, APP, VIEWER, quotas={"maxConnections": 9}))
     body = wait_for_condition(kubectl, namespace, "scoped", "Ready", "True")
-    assert body["status"]["credentials"] == [
-        {"name": "app", "access": "readWrite", "secretName": "scoped-app", "user": "tscred_scoped_app",
-         "connectionLimit": 3},
-        {"name": "viewer", "access": "readOnly", "secretName": "scoped-viewer", "user": "tscred_scoped_viewer",
-         "connectionLimit": 3}]
+    shown = ("name", "access", "secretName", "user", "connectionLimit", "generation")
+    assert [{key: entry[key] for key in shown} for entry in body["status"]["credentials"]] == [
+        {"name": "app", "access": "readWrite", "secretName": "scoped-app", "user": "tscred_scoped_app_a",
+         "connectionLimit": 3, "generation": 1},
+        {"name": "viewer", "access": "readOnly", "secretName": "scoped-viewer", "user": "tscred_scoped_viewer_a",
+         "connectionLimit": 3, "generation": 1}]
     owner, app, viewer = (tenant_secret(kubectl, namespace, name)
                           for name in ("scoped-store", "scoped-app", "scoped-viewer"))
     assert viewer["access"] == viewer["vectorAccess"] == "readOnly" and app["access"] == "readWrite"
@@ -78,3 +80,54 @@ def test_more_logins_than_connections_is_a_spec_error(kubectl: Kubectl, operator
     ready = wait_for_condition(kubectl, namespace, "cramped", "Ready", "False", reason="InvalidSpec")
     assert "3 logins" in next(c for c in ready["status"]["conditions"] if c["type"] == "Ready")["message"]
 
+
+
+def test_a_client_that_follows_its_secret_never_fails_through_three_rotations(kubectl: Kubectl,
+                                                                              operator: OperatorProcess,
+                                                                              namespace: str) -> None:
+    kubectl.apply(tenant_store("rotating", namespace, "rotating",
+                               credentials=[{"name": "app", "rotation": {"overlap": "5s"}}]))
+    wait_for_condition(kubectl, namespace, "rotating", "Ready", "True")
+    first = tenant_secret(kubectl, namespace, "rotating-app")
+    failures: list[str] = []
+    logins = 0
+    stop = threading.Event()
+
+    def client() -> None:
+        """Reconnects in a loop with whatever the Secret says, as a pod with the Secret mounted would."""
+        nonlocal logins
+        while not stop.is_set():
+            secret = tenant_secret(kubectl, namespace, "rotating-app")
+            try:
+                with psycopg.connect(secret["uri"], connect_timeout=5) as conn:
+                    conn.execute("SELECT 1")
+                logins += 1
+            except psycopg.OperationalError as error:
+                failures.append(str(error))
+
+    worker = threading.Thread(target=client, daemon=True)
+    worker.start()
+    users = [first["user"]]
+    try:
+        for turn in (1, 2, 3):
+            kubectl("annotate", "tenantstore", "rotating", "-n", namespace, f"rotate.tenancy.dev/app=turn-{turn}",
+                    "--overwrite")
+            rotated = wait_for(f"rotation {turn}", lambda turn=turn: (b := kubectl.get("tenantstore", "rotating", namespace))
+                               and b["status"]["credentials"][0]["generation"] == turn + 1 and b)
+            users.append(rotated["status"]["credentials"][0]["user"])
+            assert rotated["status"]["credentials"][0]["previousUser"] == users[-2]
+            wait_for(f"the end of overlap {turn}", lambda: "previousUser" not in
+                     kubectl.get("tenantstore", "rotating", namespace)["status"]["credentials"][0], timeout=60)
+    finally:
+        stop.set()
+        worker.join(timeout=30)
+    assert failures == [] and logins > 10, (failures[:3], logins)
+    assert users == ["tscred_rotating_app_a", "tscred_rotating_app_b"] * 2
+    last = tenant_secret(kubectl, namespace, "rotating-app")
+    with psycopg.connect(last["uri"]) as conn:
+        assert conn.execute("SELECT 1").fetchone() == (1,)
+    # The overlap is over: the passwords of earlier turns no longer open anything.
+    with pytest.raises(psycopg.OperationalError, match="password authentication failed|not permitted to log in"):
+        psycopg.connect(first["uri"]).close()
+    trail = [entry["action"] for entry in json.loads(audit_cli(kubectl, "rotating", "-o", "json"))]
+    assert trail.count("CredentialRotated") == 3 and trail.count("CredentialRetired") == 3

@@ -13,6 +13,7 @@ import pytest
 from hostile_kit import (DATABASE, DEDICATED, NAMESPACE, SCHEMA, SHARED_DATABASE, TENANT_CONNECTION_OPTIONS, Attempts,
                          Fleet, Superuser, Tenant, desired, provision, remove)
 
+from tenantstore.backends import LoginPlan
 from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServer
 from tenantstore.models import Access, Credential
 
@@ -43,10 +44,11 @@ async def readers(operator_server: PostgresServer, superuser: Superuser) -> Asyn
             store = dataclasses.replace(desired(tenant_id, relational, vector, connection_limit=10),
                                         credentials=(VIEWER,))
             await PostgresRelationalStore(operator_server).ensure(store, "owner-password", password_is_new=True)
-            await PostgresRelationalStore(operator_server).ensure_credentials(store, {"viewer": (PASSWORD, True)})
+            await PostgresRelationalStore(operator_server).ensure_credentials(
+                store, {"viewer": LoginPlan(store.credential_roles[0].logins[0], PASSWORD, True)})
             tenant = await provision(operator_server, store, password="owner-password")  # vectors, seeded rows
             superuser.keep(tenant.database)
-            made[key] = Reader(tenant, store.credential_roles[0].role)
+            made[key] = Reader(tenant, store.credential_roles[0].logins[0])
         yield made
     finally:
         for reader in made.values():

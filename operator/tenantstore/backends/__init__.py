@@ -87,6 +87,16 @@ class IoLogin:
 
 
 @dataclasses.dataclass(frozen=True)
+class LoginPlan:
+    """Which of a credential's two logins its Secret names, with what password, and which stays open too."""
+
+    current: str
+    password: str
+    password_is_new: bool  # the current login must be given `password`
+    kept: str | None = None  # the previous login, open until a rotation's overlap ends
+
+
+@dataclasses.dataclass(frozen=True)
 class VectorRecord:
     id: str
     values: list[float]
@@ -125,9 +135,8 @@ class RelationalStore(Protocol):
                      ) -> tuple[RelationalPlacement, list[Step]]:
         """Make the role (with this password when created or when the password is new) and its schema or database."""
 
-    async def ensure_credentials(self, store: DesiredStore, passwords: Mapping[str, tuple[str, bool]]) -> list[Step]:
-        """The store's scoped credential logins as its spec says, and no others. `passwords` by credential name:
-        (the password its Secret holds or a new one, whether the login must be given it)."""
+    async def ensure_credentials(self, store: DesiredStore, plans: Mapping[str, LoginPlan]) -> list[Step]:
+        """The store's scoped credentials' logins as its spec and `plans` (by credential name) say, no others."""
         ...
 
     async def claimed_by(self, store: DesiredStore) -> str | None:

@@ -31,7 +31,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
-from tenantstore.backends import Drift, IoLogin, RelationalPlacement, RelationalUsage, Step, bookkeeping
+from tenantstore.backends import Drift, IoLogin, LoginPlan, RelationalPlacement, RelationalUsage, Step, bookkeeping
 from tenantstore.backends import postgres_credentials as credentials
 from tenantstore.errors import BackendUnavailable, ReconcileError, StoreClassInvalid, TenantIdConflict
 from tenantstore.models import CredentialRole, DesiredStore, RelationalIsolation
@@ -538,9 +538,9 @@ class PostgresRelationalStore:
 
     # --- scoped credentials (postgres_credentials.py) ---
 
-    async def ensure_credentials(self, store: DesiredStore, passwords: Mapping[str, tuple[str, bool]]) -> list[Step]:
-        """Each of the store's credential logins as wanted, and no other. `passwords`: by credential name, the
-        password its Secret holds (or a new one) and whether the login must be given it."""
+    async def ensure_credentials(self, store: DesiredStore, plans: Mapping[str, LoginPlan]) -> list[Step]:
+        """Each scoped credential's two logins as its spec and plan say (the current one open with the plan's
+        password, the previous one open during an overlap, any other closed), and no other logins."""
         steps: list[Step] = []
         async with self.server.connect() as conn:
             logins = await credentials.existing_logins(conn, store)
@@ -550,9 +550,10 @@ class PostgresRelationalStore:
             if store.has_readers:
                 steps += await self._ensure_reader(conn, store, reader_exists)
             for credential in store.credential_roles:
-                steps += await self._ensure_login(conn, store, credential, passwords[credential.name],
-                                                  logins.get(credential.role))
-            wanted = {credential.role for credential in store.credential_roles}
+                plan = plans[credential.name]
+                for login in credential.logins:
+                    steps += await self._ensure_login(conn, store, credential, login, plan, logins.get(login))
+            wanted = {login for credential in store.credential_roles for login in credential.logins}
             for role in sorted(set(logins) - wanted):
                 steps.append(await self._drop_login(conn, role))
             if reader_exists and not store.has_readers:
@@ -560,22 +561,35 @@ class PostgresRelationalStore:
         return steps
 
     async def _ensure_login(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore, credential: CredentialRole,
-                            password: tuple[str, bool], existing: dict[str, Any] | None) -> list[Step]:
-        verifier = scram_sha256_verifier(password[0]) if existing is None or password[1] else None
-        statements = credentials.login_statements(store, credential, verifier, existing, MANAGED_COMMENT)
+                            login: str, plan: LoginPlan, existing: dict[str, Any] | None) -> list[Step]:
+        current = login == plan.current
+        if current and (existing is None or plan.password_is_new):
+            verifier: str | None = scram_sha256_verifier(plan.password)
+        else:  # the login not in turn keeps a password nobody knows until its turn comes
+            verifier = scram_sha256_verifier(secrets.token_urlsafe(24)) if existing is None else None
+        open_ = current or login == plan.kept
+        statements = credentials.login_statements(store, credential, login, open_, verifier, existing,
+                                                  MANAGED_COMMENT)
         if not statements:
             return []
         await execute_at_once(conn, [*bookkeeping.lock_statements(SHARED_ACL_LOCK), *statements])
         if existing is None:
-            return [Step("CredentialCreated", f"login {credential.role} for credential {credential.name} "
+            return [Step("CredentialCreated", f"login {login} for credential {credential.name} "
                                               f"({credential.access.value}, connection limit "
-                                              f"{credential.connection_limit})")]
-        if store.suspended or credentials.target_of(store, credential) not in existing["acts_as"]:
-            # Suspended, or its rights changed: sessions opened before must not keep what they had.
-            await self._terminate_sessions(conn, credential.role)
-        return [Step("CredentialChanged", f"login {credential.role} of credential {credential.name} set to "
-                                          f"{credential.access.value}, connection limit {credential.connection_limit}"
-                                          f"{', suspended' if store.suspended else ''}")]
+                                              f"{credential.connection_limit})")] if current else []
+        steps = []
+        rights_changed = credentials.target_of(store, credential) not in existing["acts_as"]
+        if (existing["can_login"] and not open_) or store.suspended or rights_changed:
+            # Closed, suspended or given other rights: sessions opened before must not keep what they had.
+            ended = await self._terminate_sessions(conn, login)
+            if existing["can_login"] and not open_ and not store.suspended:
+                steps.append(Step("CredentialRetired", f"login {login} of credential {credential.name} closed "
+                                                       f"(its turn ended); {ended} session(s) ended"))
+        if rights_changed or existing["connection_limit"] != credential.connection_limit:
+            steps.append(Step("CredentialChanged", f"login {login} of credential {credential.name} set to "
+                                                   f"{credential.access.value}, connection limit "
+                                                   f"{credential.connection_limit}"))
+        return steps
 
     async def _drop_login(self, conn: psycopg.AsyncConnection[Any], role: str) -> Step:
         await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
@@ -713,7 +727,8 @@ class PostgresRelationalStore:
 
     async def measure(self, stores: Sequence[DesiredStore]) -> dict[str, RelationalUsage]:
         roles = [store.role for store in stores]
-        logins = {credential.role: store.role for store in stores for credential in store.credential_roles}
+        logins = {login: store.role for store in stores for credential in store.credential_roles
+                  for login in credential.logins}
         schemas = {store.schema: store for store in stores if store.relational is RelationalIsolation.SCHEMA}
         databases = {store.database: store for store in stores if store.relational is RelationalIsolation.DATABASE}
         async with self.server.connect() as conn:

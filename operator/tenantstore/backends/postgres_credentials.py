@@ -1,5 +1,7 @@
-"""Scoped credentials in Postgres: a login role per credential that acts as the tenant's role (readWrite) or as
-the tenant's reader role (readOnly), and nothing else.
+"""Scoped credentials in Postgres: two login roles per credential that act as the tenant's role (readWrite) or
+as the tenant's reader role (readOnly), and nothing else. The two take turns, so that a rotation never breaks a
+client: the login not in use gets a new password and the Secret moves to it, while the other stays open for the
+rotation's overlap, then closes and its sessions end.
 
 Each login is a member of the role it acts as WITH INHERIT FALSE, SET TRUE, and its sessions start as that role
 (`ALTER ROLE ... SET role`): objects a readWrite login creates belong to the tenant's role, like the owner's, and
@@ -11,6 +13,7 @@ The admin's sessions here read catalogs and run GRANTs; no statement reads throu
 """
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
@@ -19,10 +22,12 @@ from psycopg import sql
 from tenantstore.api import Reason
 from tenantstore.backends import Drift, Step, bookkeeping
 from tenantstore.errors import TenantIdConflict
-from tenantstore.models import CREDENTIAL_NAME_PATTERN, Access, CredentialRole, DesiredStore, RelationalIsolation
+from tenantstore.models import Access, CredentialRole, DesiredStore, RelationalIsolation
 
 # A login's own settings: where its sessions start, and (readOnly) a read-only default as a second fence.
 READ_ONLY_SETTINGS = ("default_transaction_read_only=on",)
+# What follows a tenant's prefix in its logins' names: a credential's name, then its turn.
+LOGIN_SUFFIX = re.compile(r"^[a-z][a-z0-9]{0,12}_[ab]$")
 
 
 def credential_prefix(store: DesiredStore) -> str:
@@ -45,9 +50,9 @@ async def existing_logins(conn: psycopg.AsyncConnection[Any], store: DesiredStor
                       WHERE m.member = r.oid ORDER BY 1) AS acts_as
           FROM pg_roles r WHERE starts_with(r.rolname, %s) OR r.rolname = %s""",
         (store.database, prefix, store.reader_role))
-    # tscred_a_ also begins tenant a-b's logins (tscred_a_b_<name>): only a bare credential name follows ours.
+    # tscred_a_ also begins tenant a-b's logins (tscred_a_b_<name>_a): only "<name>_<turn>" follows ours.
     return {row["role"]: row for row in await cursor.fetchall()
-            if row["role"] == store.reader_role or CREDENTIAL_NAME_PATTERN.match(row["role"][len(prefix):])}
+            if row["role"] == store.reader_role or LOGIN_SUFFIX.match(row["role"][len(prefix):])}
 
 
 def target_of(store: DesiredStore, credential: CredentialRole) -> str:
@@ -59,11 +64,13 @@ def wanted_settings(store: DesiredStore, credential: CredentialRole) -> list[str
                    *(READ_ONLY_SETTINGS if credential.access is Access.READ_ONLY else ())])
 
 
-def login_statements(store: DesiredStore, credential: CredentialRole, verifier: str | None,
+def login_statements(store: DesiredStore, credential: CredentialRole, name: str, open_: bool, verifier: str | None,
                      existing: dict[str, Any] | None, managed_comment: str) -> list[sql.Composable]:
-    """What makes the login as wanted; empty when it already is (the password aside, which only the caller knows)."""
-    role, target = sql.Identifier(credential.role), sql.Identifier(target_of(store, credential))
-    login = sql.SQL("NOLOGIN" if store.suspended else "LOGIN")
+    """What makes the login `name` as wanted, open (may log in) or not; empty when it already is (the password
+    aside, which only the caller knows)."""
+    role, target = sql.Identifier(name), sql.Identifier(target_of(store, credential))
+    can_login = open_ and not store.suspended
+    login = sql.SQL("LOGIN" if can_login else "NOLOGIN")
     limit = sql.Literal(credential.connection_limit)
     statements: list[sql.Composable] = []
     if existing is None:
@@ -77,7 +84,7 @@ def login_statements(store: DesiredStore, credential: CredentialRole, verifier: 
         can_connect = False
     else:
         can_connect = existing["can_connect"]
-        if existing["can_login"] == store.suspended or existing["connection_limit"] != credential.connection_limit:
+        if existing["can_login"] != can_login or existing["connection_limit"] != credential.connection_limit:
             statements.append(sql.SQL("ALTER ROLE {} {} CONNECTION LIMIT {}").format(role, login, limit))
         if verifier is not None:
             statements.append(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(verifier)))
@@ -151,16 +158,18 @@ async def has_default_privileges(conn: psycopg.AsyncConnection[Any], store: Desi
 
 
 def drifts(store: DesiredStore, logins: dict[str, dict[str, Any]]) -> list[Drift]:
-    """A credential login gone or changed by hand (what the verification pass reports and repairs)."""
+    """A credential's login gone or changed by hand (what the verification pass reports and repairs). Which of
+    the two is open is the reconcile's to judge (it follows the Secret), not a drift."""
     found = []
     for credential in store.credential_roles:
-        existing = logins.get(credential.role)
-        if existing is None:
-            found.append(Drift(Reason.CREDENTIAL_MISSING, f"the login {credential.role} of credential "
-                                                          f"{credential.name} is gone"))
-        elif login_statements(store, credential, None, existing, ""):
-            found.append(Drift(Reason.CREDENTIAL_CHANGED, f"the login {credential.role} of credential "
-                                                          f"{credential.name} no longer acts as it should"))
+        for name in credential.logins:
+            existing = logins.get(name)
+            if existing is None:
+                found.append(Drift(Reason.CREDENTIAL_MISSING, f"the login {name} of credential {credential.name} "
+                                                              f"is gone"))
+            elif login_statements(store, credential, name, existing["can_login"], None, existing, ""):
+                found.append(Drift(Reason.CREDENTIAL_CHANGED, f"the login {name} of credential {credential.name} "
+                                                              f"no longer acts as it should"))
     return found
 
 

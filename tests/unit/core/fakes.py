@@ -22,13 +22,14 @@ from kubernetes_asyncio import client
 
 from tenantstore.api import (API_VERSION, CREDENTIAL_LABEL, DATA_DIGEST_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL,
                              TENANT_ID_LABEL, WRITES_BLOCKED_ANNOTATION)
-from tenantstore.backends import (NAMESPACE_CREATED, Drift, RelationalPlacement, RelationalUsage, SharedIndex, Step,
-                                  VectorPlacement, VectorRecord, VectorUsage)
+from tenantstore.backends import (NAMESPACE_CREATED, Drift, LoginPlan, RelationalPlacement, RelationalUsage,
+                                  SharedIndex, Step, VectorPlacement, VectorRecord, VectorUsage)
+from tenantstore.backends.postgres_credentials import LOGIN_SUFFIX
 from tenantstore.errors import (BackendUnavailable, ObjectReplaced, SecretConflict, StoreClassInvalid,
                                 StoreClassNotReady, TenantIdConflict)
 from tenantstore.kube import NOT_READ, SecretDeletion, data_digest
-from tenantstore.models import (CREDENTIAL_NAME_PATTERN, DesiredStore, RelationalIsolation, SecretKeyRef, StoreClass,
-                                VectorIsolation, dedicated_index_name, shared_index_name)
+from tenantstore.models import (DesiredStore, RelationalIsolation, SecretKeyRef, StoreClass, VectorIsolation,
+                                dedicated_index_name, shared_index_name)
 
 # What claimed_by answers for a role the operator did not make, and for a retained one (as the Postgres store).
 NOT_MANAGED = "(not managed by tenantstore)"
@@ -134,20 +135,26 @@ class FakeRelationalStore(Recorder):
         return RelationalPlacement(host=self.host, port=self.port, database=store.database, schema=store.schema,
                                    role=store.role), steps
 
-    async def ensure_credentials(self, store: DesiredStore, passwords: Mapping[str, tuple[str, bool]]) -> list[Step]:
+    async def ensure_credentials(self, store: DesiredStore, plans: Mapping[str, LoginPlan]) -> list[Step]:
         self.enter("ensure_credentials")
-        wanted = {credential.role: credential for credential in store.credential_roles}
         steps = []
-        for role, credential in wanted.items():
-            password, is_new = passwords[credential.name]
-            existing = self.logins.get(role)
-            state = (password, credential.access.value, credential.connection_limit, not store.suspended)
-            if existing is None or is_new or existing[1:] != state[1:]:
-                self.logins[role] = state if existing is None or is_new else (existing[0], *state[1:])
-                steps.append(Step("CredentialCreated" if existing is None else "CredentialChanged", role))
+        wanted = set()
+        for credential in store.credential_roles:
+            plan = plans[credential.name]
+            for login in credential.logins:
+                wanted.add(login)
+                existing = self.logins.get(login)
+                open_ = (login in (plan.current, plan.kept)) and not store.suspended
+                password = plan.password if login == plan.current and (existing is None or plan.password_is_new) \
+                    else (existing[0] if existing else "unknown")
+                state = (password, credential.access.value, credential.connection_limit, open_)
+                if existing != state:
+                    self.logins[login] = state
+                    if existing is None and login == plan.current:
+                        steps.append(Step("CredentialCreated", login))
         prefix = f"tscred_{store.tenant_id.replace('-', '_')}_"
-        for role in sorted(set(self.logins) - set(wanted)):
-            if role.startswith(prefix) and CREDENTIAL_NAME_PATTERN.match(role[len(prefix):]):
+        for role in sorted(set(self.logins) - wanted):
+            if role.startswith(prefix) and LOGIN_SUFFIX.match(role[len(prefix):]):
                 del self.logins[role]
                 steps.append(Step("CredentialRemoved", role))
         return steps
