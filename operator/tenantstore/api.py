@@ -72,6 +72,7 @@ class Reason(enum.StrEnum):
     TENANT_ID_CONFLICT = "TenantIdConflict"
     SECRET_CONFLICT = "SecretConflict"
     BACKEND_UNAVAILABLE = "BackendUnavailable"
+    AUDIT_TRAIL_UNAVAILABLE = "AuditTrailUnavailable"
     VECTOR_QUOTA_EXCEEDED = "VectorQuotaExceeded"
     SUSPENDED = "Suspended"
     RELATIONAL_MIGRATION_UNSUPPORTED = "RelationalMigrationUnsupported"

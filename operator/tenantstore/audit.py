@@ -21,7 +21,7 @@ from opentelemetry import trace
 from tenantstore import metrics
 from tenantstore.backends import audit_table
 from tenantstore.backends.audit_table import Entry
-from tenantstore.errors import ReconcileError
+from tenantstore.errors import AuditTrailUnavailable, ReconcileError
 from tenantstore.models import StoreClass
 from tenantstore.redaction import redact
 from tenantstore.registry import BackendRegistry
@@ -119,8 +119,12 @@ class AuditTrail:
         if store_class is None:
             raise ReconcileError(f"the audit rows of StoreClass {class_name} wait for the class to be known")
         batch = list(entries)
-        async with self._trail_of(store_class) as conn, conn.transaction():
-            await audit_table.append(conn, batch)
+        try:
+            async with self._trail_of(store_class) as conn, conn.transaction():
+                await audit_table.append(conn, batch)
+        except psycopg.Error as error:
+            raise AuditTrailUnavailable(f"the audit trail of StoreClass {class_name} cannot be written "
+                                        f"({len(entries)} rows wait): {redact(str(error))}") from error
         del entries[:len(batch)]  # rows queued while these were written stay
         metrics.AUDIT_WRITTEN.inc(len(batch))
 

@@ -59,6 +59,13 @@ class BackendUnavailable(ReconcileError):
     retry_after = 5.0
 
 
+class AuditTrailUnavailable(ReconcileError):
+    """The class's audit trail cannot be written (its rows stay queued); a teardown waits for its receipt."""
+
+    reason = Reason.AUDIT_TRAIL_UNAVAILABLE
+    retry_after = 10.0
+
+
 class VectorQuotaExceeded(ReconcileError):
     """The vector service refused to create an index or a namespace: a plan limit is reached."""
 

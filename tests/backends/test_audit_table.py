@@ -17,7 +17,9 @@ from tenantstore.backends.audit_table import Entry
 from tenantstore.backends.postgres import PostgresServer
 from tenantstore.errors import ReconcileError, StoreClassNotReady
 from tenantstore.models import StoreClass
-from tenantstore_dev.postgres import EmbeddedPostgres
+from tenantstore_dev.postgres import ADMIN_ROLE, EmbeddedPostgres
+
+OWNER = audit_table.owner_of(ADMIN_ROLE)
 
 
 def entries(tenant_id: str, *actions: str) -> list[Entry]:
@@ -60,7 +62,7 @@ async def test_a_backdated_insert_gets_the_servers_time(pg: PostgresServer) -> N
     "UPDATE tenantstore_audit.entries SET message = 'rewritten'",
     "DELETE FROM tenantstore_audit.entries",
     "TRUNCATE tenantstore_audit.entries",
-    f"SET ROLE {audit_table.OWNER}",
+    f"SET ROLE {OWNER}",
     "ALTER TABLE tenantstore_audit.entries DISABLE TRIGGER append_only",
     "DROP TABLE tenantstore_audit.entries",
 ])
@@ -74,7 +76,7 @@ async def test_the_operators_admin_role_can_only_append(pg: PostgresServer, stat
         # Postgres keeps the creator's ADMIN option on the owner role; what it must not have is its privileges.
         powers = await (await conn.execute("SELECT pg_has_role(current_user, %s, 'SET') AS can_set, "
                                            "pg_has_role(current_user, %s, 'USAGE') AS inherits",
-                                           (audit_table.OWNER, audit_table.OWNER))).fetchone()
+                                           (OWNER, OWNER))).fetchone()
         assert powers == {"can_set": False, "inherits": False}
         assert [entry.message for entry in await audit_table.trail(conn, tenant_id)] == ["Provisioned happened"]
 
@@ -150,3 +152,22 @@ def closed_port() -> int:
     with socket.socket() as probe:
         probe.bind(("127.0.0.1", 0))
         return int(probe.getsockname()[1])
+
+
+async def test_each_admin_role_gets_a_trail_of_its_own(postgres: EmbeddedPostgres) -> None:
+    """Classes of one Postgres may log in as different admin roles: each makes (and owns through) its own."""
+    admin, database = f"audit_admin_{secrets.token_hex(3)}", f"audit_other_{secrets.token_hex(3)}"
+    async with await psycopg.AsyncConnection.connect(postgres.superuser_uri(), autocommit=True) as superuser:
+        await superuser.execute(f"CREATE ROLE {admin} LOGIN CREATEROLE PASSWORD 'other-admin'")
+        await superuser.execute(f'CREATE DATABASE "{database}" OWNER {admin}')
+    other = PostgresServer(f"postgresql://{admin}:other-admin@127.0.0.1:{postgres.port}/{database}", database)
+    try:
+        async with other.connect() as conn:
+            await audit_table.ensure(conn)
+            await audit_table.append(conn, entries("audit-other", "Provisioned"))
+            assert [entry.action for entry in await audit_table.trail(conn, "audit-other")] == ["Provisioned"]
+            owner = await (await conn.execute("SELECT pg_get_userbyid(nspowner) AS owner FROM pg_namespace "
+                                              "WHERE nspname = 'tenantstore_audit'")).fetchone()
+        assert owner == {"owner": audit_table.owner_of(admin)} != {"owner": OWNER}
+    finally:
+        await other.close()

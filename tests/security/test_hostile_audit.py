@@ -9,10 +9,12 @@ import pytest
 from hostile_kit import Attempts, Fleet, SqlAttack, run_sql_attack
 
 from tenantstore.backends import audit_table
+from tenantstore_dev.postgres import ADMIN_ROLE
 from tenantstore.backends.audit_table import Entry
 from tenantstore.backends.postgres import PostgresServer
 
 ENTRIES = "tenantstore_audit.entries"
+OWNER = audit_table.owner_of(ADMIN_ROLE)
 
 
 def tenant(attacker: str, name: str, *steps: str, **options: object) -> SqlAttack:
@@ -32,8 +34,8 @@ AUDIT_ATTACKS = [
     tenant("free", "calls the audit trigger function", "SELECT tenantstore_audit.guard()",
            expect=(psycopg.errors.InsufficientPrivilege, psycopg.errors.FeatureNotSupported)),
     tenant("free", "creates a table in the audit schema", "CREATE TABLE tenantstore_audit.hx (id int)"),
-    tenant("free", "becomes the audit trail's owner", f"SET ROLE {audit_table.OWNER}"),
-    tenant("free", "grants itself the audit trail's owner", f"GRANT {audit_table.OWNER} TO CURRENT_USER"),
+    tenant("free", "becomes the audit trail's owner", f"SET ROLE {OWNER}"),
+    tenant("free", "grants itself the audit trail's owner", f"GRANT {OWNER} TO CURRENT_USER"),
     tenant("free", "renames the audit schema", "ALTER SCHEMA tenantstore_audit RENAME TO hx"),
     tenant("free", "drops the audit schema", "DROP SCHEMA tenantstore_audit CASCADE",
            expect=psycopg.errors.InsufficientPrivilege),
