@@ -595,6 +595,15 @@ class DesiredStore:
                                     credential.rotation)
                      for credential, share in zip(self.credentials, shares))
 
+    def check_connection_shares(self) -> None:
+        """Every login needs a connection: a spec that leaves one without is refused (before anything changes)."""
+        logins = 1 + len(self.credentials)
+        if 0 < self.quotas.max_connections < logins:
+            raise InvalidResource(f"spec.credentials: {logins} logins (the owner's and {len(self.credentials)} "
+                                  f"scoped) share the tenant's connection limit of {self.quotas.max_connections}, "
+                                  f"which gives some of them none: raise spec.quotas.maxConnections or drop a "
+                                  f"credential")
+
     @property
     def has_readers(self) -> bool:
         return any(credential.access is Access.READ_ONLY for credential in self.credentials)
@@ -611,11 +620,6 @@ def desired_store(spec: TenantStoreSpec, store_class: StoreClass, uid: str, tena
                   writes_allowed: bool = True) -> DesiredStore:
     policy = store_class.tiers[spec.tier]
     quotas, capped = effective_quotas(spec, store_class)
-    logins = 1 + len(spec.credentials)
-    if 0 < quotas.max_connections < logins:
-        raise InvalidResource(f"spec.credentials: {logins} logins (the owner's and {len(spec.credentials)} scoped) "
-                              f"share the tenant's connection limit of {quotas.max_connections}, which gives some "
-                              f"of them none: raise spec.quotas.maxConnections or drop a credential")
     return DesiredStore(
         tenant_id=spec.tenant_id,
         uid=uid,

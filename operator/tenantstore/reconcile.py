@@ -203,6 +203,7 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
                         spec.quota_action)
         store = desired_store(spec, store_class, meta["uid"], f"{meta['namespace']}/{meta['name']}",
                               writes_allowed=not verdict.blocks_writes)
+        store.check_connection_shares()
         backends = await registry.for_class(store_class)
         tracing.annotate({"gen_ai.provider.name": backends.vector.backend})
         if not current.get("storeClassName"):

@@ -282,3 +282,17 @@ async def test_teardown_of_a_provisioned_tenant_whose_class_became_invalid_waits
         await world.teardown(body)
 
     assert "tenant_acme" in world.relational.roles
+
+
+async def test_a_tenant_whose_spec_left_a_login_without_connections_is_still_torn_down(world: World) -> None:
+    body = await world.provision(tenant_body(credentials=[{"name": "app"}, {"name": "viewer", "access": "readOnly"}],
+                                             quotas={"maxConnections": 6}))
+    assert world.secrets.get("customers", "acme-viewer") is not None
+    cramped = spec_changed(body, quotas={"maxConnections": 2})
+    refused = await world.reconcile(cramped)
+    assert condition(refused.status, "Ready")["reason"] == "InvalidSpec"
+
+    outcome = await world.teardown(cramped)
+
+    assert reasons(outcome)[-1] == "TeardownVerified"
+    assert world.secrets.get("customers", "acme-app") is None and world.secrets.get("customers", "acme-viewer") is None
