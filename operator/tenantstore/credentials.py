@@ -16,6 +16,7 @@ from typing import Any
 
 from tenantstore import kube, metrics, tracing
 from tenantstore.backends import LoginPlan, RelationalPlacement, Step, VectorPlacement
+from tenantstore.errors import BackendUnavailable
 from tenantstore.kube import SecretDeletion, Secrets, password_in
 from tenantstore.models import CredentialRole, DesiredStore, parse_duration
 
@@ -136,11 +137,18 @@ async def apply_secrets(store: DesiredStore, owner: Mapping[str, Any], plans: Pl
             steps.append(Step("CredentialSecretWritten", f"credential {credential.name} ({access}) written to "
                                                          f"Secret {credential.secret_name}"))
     wanted = {credential.secret_name for credential in store.credential_roles}
+    pending = []
     for name, credential_name in sorted((await secrets.credential_secrets(namespace, owner)).items()):
-        if name not in wanted and await secrets.delete_tenant_secret(namespace, name, owner) \
-                is not SecretDeletion.ABSENT:
+        if name in wanted:
+            continue
+        deletion = await secrets.delete_tenant_secret(namespace, name, owner)
+        if deletion is not SecretDeletion.ABSENT:
             steps.append(Step("CredentialSecretDeleted", f"Secret {name} of removed credential {credential_name} "
                                                          f"deleted"))
+        if deletion is SecretDeletion.PENDING:
+            pending.append(name)
+    if pending:  # a finalizer holds it: the removal is not over until it is gone
+        raise BackendUnavailable(f"Secrets of removed credentials still present: {', '.join(pending)}")
     return steps
 
 

@@ -118,3 +118,17 @@ def audit_cli(kubectl: Kubectl, tenant_id: str, *options: str) -> str:
                             env={**os.environ, "KUBECONFIG": str(kubectl.kubeconfig)}, capture_output=True,
                             text=True, timeout=60, check=True)
     return result.stdout
+
+
+def export_resource(name: str, namespace: str, tenant: str, path: str) -> dict[str, Any]:
+    return {"apiVersion": "tenancy.dev/v1alpha1", "kind": "TenantStoreExport",
+            "metadata": {"name": name, "namespace": namespace},
+            "spec": {"tenantStoreName": tenant, "destination": {"volume": {"path": path}}}}
+
+
+def wait_for_export(kubectl: Kubectl, namespace: str, name: str, phase: str = "Completed",
+                    timeout: float = 180) -> dict[str, Any]:
+    def probe() -> dict[str, Any] | None:
+        body = kubectl.get("tenantstoreexport", name, namespace)
+        return body if ((body or {}).get("status") or {}).get("phase") == phase else None
+    return wait_for(f"TenantStoreExport {namespace}/{name} {phase}", probe, timeout)

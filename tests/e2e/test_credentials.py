@@ -86,7 +86,7 @@ def test_a_client_that_follows_its_secret_never_fails_through_three_rotations(ku
                                                                               operator: OperatorProcess,
                                                                               namespace: str) -> None:
     kubectl.apply(tenant_store("rotating", namespace, "rotating",
-                               credentials=[{"name": "app", "rotation": {"overlap": "5s"}}]))
+                               credentials=[{"name": "app", "rotation": {"overlap": "8s"}}]))
     wait_for_condition(kubectl, namespace, "rotating", "Ready", "True")
     first = tenant_secret(kubectl, namespace, "rotating-app")
     failures: list[str] = []

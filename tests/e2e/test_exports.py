@@ -12,7 +12,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from e2e_kit import condition, superuser, tenant_secret, tenant_store, wait_for_condition, wait_until_gone
+from e2e_kit import (condition, export_resource, superuser, tenant_secret, tenant_store, wait_for_condition,
+                     wait_for_export, wait_until_gone)
 
 from tenantstore_dev.environment import Kubectl, KubectlError, LocalEnvironment, OperatorProcess, wait_for
 
@@ -25,20 +26,6 @@ def refused(kubectl: Kubectl, manifest: dict[str, Any]) -> str:
     except KubectlError as error:
         return error.stderr
     pytest.fail(f"the API server accepted {manifest['kind']} {manifest['metadata']['name']}")
-
-
-def export_resource(name: str, namespace: str, tenant: str, path: str) -> dict[str, Any]:
-    return {"apiVersion": "tenancy.dev/v1alpha1", "kind": "TenantStoreExport",
-            "metadata": {"name": name, "namespace": namespace},
-            "spec": {"tenantStoreName": tenant, "destination": {"volume": {"path": path}}}}
-
-
-def wait_for_export(kubectl: Kubectl, namespace: str, name: str, phase: str = "Completed",
-                    timeout: float = 180) -> dict[str, Any]:
-    def probe() -> dict[str, Any] | None:
-        body = kubectl.get("tenantstoreexport", name, namespace)
-        return body if ((body or {}).get("status") or {}).get("phase") == phase else None
-    return wait_for(f"TenantStoreExport {namespace}/{name} {phase}", probe, timeout)
 
 
 def fill(secret: dict[str, str]) -> None:

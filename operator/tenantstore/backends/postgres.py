@@ -558,6 +558,11 @@ class PostgresRelationalStore:
                 steps.append(await self._drop_login(conn, role))
             if reader_exists and not store.has_readers:
                 steps += await self._drop_reader(conn, store)
+            if set(logins) - wanted or (reader_exists and not store.has_readers):  # verified, as a teardown is
+                left = set(await credentials.existing_logins(conn, store)) - wanted \
+                    - ({store.reader_role} if store.has_readers else set())
+                if left:
+                    raise BackendUnavailable(f"removed credentials still present: {', '.join(sorted(left))}")
         return steps
 
     async def _ensure_login(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore, credential: CredentialRole,
