@@ -130,3 +130,15 @@ async def test_a_rotated_admin_uri_gets_a_new_pool_and_the_old_one_is_closed(adm
             conn.execute(psycopg.sql.SQL("ALTER ROLE tenantstore_admin PASSWORD {}").format(
                 psycopg.sql.Literal(admin_uri.split(":")[2].split("@")[0])))
         await registry.close()
+
+
+async def test_the_canary_does_not_count_as_the_tenants_daily_query(server: PostgresServer) -> None:
+    store = tenant("vcounted", dimension=12)
+    _, placement, _ = await provision(server, store, "vcounted-pw")
+    relational, vectors = PostgresRelationalStore(server), PgvectorStore(server)
+    before = (await relational.measure([store]))[store.tenant_id].daily_queries
+    assert before is not None  # pg_stat_statements is there: a count that could move
+    for _ in range(3):
+        assert await vectors.probe_isolation(store, placement) is None
+    assert (await relational.measure([store]))[store.tenant_id].daily_queries == before
+    await teardown(server, store)

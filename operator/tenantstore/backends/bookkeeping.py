@@ -98,6 +98,16 @@ async def release_claim(conn: psycopg.AsyncConnection[Any], role: str, owner_uid
                        (role, owner_uid))
 
 
+def not_the_tenants_query(role: str) -> sql.Composed:
+    """The isolation canary's `SET LOCAL ROLE <role>` and one query, which pg_stat_statements records as the
+    tenant's (the SET too, where it tracks utility statements): they leave its daily query count as it was."""
+    return sql.SQL(
+        "UPDATE {} SET calls = calls + CASE "
+        "WHEN coalesce(current_setting('pg_stat_statements.track', true), 'none') = 'none' THEN 0 "
+        "ELSE 1 + (coalesce(current_setting('pg_stat_statements.track_utility', true), 'off') = 'on')::int END "
+        "WHERE role = {}").format(BASELINES, sql.Literal(role))
+
+
 def forget_role(role: str) -> list[sql.Composed]:
     """Statements that remove everything the operator recorded about a dropped tenant role."""
     return [sql.SQL("DELETE FROM {} WHERE role = {}").format(table, sql.Literal(role)) for table in (CLAIMS, BASELINES)]

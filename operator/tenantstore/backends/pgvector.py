@@ -23,7 +23,7 @@ from psycopg import sql
 
 from tenantstore import pool
 from tenantstore.backends import (NAMESPACE_CREATED, Drift, SecretValue, SharedIndex, Step, VectorPlacement,
-                                  VectorRecord, VectorUsage, register_vector_backend)
+                                  VectorRecord, VectorUsage, bookkeeping, register_vector_backend)
 from tenantstore.backends.postgres import (DATABASE_STATE, PostgresServer, execute_at_once, extension_schema,
                                            fetch_one, reopened_database)
 from tenantstore.errors import BackendUnavailable, ObjectReplaced
@@ -408,6 +408,9 @@ class PgvectorStore:
                 await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(store.role)))
                 row = await fetch_one(conn, sql.SQL("SELECT count(*) AS foreign_rows FROM {} WHERE namespace <> {}").format(
                     sql.Identifier(SHARED_SCHEMA, partition_name(store)), sql.Literal(placement.namespace)))
+                await conn.execute("RESET ROLE")
+                # That statement ran as the tenant: it is the operator's, not one of the tenant's daily queries.
+                await conn.execute(bookkeeping.not_the_tenants_query(store.role))
         if shared["reachable"]:
             return f"{store.role} holds privileges on {shared['reachable']} in {SHARED_SCHEMA}, beyond its own partition"
         if row["foreign_rows"]:
