@@ -40,6 +40,13 @@ class Turn:
                    last_rotation=entry.get("lastRotation", ""), previous_user=entry.get("previousUser", ""),
                    previous_until=entry.get("previousUntil", ""), rotation_request=entry.get("rotationRequest", ""))
 
+    def rotation_due(self, every: datetime.timedelta | None, now: datetime.datetime) -> bool:
+        return every is not None and bool(self.last_rotation) and now >= parse_time(self.last_rotation) + every
+
+    def overlapping(self, now: datetime.datetime) -> bool:
+        """Whether the previous login is still open (its rotation's overlap has not ended)."""
+        return bool(self.previous_user) and bool(self.previous_until) and now < parse_time(self.previous_until)
+
     def to_status(self, credential: CredentialRole) -> dict[str, Any]:
         return {"name": credential.name, "access": credential.access.value, "secretName": credential.secret_name,
                 "user": self.user, "connectionLimit": credential.connection_limit, "generation": self.generation,
@@ -54,9 +61,15 @@ class Plans:
     logins: dict[str, LoginPlan]
     turns: dict[str, Turn]
     steps: list[Step]
+    rotated: list[str] = dataclasses.field(default_factory=list)  # credential names
 
     def status(self, store: DesiredStore) -> list[dict[str, Any]] | None:
         return [self.turns[credential.name].to_status(credential) for credential in store.credential_roles] or None
+
+    def count_rotations(self, owner: Mapping[str, Any]) -> None:
+        """Once the reconcile that rotated has succeeded (a failed one rotates again next time)."""
+        for name in self.rotated:
+            metrics.CREDENTIAL_ROTATIONS.labels(*metrics.TenantSnapshot.from_body(owner).labels, name).inc()
 
 
 def turns_in(status: Mapping[str, Any]) -> dict[str, Turn]:
@@ -68,10 +81,10 @@ def rotation_due(body: Mapping[str, Any], now: datetime.datetime) -> bool:
     (the periodic job reconciles such a tenant; an annotation asking for one is a change of its own)."""
     spec_credentials = {entry.get("name"): entry for entry in (body.get("spec") or {}).get("credentials") or ()}
     for name, turn in turns_in(body.get("status") or {}).items():
-        if turn.previous_user and turn.previous_until and now >= parse_time(turn.previous_until):
+        if turn.previous_user and not turn.overlapping(now):
             return True
         every = ((spec_credentials.get(name) or {}).get("rotation") or {}).get("every")
-        if every and turn.last_rotation and now >= parse_time(turn.last_rotation) + parse_duration(every):
+        if turn.rotation_due(parse_duration(every) if every else None, now):
             return True
     return False
 
@@ -92,9 +105,7 @@ async def plan(store: DesiredStore, owner: Mapping[str, Any], secrets: Secrets,
         turn = turns.get(credential.name) or Turn(user=current, last_rotation=stamp(now))
         request = annotations.get(ROTATE_ANNOTATION_PREFIX + credential.name, "")
         asked = bool(request) and request != turn.rotation_request
-        every = credential.rotation.every
-        if held and (asked or (every is not None and turn.last_rotation
-                               and now >= parse_time(turn.last_rotation) + every)):
+        if held and (asked or turn.rotation_due(credential.rotation.every, now)):
             fresh = credential.other(current)
             until = stamp(now + credential.rotation.overlap)
             result.logins[credential.name] = LoginPlan(fresh, new_password(), True, kept=current)
@@ -104,12 +115,9 @@ async def plan(store: DesiredStore, owner: Mapping[str, Any], secrets: Secrets,
                                                           f"{credential.secret_name} holds login {fresh} now "
                                                           f"(generation {turn.generation + 1}); {current} keeps "
                                                           f"working until {until}"))
-            metrics.CREDENTIAL_ROTATIONS.labels(*metrics.TenantSnapshot.from_body(owner).labels,
-                                                credential.name).inc()
+            result.rotated.append(credential.name)
             continue
-        overlapping = turn.previous_user in credential.logins and turn.previous_until \
-            and now < parse_time(turn.previous_until)
-        kept = turn.previous_user if overlapping else None
+        kept = turn.previous_user if turn.previous_user in credential.logins and turn.overlapping(now) else None
         # A Secret edited by hand: its login takes the password it now holds (as the owner's role does).
         edited = secret is not None and kube.edited_by_hand(
             {"metadata": {"annotations": secret.metadata.annotations}, "data": secret.data})

@@ -310,6 +310,7 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         status["restore"] = restored.to_status()
     if scoped:
         status["credentials"] = logins.status(store)
+        logins.count_rotations(body)
     if move is not None or relational_moved:
         # Status was written while the move ran, so the body's copy is stale: state the end result in full.
         await report(status)
