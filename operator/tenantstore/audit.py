@@ -39,7 +39,7 @@ def spec_author(body: Mapping[str, Any]) -> str:
     """Who last changed the spec, as Kubernetes records it: the field manager (kubectl, argocd-controller,
     helm, ...). The API server's own audit log is the place for the user behind it."""
     entries = [entry for entry in (body.get("metadata") or {}).get("managedFields") or ()
-               if '"f:spec"' in str(entry.get("fieldsV1")) or "f:spec" in (entry.get("fieldsV1") or {})]
+               if "f:spec" in (entry.get("fieldsV1") or {})]
     latest = max(entries, key=lambda entry: entry.get("time") or "", default=None)
     return str(latest.get("manager") or "") if latest else ""
 
