@@ -16,12 +16,16 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
 import psycopg
+from kubernetes_asyncio import client
 from opentelemetry import trace
 
 from tenantstore import metrics
+from tenantstore.api import GROUP, VERSION
 from tenantstore.backends import audit_table
 from tenantstore.backends.audit_table import Entry
+from tenantstore.backends.postgres import PostgresServer
 from tenantstore.errors import AuditTrailUnavailable, ReconcileError
+from tenantstore.kube import Secrets
 from tenantstore.models import StoreClass
 from tenantstore.redaction import redact
 from tenantstore.registry import BackendRegistry
@@ -188,8 +192,6 @@ def format_table(entries: Sequence[Entry]) -> str:
 
 async def read_trail(tenant_id: str, admin_uris: Sequence[tuple[str, str]]) -> list[Entry]:
     """A tenant's entries from every (admin URI, shared database) given, oldest first."""
-    from tenantstore.backends.postgres import PostgresServer  # noqa: PLC0415 (the reader needs no registry)
-
     found: list[Entry] = []
     for admin_uri, database in dict.fromkeys(admin_uris):  # classes sharing a database: read it once
         server = PostgresServer(admin_uri, database)
@@ -203,11 +205,6 @@ async def read_trail(tenant_id: str, admin_uris: Sequence[tuple[str, str]]) -> l
 
 async def class_databases(api: Any, store_class: str | None) -> list[tuple[str, str]]:
     """(admin URI, shared database) of each StoreClass in the cluster (or only `store_class`)."""
-    from kubernetes_asyncio import client  # noqa: PLC0415
-
-    from tenantstore.api import GROUP, VERSION  # noqa: PLC0415
-    from tenantstore.kube import Secrets  # noqa: PLC0415
-
     listed = await client.CustomObjectsApi(api).list_cluster_custom_object(GROUP, VERSION, "storeclasses")
     secrets = Secrets(api)
     databases = []

@@ -21,6 +21,9 @@ CLAIMS = sql.Identifier(SCHEMA, "claims")
 LOCKS = sql.Identifier(SCHEMA, "locks")
 BASELINES = sql.Identifier(SCHEMA, "daily_query_baseline")
 
+# DROP OWNED rewrites the ACLs of shared objects; two at once fail ("tuple concurrently updated"), so
+# teardowns and changes of tenant role memberships take this lock.
+SHARED_ACL_LOCK = "shared-acl"
 # Placements wait for each other here, legitimately; only tenants' locks are bounded by the session's timeout.
 LOCK_WAIT = "60s"
 

@@ -42,9 +42,7 @@ CONNECT_TIMEOUT_SECONDS = 5
 OPERATOR_VECTOR_TABLE = "vectors"
 RELATION_KEYWORDS = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW", "S": "SEQUENCE",
                      "f": "FOREIGN TABLE"}
-# DROP OWNED rewrites the ACLs of shared objects the role was granted (the shared vector schema); two at
-# once fail with "tuple concurrently updated", so teardowns take this lock for it.
-SHARED_ACL_LOCK = "shared-acl"
+SHARED_ACL_LOCK = bookkeeping.SHARED_ACL_LOCK
 # Every admin session: names resolve in pg_catalog only (pg_temp last, so no temporary table shadows one),
 # the session acts as the admin even where a tenant's database sets a default role, and no lock a tenant
 # holds on its own objects stalls the operator for more than a few seconds.
@@ -546,23 +544,29 @@ class PostgresRelationalStore:
             logins = await credentials.existing_logins(conn, store)
             for role, existing in logins.items():
                 credentials.check_ours(role, existing, is_managed)
-            reader_exists = logins.pop(store.reader_role, None) is not None
             if store.has_readers:
-                steps += await self._ensure_reader(conn, store, reader_exists)
+                steps += await self._ensure_reader(conn, store, store.reader_role in logins)
             for credential in store.credential_roles:
                 plan = plans[credential.name]
                 for login in credential.logins:
                     steps += await self._ensure_login(conn, store, credential, login, plan, logins.get(login))
             wanted = {login for credential in store.credential_roles for login in credential.logins}
-            for role in sorted(set(logins) - wanted):
-                steps.append(await self._drop_login(conn, role))
-            if reader_exists and not store.has_readers:
-                steps += await self._drop_reader(conn, store)
-            if set(logins) - wanted or (reader_exists and not store.has_readers):  # verified, as a teardown is
-                left = set(await credentials.existing_logins(conn, store)) - wanted \
-                    - ({store.reader_role} if store.has_readers else set())
+            if store.has_readers:
+                wanted.add(store.reader_role)
+            if set(logins) - wanted:
+                steps += await self._drop_unwanted(conn, store, logins, wanted)
+                left = set(await credentials.existing_logins(conn, store)) - wanted  # verified, as a teardown is
                 if left:
                     raise BackendUnavailable(f"removed credentials still present: {', '.join(sorted(left))}")
+        return steps
+
+    async def _drop_unwanted(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore,
+                             logins: Mapping[str, Any], wanted: set[str]) -> list[Step]:
+        """The scoped logins (and the reader role) found in `logins` but not `wanted`, dropped."""
+        steps = [await self._drop_login(conn, role)
+                 for role in sorted(set(logins) - wanted - {store.reader_role})]
+        if store.reader_role in logins and store.reader_role not in wanted:
+            steps += await self._drop_reader(conn, store)
         return steps
 
     async def _ensure_login(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore, credential: CredentialRole,
@@ -716,10 +720,7 @@ class PostgresRelationalStore:
             if role is None or (claim is not None and claim.owner_uid not in (None, store.uid)):
                 return []  # gone, or someone else's
             # Data stays, access goes: the scoped logins and the reader role are dropped (their Secrets go too).
-            logins = await credentials.existing_logins(conn, store)
-            dropped = [await self._drop_login(conn, login) for login in sorted(set(logins) - {store.reader_role})]
-            if store.reader_role in logins:
-                dropped += await self._drop_reader(conn, store)
+            dropped = await self._drop_unwanted(conn, store, await credentials.existing_logins(conn, store), set())
             # The namespace stays on record: only a TenantStore of this namespace may adopt the tenant.
             await execute_at_once(conn, [
                 bookkeeping.record_claim(store.role, store.tenant_id, None, store.tenant_store_namespace, store.tenant_store_name),
