@@ -5,10 +5,10 @@ BIN := $(VENV)/bin
 
 .PHONY: install controlplane helm kstatus seaweedfs promtool sync-crds sync-monitoring demo test test-unit clean bench bench-sweep bench-export chaos
 
-$(VENV)/.installed: pyproject.toml
+$(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+	$(BIN)/pip install --quiet -e '.[dev]' -e './client[pinecone]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -22,6 +22,8 @@ MANAGED_BY_LABEL = "app.kubernetes.io/managed-by"
 MANAGED_BY = "tenantstore-operator"
 # On a tenant Secret: clients of a backend that cannot refuse writes (Pinecone) honour it while a quota blocks.
 WRITES_BLOCKED_ANNOTATION = "tenancy.dev/writes-blocked"
+# The same in the Secret's data ("true" while blocked, absent otherwise): a mounted Secret shows no annotations.
+WRITES_BLOCKED_KEY = "writesBlocked"
 # On a tenant Secret: the digest of the data the operator last wrote; other data means a hand edit.
 DATA_DIGEST_ANNOTATION = "tenancy.dev/data-digest"
 # On a TenantStore: set to the DataLost condition's lastTransitionTime to acknowledge a data loss.

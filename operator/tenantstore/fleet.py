@@ -80,6 +80,18 @@ def admission_changed(store_class: StoreClass, body: Mapping[str, Any],
     return store_class.allowed_namespaces.allows(labels) == (ready.get("reason") == StoreClassNotAllowed.reason)
 
 
+async def mark_writes_blocked(secrets: Secrets, body: Mapping[str, Any], spec: TenantStoreSpec,
+                              blocked: bool) -> list[Step]:
+    """The owner's Secret and every scoped credential's say whether writes are blocked."""
+    namespace = body["metadata"]["namespace"]
+    names = [spec.secret_name]
+    if spec.credentials:
+        names += sorted(await secrets.credential_secrets(namespace, body))
+    marked = [name for name in names if await secrets.mark_writes_blocked(namespace, name, body, blocked)]
+    return [Step("SecretAnnotated", f"Secret {name}: {WRITES_BLOCKED_ANNOTATION}="
+                                    f"{'true' if blocked else '(removed)'}") for name in marked]
+
+
 async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, Any]], registry: BackendRegistry,
                         statuses: TenantStatuses, secrets: Secrets, now: str) -> list[Measured]:
     parsed = []
@@ -112,10 +124,7 @@ async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, 
             store = dataclasses.replace(store, writes_allowed=not verdict.blocks_writes)
             events += await backends.relational.ensure_write_access(store)
             events += await backends.vector.ensure_write_access(store, placement)
-            if await secrets.mark_writes_blocked(body["metadata"]["namespace"], spec.secret_name, body,
-                                                 verdict.blocks_writes):
-                events.append(Step("SecretAnnotated", f"Secret {spec.secret_name}: {WRITES_BLOCKED_ANNOTATION}="
-                                                      f"{'true' if verdict.blocks_writes else '(removed)'}"))
+            events += await mark_writes_blocked(secrets, body, spec, verdict.blocks_writes)
         quota_condition = verdict.condition()
         changes: dict[str, Any] = {}
         if not usage.same_figures(status.get("usage")):

@@ -21,7 +21,7 @@ from kubernetes_asyncio.client.exceptions import ApiException
 from tenantstore import redaction
 from tenantstore.errors import BackendUnavailable, SecretConflict, StoreClassInvalid
 from tenantstore.api import (API_VERSION, CREDENTIAL_LABEL, DATA_DIGEST_ANNOTATION, GROUP, MANAGED_BY, MANAGED_BY_LABEL,
-                             TENANT_ID_LABEL, VERSION, WRITES_BLOCKED_ANNOTATION)
+                             TENANT_ID_LABEL, VERSION, WRITES_BLOCKED_ANNOTATION, WRITES_BLOCKED_KEY)
 from tenantstore.models import SecretKeyRef
 
 # A StoreClass's Secrets (admin URI, Pinecone key) are read at most this often: every reconcile used to read
@@ -122,7 +122,8 @@ class Secrets:
     async def _apply_tenant_secret(self, namespace: str, name: str, owner: Mapping[str, Any],
                                    data: Mapping[str, str], writes_blocked: bool, current: Any,
                                    credential: str) -> bool:
-        encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
+        encoded = with_writes_blocked_key(
+            {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}, writes_blocked)
         wanted_meta = {"labels": {TENANT_ID_LABEL: owner["spec"]["tenantId"], MANAGED_BY_LABEL: MANAGED_BY,
                                   **({CREDENTIAL_LABEL: credential} if credential else {})},
                        "ownerReferences": [owner_reference(owner)]}
@@ -159,13 +160,22 @@ class Secrets:
                 if any(ref.uid == owner["metadata"]["uid"] for ref in secret.metadata.owner_references or ())}
 
     async def mark_writes_blocked(self, namespace: str, name: str, owner: Mapping[str, Any], blocked: bool) -> bool:
-        """Set or clear the annotation clients honour where the backend cannot refuse writes itself (Pinecone)."""
+        """Set or clear the annotation and data key clients honour where the backend cannot refuse writes itself
+        (Pinecone); a Secret edited by hand stays recognisably so."""
         secret = await self.read(namespace, name)
         if secret is None or not self._is_ours(secret, owner):
             return False
-        if with_writes_blocked(secret.metadata.annotations, blocked) == (secret.metadata.annotations or {}):
+        data = with_writes_blocked_key(secret.data, blocked)
+        annotations = with_writes_blocked(secret.metadata.annotations, blocked)
+        if data == (secret.data or {}) and annotations == (secret.metadata.annotations or {}):
             return False
-        patch = {"metadata": {"annotations": {WRITES_BLOCKED_ANNOTATION: "true" if blocked else None}}}
+        if not edited_by_hand({"metadata": {"annotations": secret.metadata.annotations}, "data": secret.data}):
+            annotations[DATA_DIGEST_ANNOTATION] = data_digest(data)
+        # A merge patch: null removes a key; resourceVersion makes a racing write retry rather than be undone.
+        patch = {"metadata": {"resourceVersion": secret.metadata.resource_version,
+                              "annotations": {WRITES_BLOCKED_ANNOTATION: "true" if blocked else None,
+                                              DATA_DIGEST_ANNOTATION: annotations.get(DATA_DIGEST_ANNOTATION)}},
+                 "data": {WRITES_BLOCKED_KEY: data.get(WRITES_BLOCKED_KEY)}}
         await self.core.patch_namespaced_secret(name, namespace, patch)
         return True
 
@@ -276,6 +286,14 @@ def edited_by_hand(secret: Mapping[str, Any]) -> bool:
     """A tenant Secret whose data is not what the operator last wrote there."""
     annotations = (secret.get("metadata") or {}).get("annotations") or {}
     return annotations.get(DATA_DIGEST_ANNOTATION) != data_digest(secret.get("data"))
+
+
+def with_writes_blocked_key(encoded: Mapping[str, str] | None, blocked: bool) -> dict[str, str]:
+    """A Secret's data (base64 values) with the writes-blocked key set or removed."""
+    result = {key: value for key, value in (encoded or {}).items() if key != WRITES_BLOCKED_KEY}
+    if blocked:
+        result[WRITES_BLOCKED_KEY] = base64.b64encode(b"true").decode()
+    return result
 
 
 def with_writes_blocked(annotations: Mapping[str, str] | None, blocked: bool) -> dict[str, str]:

@@ -161,6 +161,8 @@ def secret_data(spec: TenantStoreSpec, relational: RelationalPlacement, vector: 
         "uri": uri, "host": relational.host, "port": str(relational.port), "database": relational.database,
         "schema": relational.schema, "user": relational.role, "password": password,
         "vectorBackend": vector.backend, "vectorIndex": vector.index, "vectorNamespace": vector.namespace,
+        # What a client needs to query without asking the backend: the distance and the vectors' length.
+        "vectorMetric": spec.metric.value, "vectorDimension": str(spec.dimension),
     }
     if vector.table:
         data["vectorTable"] = vector.table

@@ -12,7 +12,7 @@ import signal
 import time
 from pathlib import Path
 
-import psycopg
+import tenantstore_client
 
 from tenantstore_dev.environment import REPO_ROOT, LocalEnvironment, OperatorProcess
 
@@ -29,20 +29,16 @@ def say(message: str) -> None:
 
 
 def proof(secret: dict[str, str], dimension: int) -> str:
-    """Log in with the tenant's own credentials, write a vector, find it again."""
-    vector = "[" + ",".join("1" if i == 0 else "0" for i in range(dimension)) + "]"
-    with psycopg.connect(secret["uri"], autocommit=True, connect_timeout=5) as conn:
-        user = conn.execute("SELECT current_user").fetchone()[0]
-        table = secret["vectorTable"]
-        if secret["vectorNamespace"]:
-            conn.execute(f"INSERT INTO {table} (namespace, id, embedding) VALUES (%s, 'demo-1', %s) "
-                         "ON CONFLICT DO NOTHING", (secret["vectorNamespace"], vector))
-        else:
-            conn.execute(f"INSERT INTO {table} (id, embedding) VALUES ('demo-1', %s) ON CONFLICT DO NOTHING",
-                         (vector,))
-        visible = conn.execute(f"SELECT count(*) FROM {table}").fetchone()[0]
-        nearest = conn.execute(f"SELECT id FROM {table} ORDER BY embedding <=> %s::vector LIMIT 1", (vector,)).fetchone()[0]
-    return f"logged in as {user}; nearest to the probe vector: {nearest}; rows visible to it: {visible}"
+    """With the client library and the tenant's Secret alone: write two vectors, find them again."""
+    probe = [1.0] + [0.0] * (dimension - 1)
+    with tenantstore_client.connect(secret) as store:
+        store.upsert([tenantstore_client.Vector("demo-1", probe, {"kind": "proof"}),
+                      tenantstore_client.Vector("demo-2", [0.5] * dimension, {"kind": "other"})])
+        nearest = store.query(probe, top_k=1)[0].id
+        filtered = [match.id for match in store.query(probe, top_k=2, filter={"kind": "other"})]
+        visible = store.count()
+    return (f"as {secret['user']}: nearest to the probe vector: {nearest}; with filter kind=other: {filtered}; "
+            f"vectors visible to it: {visible}")
 
 
 def report(env: LocalEnvironment) -> None:

@@ -188,6 +188,53 @@ def _score(metric: str, query: list[float], values: list[float]) -> float:
     return dot / norms if norms else 0.0
 
 
+def _passes(metadata: dict[str, Any] | None, filter: Any) -> bool:
+    """Pinecone's metadata filter language: $eq $ne $gt $gte $lt $lte $in $nin $exists, $and/$or; a bare value is
+    $eq; a list-of-strings field matches $eq/$in when any element does."""
+    if not isinstance(filter, dict) or not filter:
+        raise invalid("filter must be a non-empty object")
+    fields = metadata or {}
+    for key, condition in filter.items():
+        if key in ("$and", "$or"):
+            if not isinstance(condition, list) or not condition:
+                raise invalid(f"{key} takes a non-empty array")
+            results = [_passes(metadata, part) for part in condition]
+            if not (all(results) if key == "$and" else any(results)):
+                return False
+            continue
+        if key.startswith("$"):
+            raise invalid(f"unknown top-level operator {key}")
+        operators = condition if isinstance(condition, dict) else {"$eq": condition}
+        for operator, operand in operators.items():
+            if not _condition_holds(fields, key, operator, operand):
+                return False
+    return True
+
+
+def _condition_holds(fields: dict[str, Any], key: str, operator: str, operand: Any) -> bool:
+    present, value = key in fields, fields.get(key)
+    found = value if isinstance(value, list) else [value] if present else []
+    if operator == "$eq":
+        return operand in found
+    if operator == "$ne":
+        return operand not in found
+    if operator in ("$in", "$nin"):
+        if not isinstance(operand, list):
+            raise invalid(f"{operator} takes an array")
+        hit = any(item in found for item in operand)
+        return hit if operator == "$in" else not hit
+    if operator == "$exists":
+        return present == bool(operand)
+    comparisons = {"$gt": lambda a, b: a > b, "$gte": lambda a, b: a >= b,
+                   "$lt": lambda a, b: a < b, "$lte": lambda a, b: a <= b}
+    if operator not in comparisons:
+        raise invalid(f"unknown filter operator {operator}")
+    if isinstance(operand, bool) or not isinstance(operand, (int, float)):
+        raise invalid(f"{operator} compares numbers")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    return number and comparisons[operator](value, operand)
+
+
 def _check_metadata(metadata: Any) -> None:
     if not isinstance(metadata, dict):
         raise invalid("metadata must be an object")
@@ -314,6 +361,12 @@ class PineconeTestServer:
     def namespaces(self, name: str) -> dict[str, int]:
         info = self.index(name)
         return dict(info["namespaces"]) if info else {}
+
+    def records(self, index: str, namespace: str) -> dict[str, Record]:
+        """A copy of a namespace's records as stored (metadata included, as the client wrote it)."""
+        with self._lock:
+            held = self._indexes[index].namespaces.get(namespace or DEFAULT_NAMESPACE, {})
+            return {vector_id: dataclasses.replace(record) for vector_id, record in held.items()}
 
     def drop_namespace(self, index: str, namespace: str) -> None:
         """Delete a namespace behind the client's back (as another actor would)."""
@@ -718,13 +771,15 @@ class PineconeTestServer:
         top_k = body.get("topK")
         if not isinstance(top_k, int) or not 1 <= top_k <= 10000:
             raise invalid("topK must be an integer between 1 and 10000")
-        if {"filter", "sparseVector", "scanFactor", "maxCandidates"} & set(body):
-            raise invalid("this test server implements dense queries without filters only")
+        if {"sparseVector", "scanFactor", "maxCandidates"} & set(body):
+            raise invalid("this test server implements dense queries only")
         namespace = self._namespace_of(body.get("namespace"))
         records = index.namespaces.get(namespace, {})
         vector = self._query_vector(index, body, records)
+        wanted = body.get("filter")
         ranked = sorted(((_score(index.metric, vector, record.values), vector_id, record)
-                         for vector_id, record in records.items()),
+                         for vector_id, record in records.items()
+                         if wanted is None or _passes(record.metadata, wanted)),
                         key=lambda item: (item[0] if index.metric == "euclidean" else -item[0], item[1]))
         matches = []
         for score, vector_id, record in ranked[:top_k]:
@@ -770,14 +825,18 @@ class PineconeTestServer:
     def _delete_vectors(self, index: Index, body: dict[str, Any], query: Any) -> tuple[int, Any]:
         _require_params(query, set())
         _require_keys(body, {"ids", "deleteAll", "namespace", "filter"}, "DeleteRequest")
+        records = index.namespaces.get(self._namespace_of(body.get("namespace")), {})
         if "filter" in body:
-            raise invalid("this test server does not implement delete by metadata filter")
+            if "ids" in body or body.get("deleteAll"):
+                raise invalid("a delete by filter names neither 'ids' nor 'deleteAll'")
+            for vector_id in [i for i, record in records.items() if _passes(record.metadata, body["filter"])]:
+                del records[vector_id]
+            return 200, {}
         ids, delete_all = body.get("ids"), body.get("deleteAll", False)
         if (ids is None) == (not delete_all):
             raise invalid("a delete names exactly one of 'ids' or 'deleteAll'")
         if ids is not None and (not isinstance(ids, list) or not 1 <= len(ids) <= 1000):
             raise invalid("ids must hold 1 to 1000 ids")
-        records = index.namespaces.get(self._namespace_of(body.get("namespace")), {})
         for vector_id in ids if ids is not None else list(records):
             records.pop(vector_id, None)
         return 200, {}

@@ -21,7 +21,7 @@ from typing import Any
 from kubernetes_asyncio import client
 
 from tenantstore.api import (API_VERSION, CREDENTIAL_LABEL, DATA_DIGEST_ANNOTATION, MANAGED_BY, MANAGED_BY_LABEL,
-                             TENANT_ID_LABEL, WRITES_BLOCKED_ANNOTATION)
+                             TENANT_ID_LABEL, WRITES_BLOCKED_ANNOTATION, WRITES_BLOCKED_KEY)
 from tenantstore.backends import (NAMESPACE_CREATED, Drift, LoginPlan, RelationalPlacement, RelationalUsage,
                                   SharedIndex, Step, VectorPlacement, VectorRecord, VectorUsage)
 from tenantstore.backends.postgres_credentials import LOGIN_SUFFIX
@@ -702,6 +702,8 @@ class FakeSecrets(Recorder):
         self.enter("apply_tenant_secret")
         labels = {TENANT_ID_LABEL: owner["spec"]["tenantId"], MANAGED_BY_LABEL: MANAGED_BY,
                   **({CREDENTIAL_LABEL: credential} if credential else {})}
+        data = {**{k: v for k, v in data.items() if k != WRITES_BLOCKED_KEY},
+                **({WRITES_BLOCKED_KEY: "true"} if writes_blocked else {})}
         annotations = {DATA_DIGEST_ANNOTATION: data_digest(encoded(data))}
         uid, owner_name = owner["metadata"]["uid"], owner["metadata"]["name"]
         secret = self.secrets.get((namespace, name))
@@ -736,10 +738,10 @@ class FakeSecrets(Recorder):
             return False
         if (secret.annotations.get(WRITES_BLOCKED_ANNOTATION) == "true") == blocked:
             return False
+        secret.annotations.pop(WRITES_BLOCKED_ANNOTATION, None)
+        secret.data.pop(WRITES_BLOCKED_KEY, None)
         if blocked:
-            secret.annotations[WRITES_BLOCKED_ANNOTATION] = "true"
-        else:
-            del secret.annotations[WRITES_BLOCKED_ANNOTATION]
+            secret.annotations[WRITES_BLOCKED_ANNOTATION] = secret.data[WRITES_BLOCKED_KEY] = "true"
         self.writes += 1
         return True
 

@@ -59,7 +59,7 @@ async def test_the_secret_holds_the_coordinates_and_the_password_the_role_logs_i
         "uri": f"postgresql://tenant_acme:{password}@db.test:5432/tenants", "host": "db.test", "port": "5432",
         "database": "tenants", "schema": "tenant_acme", "user": "tenant_acme", "password": password,
         "vectorBackend": "pgvector", "vectorIndex": "shared-384-cosine-1", "vectorNamespace": "acme",
-        "vectorTable": "tenantstore_vectors.tenant_acme"}
+        "vectorTable": "tenantstore_vectors.tenant_acme", "vectorMetric": "cosine", "vectorDimension": "384"}
     assert secret.owners == {"uid-customers-acme": "acme"}
     assert secret.labels == {"tenancy.dev/tenant-id": "acme", "app.kubernetes.io/managed-by": "tenantstore-operator"}
     assert WRITES_BLOCKED_ANNOTATION not in secret.annotations
