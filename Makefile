@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install controlplane helm kstatus seaweedfs promtool sync-crds sync-monitoring demo test test-unit clean bench bench-sweep bench-export chaos
+.PHONY: install controlplane helm kstatus seaweedfs promtool sync-crds sync-monitoring demo test test-unit clean bench bench-sweep bench-export bench-probe chaos
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -73,6 +73,12 @@ bench-sweep: controlplane
 bench-export: N = 100000
 bench-export: controlplane
 	$(BIN)/python -m bench.export --n $(N)
+
+# The search-latency probe's cost: N tenants (default 1000) on an embedded Postgres, loaded through the client
+# library, one probe pass over all of them. Prints one `search-probe:` line; results in bench/results/.
+bench-probe: N = 1000
+bench-probe: install
+	$(BIN)/python -m bench.search_probe --n $(N)
 
 # Chaos: N tenants of every tier provisioned and torn down while the operator is SIGKILLed (KILLS times, default
 # max(3, N/4)), Postgres goes away for a few seconds and the kube-apiserver restarts; SEED repeats a run.

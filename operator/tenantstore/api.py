@@ -51,6 +51,7 @@ class ConditionType(enum.StrEnum):
     READY = "Ready"
     STALLED = "Stalled"  # kstatus: a failure no retry can end
     QUOTA_EXCEEDED = "QuotaExceeded"
+    OVER_BUDGET = "OverBudget"
     QUOTAS_CAPPED = "QuotasCapped"
     MIGRATING = "Migrating"
     DATA_LOST = "DataLost"
@@ -102,6 +103,10 @@ class Reason(enum.StrEnum):
     # Other conditions
     WITHIN_LIMITS = "WithinLimits"
     WRITES_BLOCKED = "WritesBlocked"
+    # OverBudget
+    BUDGET_BLOCKED = "BudgetBlocked"
+    BUDGET_REACHED = "BudgetReached"
+    WITHIN_BUDGET = "WithinBudget"
     LIMIT_REACHED = "LimitReached"
     WITHIN_CEILINGS = "WithinCeilings"
     ABOVE_TIER_CEILING = "AboveTierCeiling"

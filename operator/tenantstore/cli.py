@@ -113,6 +113,12 @@ def main(argv: list[str] | None = None) -> int:
                                  "(default: $TENANTSTORE_PG_BIN_DIR, else PATH)")
     run_parser.add_argument("--retention-interval", type=float, default=None,
                             help="seconds between passes that delete vectors past their retention (default 300)")
+    run_parser.add_argument("--cost-interval", type=float, default=None,
+                            help="seconds between updates of each tenant's cost and budget, for StoreClasses with "
+                                 "spec.pricing (default 900; a usage measurement does it once due)")
+    run_parser.add_argument("--probe-interval", type=float, default=None,
+                            help="seconds between search-latency probe passes, for StoreClasses with spec.slo "
+                                 "(default 30; a pass probes at most slo.probesPerSecond tenants per second)")
     run_parser.add_argument("--verbose", action="store_true")
     run_parser.set_defaults(func=run)
     audit_parser = commands.add_parser("audit", help="print a tenant's audit trail (it outlives the tenant)")

@@ -12,12 +12,13 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tenantstore import conditions, credentials
+from tenantstore import conditions, cost, credentials
 from tenantstore.backends import Step, VectorPlacement
 from tenantstore.errors import BackendUnavailable, StoreClassNotAllowed
 from tenantstore.api import WRITES_BLOCKED_ANNOTATION, ConditionType, Reason
 from tenantstore.kube import NamespaceLabels, Secrets, TenantStatuses
-from tenantstore.models import InvalidResource, StoreClass, TenantStoreSpec, effective_quotas
+from tenantstore.models import (DesiredStore, InvalidResource, RelationalIsolation, StoreClass, TenantStoreSpec,
+                                VectorIsolation, effective_quotas)
 from tenantstore.quota import Usage, Verdict, judge
 from tenantstore.reconcile import store_as_provisioned
 from tenantstore.registry import BackendRegistry
@@ -33,7 +34,9 @@ class Measured:
     usage: Usage
     verdict: Verdict
     events: list[Step]
-    warning: bool  # the quota verdict turned to exceeded
+    warning: bool  # the quota verdict turned to exceeded, or the budget crossed a threshold
+    holding: cost.Holding | None = None
+    cost: Mapping[str, Any] | None = None  # status.cost as it now is
 
 
 def provisioned_tenants(tenants: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
@@ -93,7 +96,8 @@ async def mark_writes_blocked(secrets: Secrets, body: Mapping[str, Any], spec: T
 
 
 async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, Any]], registry: BackendRegistry,
-                        statuses: TenantStatuses, secrets: Secrets, now: str) -> list[Measured]:
+                        statuses: TenantStatuses, secrets: Secrets, now: str,
+                        cost_interval: float = 900.0) -> list[Measured]:
     parsed = []
     for body in provisioned_tenants(tenants):
         try:
@@ -108,7 +112,7 @@ async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, 
     relational = await backends.relational.measure([store for _, _, store, _ in parsed])
     vector = await backends.vector.measure([(store, placement) for _, _, store, placement in parsed])
 
-    results = []
+    measured = []
     for body, spec, store, placement in parsed:
         rel, vec = relational.get(store.tenant_id), vector.get(store.tenant_id)
         if rel is None or vec is None:
@@ -116,20 +120,34 @@ async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, 
         usage = Usage(documents=vec.documents, storage_bytes=rel.storage_bytes + vec.storage_bytes,
                       connections=rel.connections, daily_queries=rel.daily_queries,
                       relational_storage_bytes=rel.storage_bytes)
+        measured.append((body, spec, store, placement, usage, holding(store, placement, usage)))
+    pricing = store_class.pricing
+    shares = cost.allocate(pricing, [entry[-1] for entry in measured]) if pricing else {}
+    moment = cost.parse_time(now) or datetime.datetime.now(datetime.timezone.utc)
+
+    results = []
+    for body, spec, store, placement, usage, held in measured:
         verdict = judge(usage, effective_quotas(spec, store_class)[0], spec.quota_action)
         status = body.get("status") or {}
         previous = conditions.find(status.get("conditions"), ConditionType.QUOTA_EXCEEDED) or {}
-        events: list[Step] = []
-        if (previous.get("reason") == Reason.WRITES_BLOCKED) != verdict.blocks_writes:
-            store = dataclasses.replace(store, writes_allowed=not verdict.blocks_writes)
+        priced = cost.price(pricing, spec.budget(store_class), shares.get(store.tenant_id, {}), status, usage,
+                            moment, cost_interval) if pricing else cost.Priced(status.get("cost"))
+        events: list[Step] = list(priced.events)
+        was_blocked = previous.get("reason") == Reason.WRITES_BLOCKED or cost.budget_blocks_writes(status)
+        blocked = verdict.blocks_writes or priced.blocks_writes
+        if was_blocked != blocked:
+            store = dataclasses.replace(store, writes_allowed=not blocked)
             events += await backends.relational.ensure_write_access(store)
             events += await backends.vector.ensure_write_access(store, placement)
-            events += await mark_writes_blocked(secrets, body, spec, verdict.blocks_writes)
+            events += await mark_writes_blocked(secrets, body, spec, blocked)
         quota_condition = verdict.condition()
         changes: dict[str, Any] = {}
         if not usage.same_figures(status.get("usage")):
             changes["usage"] = usage.to_status(now)
-        merged = conditions.merge_conditions(status.get("conditions"), [quota_condition],
+        if priced.status is not None and priced.status != status.get("cost"):
+            changes["cost"] = priced.status
+        merged = conditions.merge_conditions(status.get("conditions"),
+                                             [quota_condition, *([priced.condition] if priced.condition else [])],
                                              body["metadata"].get("generation", 0))
         if merged != status.get("conditions"):
             changes["conditions"] = merged
@@ -141,5 +159,13 @@ async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, 
             events.append(Step(quota_condition.reason if verdict.exceeded else "QuotaWithinLimits",
                                quota_condition.message))
         results.append(Measured(body=body, usage=usage, verdict=verdict, events=events,
-                                warning=transition and verdict.exceeded))
+                                warning=(transition and verdict.exceeded) or priced.warning,
+                                holding=held, cost=priced.status))
     return results
+
+
+def holding(store: DesiredStore, placement: VectorPlacement, usage: Usage) -> cost.Holding:
+    return cost.Holding(tenant_id=store.tenant_id, storage_bytes=usage.storage_bytes,
+                        shared_index=placement.index if store.vector is VectorIsolation.NAMESPACE else None,
+                        dedicated_index=store.vector is VectorIsolation.DEDICATED,
+                        dedicated_database=store.relational is RelationalIsolation.DATABASE)

@@ -16,8 +16,8 @@ from typing import Any, ParamSpec, TypeVar
 
 import kopf
 
-from tenantstore import (audit, conditions, events, exports, fleet, kopf_fixes, kube, metrics, reconcile, redaction,
-                         retention, settings, tracing, verify)
+from tenantstore import (audit, conditions, cost, events, exports, fleet, kopf_fixes, kube, metrics, reconcile, redaction,
+                         retention, settings, slo, tracing, verify)
 from tenantstore.errors import IsolationBroken, ReconcileError
 from tenantstore.api import (CREDENTIAL_LABEL, DATA_LOSS_ACKNOWLEDGED_ANNOTATION, FINALIZER, GROUP, MANAGED_BY,
                              MANAGED_BY_LABEL, VERSION, ConditionType, ExportPhase, Phase, Reason)
@@ -82,6 +82,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.settings = SETTINGS
     memo.reconciles = asyncio.Semaphore(SETTINGS.max_concurrent_reconciles)
     memo.canary_turns = collections.Counter()
+    memo.probe_passes = {}  # StoreClass name -> slo.ProbePass (where its search probes go on from)
     memo.tenant_locks = collections.defaultdict(asyncio.Lock)  # one reconcile at a time per tenant (by uid)
 
 
@@ -349,9 +350,13 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
                 if fresh is not None:
                     await record(memo, fresh, await reconcile_through(memo, fresh, classes, tenant_id_index, held=True))
     try:
-        measured = await fleet.measure_class(store_class, tenants, memo.backends, memo.statuses, memo.secrets,
-                                             conditions.now_rfc3339())
+        now = conditions.now_rfc3339()
+        measured = await fleet.measure_class(store_class, tenants, memo.backends, memo.statuses, memo.secrets, now,
+                                             SETTINGS.cost_interval)
         pool, flipped = await pool_status(store_class, status, memo.backends, waiting)
+        if store_class.pricing is not None:
+            pool["cost"] = cost.class_summary(store_class.pricing, [(m.holding, m.cost) for m in measured if m.holding],
+                                              len(pool["sharedIndexes"]), cost.parse_time(now))
     except ReconcileError as error:
         events.warn(body, reason=error.reason, message=f"usage not measured: {error}")
         return
@@ -507,6 +512,27 @@ def store_class_has_retention(store_class: StoreClass, tenants_by_class: kopf.In
     return any(policy.retention.vectors_max_age for policy in store_class.tiers.values()) or any(
         ((tenant.get("spec") or {}).get("retention") or {}).get("vectors") for tenant in
         tenants_by_class.get(store_class.name, ()))
+
+
+@kopf.timer(*STORECLASSES, interval=SETTINGS.probe_interval, initial_delay=SETTINGS.probe_interval / 2,
+            backoff=SETTINGS.probe_interval)
+@redacted_errors
+async def probe_search_latency(name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped,
+                               store_class_index: kopf.Index[str, Any],
+                               tenants_by_class: kopf.Index[str, dict[str, Any]], **_: Any) -> None:
+    """Per StoreClass with spec.slo: search probes on its non-empty tenants, at most slo.probesPerSecond."""
+    store_class = latest_classes(store_class_index).get(name)
+    if not isinstance(store_class, StoreClass) or store_class.slo is None:
+        return
+    backends = await memo.backends.for_class(store_class)
+    passes = memo.probe_passes.setdefault(name, slo.ProbePass())
+    for probe in await passes.run(store_class, store_class.slo, list(tenants_by_class.get(name, ())),
+                                  backends.vector, SETTINGS.probe_interval, stopped.wait):
+        if probe.seconds is None:
+            metrics.SEARCH_PROBES.labels(name, "failed").inc()
+            continue
+        metrics.SEARCH_LATENCY.labels(*metrics.TenantSnapshot.from_body(probe.body).labels).observe(probe.seconds)
+        metrics.SEARCH_PROBES.labels(name, "ok").inc()
 
 
 @kopf.on.event("", "v1", "secrets", **TENANT_SECRETS)

@@ -7,6 +7,7 @@ rebuilds every series from status during its initial listing.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import threading
 from collections.abc import Iterator, Mapping
@@ -17,7 +18,7 @@ from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tenantstore.api import ConditionType, Phase
-from tenantstore.models import Tier, parse_quantity
+from tenantstore.models import Tier, parse_latency, parse_quantity
 
 TENANT_LABELS = ("tenant", "namespace", "tier", "storeclass")
 QUOTA_RESOURCES = {"documents": ("documents", "maxDocuments"), "storage_bytes": ("storageBytes", "maxStorageBytes"),
@@ -63,6 +64,14 @@ AUDIT_DROPPED = Counter(
 AUDIT_PENDING = Gauge(
     "tenantstore_audit_entries_pending", "Audit rows queued, not yet written (their Postgres did not answer).",
     registry=REGISTRY)
+SEARCH_LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.2, 0.5, 1, 2.5, 5)
+SEARCH_LATENCY = Histogram(
+    "tenantstore_tenant_search_latency_seconds", "Nearest-neighbour queries the search probe ran on the tenant's "
+    "own store, as the tenant (StoreClass spec.slo).", TENANT_LABELS, buckets=SEARCH_LATENCY_BUCKETS,
+    registry=REGISTRY)
+SEARCH_PROBES = Counter(
+    "tenantstore_search_probes_total", "Search probes run, by StoreClass and result (ok, failed).",
+    ("storeclass", "result"), registry=REGISTRY)
 BACKEND_DURATION = Histogram(
     "tenantstore_backend_operation_duration_seconds", "Latency of backend operations, by backend and operation.",
     ("backend", "operation"), buckets=LATENCY_BUCKETS, registry=REGISTRY)
@@ -76,6 +85,8 @@ class TenantSnapshot:
     quota_exceeded: bool
     usage: Mapping[str, Any]
     quotas: Mapping[str, Any]
+    cost: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    over_budget: bool = False
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> TenantSnapshot:
@@ -89,6 +100,8 @@ class TenantSnapshot:
             quota_exceeded=conditions.get(ConditionType.QUOTA_EXCEEDED) == "True",
             usage=dict(status.get("usage") or {}),
             quotas=dict(status.get("quotas") or {}),
+            cost=dict(status.get("cost") or {}),
+            over_budget=conditions.get(ConditionType.OVER_BUDGET) == "True",
         )
 
     def used_and_limit(self, resource: str) -> tuple[float | None, float | None]:
@@ -114,12 +127,17 @@ class TenantSeries(Collector):
         self._tenants: dict[tuple[str, str], TenantSnapshot] = {}
         self._indexes: dict[str, list[SharedIndexSnapshot]] = {}
         self._thresholds: dict[str, float] = {}
+        self._class_costs: dict[str, Mapping[str, Any]] = {}
+        self._objectives: dict[str, float] = {}  # StoreClass -> its p95 search-latency objective, seconds
 
     def observe_tenant(self, body: Mapping[str, Any], deleted: bool = False) -> None:
         key = (body["metadata"].get("namespace", ""), body["metadata"]["name"])
         with self._lock:
             if deleted:
-                self._tenants.pop(key, None)
+                gone = self._tenants.pop(key, None)
+                if gone is not None:  # its latency series go with it, as its gauges do
+                    with contextlib.suppress(KeyError):
+                        SEARCH_LATENCY.remove(*gone.labels)
             else:
                 self._tenants[key] = TenantSnapshot.from_body(body)
 
@@ -128,13 +146,22 @@ class TenantSeries(Collector):
         pool = [SharedIndexSnapshot(name, row.get("name", ""), int(row.get("tenants", 0)), int(row.get("capacity", 0)))
                 for row in (body.get("status") or {}).get("sharedIndexes") or ()]
         threshold = float(((body.get("spec") or {}).get("vector") or {}).get("sharedIndex", {}).get("alertThreshold", 0.8))
+        class_cost = dict((body.get("status") or {}).get("cost") or {})
+        latency = (((body.get("spec") or {}).get("slo") or {}).get("searchLatency") or {}).get("p95")
         with self._lock:
             if deleted:
                 self._indexes.pop(name, None)
                 self._thresholds.pop(name, None)
+                self._class_costs.pop(name, None)
+                self._objectives.pop(name, None)
             else:
+                if latency:
+                    self._objectives[name] = parse_latency(latency)
+                else:
+                    self._objectives.pop(name, None)
                 self._indexes[name] = pool
                 self._thresholds[name] = threshold
+                self._class_costs[name] = class_cost
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())  # series come and go with tenants; nothing to pre-register
@@ -144,8 +171,17 @@ class TenantSeries(Collector):
             tenants = list(self._tenants.values())
             indexes = [row for pool in self._indexes.values() for row in pool]
             thresholds = dict(self._thresholds)
+            class_costs = dict(self._class_costs)
+            objectives = dict(self._objectives)
         yield from self._tenant_families(tenants)
+        yield from self._cost_families(tenants, class_costs)
         yield from self._index_families(indexes, thresholds)
+        objective = GaugeMetricFamily("tenantstore_storeclass_search_latency_objective_seconds",
+                                      "A StoreClass's p95 search-latency objective (spec.slo.searchLatency.p95).",
+                                      labels=("storeclass",))
+        for name, seconds in objectives.items():
+            objective.add_metric((name,), seconds)
+        yield objective
 
     @staticmethod
     def _tenant_families(tenants: list[TenantSnapshot]) -> Iterator[GaugeMetricFamily]:
@@ -186,6 +222,41 @@ class TenantSeries(Collector):
             for tier in Tier:
                 totals.add_metric((candidate.value, tier.value), float(by_phase.get((candidate.value, tier.value), 0)))
         yield from (ready, phase, exceeded, *usage.values(), limit, ratio, totals)
+
+    @staticmethod
+    def _cost_families(tenants: list[TenantSnapshot], class_costs: Mapping[str, Mapping[str, Any]]
+                       ) -> Iterator[GaugeMetricFamily]:
+        cost = GaugeMetricFamily("tenantstore_tenant_cost", "The tenant's cost this month to date, by component "
+                                 "(its share of fixed costs, storage, queries, writes; total).",
+                                 labels=(*TENANT_LABELS, "component", "currency"))
+        projected = GaugeMetricFamily("tenantstore_tenant_cost_projected", "The tenant's cost projected for the "
+                                      "month.", labels=(*TENANT_LABELS, "currency"))
+        limit = GaugeMetricFamily("tenantstore_tenant_budget_limit", "The tenant's monthly budget.",
+                                  labels=(*TENANT_LABELS, "currency"))
+        used = GaugeMetricFamily("tenantstore_tenant_budget_used_ratio", "Month-to-date cost / monthly budget.",
+                                 labels=TENANT_LABELS)
+        over = GaugeMetricFamily("tenantstore_tenant_over_budget", "1 while OverBudget=True.", labels=TENANT_LABELS)
+        for tenant in tenants:
+            if not tenant.cost:
+                continue
+            currency = str(tenant.cost.get("currency", ""))
+            for component, amount in (tenant.cost.get("components") or {}).items():
+                cost.add_metric((*tenant.labels, component, currency), float(amount))
+            cost.add_metric((*tenant.labels, "total", currency), float(tenant.cost.get("monthToDate", 0)))
+            projected.add_metric((*tenant.labels, currency), float(tenant.cost.get("projected", 0)))
+            budget = tenant.cost.get("budget") or {}
+            if budget:
+                limit.add_metric((*tenant.labels, currency), float(budget.get("monthlyLimit", 0)))
+                used.add_metric(tenant.labels, float(budget.get("usedRatio", 0)))
+                over.add_metric(tenant.labels, 1.0 if tenant.over_budget else 0.0)
+        storeclass = GaugeMetricFamily("tenantstore_storeclass_cost", "A StoreClass's costs this month: month to "
+                                       "date, projected, fixed monthly, and unallocated (fixed, monthly).",
+                                       labels=("storeclass", "figure", "currency"))
+        for name, figures in class_costs.items():
+            for figure in ("monthToDate", "projected", "fixedMonthly", "unallocatedMonthly"):
+                if figure in figures:
+                    storeclass.add_metric((name, figure, str(figures.get("currency", ""))), float(figures[figure]))
+        yield from (cost, projected, limit, used, over, storeclass)
 
     @staticmethod
     def _index_families(indexes: list[SharedIndexSnapshot], thresholds: dict[str, float]

@@ -245,6 +245,87 @@ QUOTA_FIELD_NAMES = {"max_documents": "maxDocuments", "max_storage_bytes": "maxS
                      "max_connections": "maxConnections", "max_daily_queries": "maxDailyQueries"}
 
 
+class BudgetAction(enum.StrEnum):
+    ALERT = "Alert"
+    BLOCK = "Block"  # as a Block quota: writes refused, reads and deletes kept
+
+
+DEFAULT_BUDGET_THRESHOLDS = (0.8, 0.9, 0.95)
+
+
+@dataclasses.dataclass(frozen=True)
+class Budget:
+    """A monthly cost limit in the class's currency (None: no budget), its alert thresholds and what reaching
+    it does. A TenantStore's spec.budget overrides its tier's field by field."""
+
+    monthly_limit: float | None = None
+    thresholds: tuple[float, ...] = DEFAULT_BUDGET_THRESHOLDS
+    action: BudgetAction = BudgetAction.ALERT
+
+    def overridden_by(self, raw: Mapping[str, Any] | None) -> Budget:
+        raw = raw or {}
+        thresholds = raw.get("thresholds")
+        return Budget(
+            monthly_limit=float(raw["monthlyLimit"]) if raw.get("monthlyLimit") is not None else self.monthly_limit,
+            thresholds=tuple(sorted(float(t) for t in thresholds)) if thresholds is not None else self.thresholds,
+            action=BudgetAction(raw["action"]) if raw.get("action") else self.action)
+
+
+@dataclasses.dataclass(frozen=True)
+class Pricing:
+    """StoreClass spec.pricing: the class's fixed monthly costs (allocated to tenants) and its prices per use."""
+
+    currency: str = "USD"
+    shared_index: float = 0.0          # per shared vector index, split by storage among its tenants
+    dedicated_index: float = 0.0       # per dedicated vector index, carried by its tenant
+    dedicated_database: float = 0.0    # per dedicated database, carried by its tenant
+    shared_infrastructure: float = 0.0  # the Postgres and the rest, split by storage among the class's tenants
+    per_gb_month: float = 0.0
+    per_1k_queries: float = 0.0
+    per_1k_vectors_written: float = 0.0
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> Pricing | None:
+        if not raw:
+            return None
+        fixed = raw.get("fixedMonthly") or {}
+        return cls(currency=raw.get("currency") or "USD",
+                   shared_index=float(fixed.get("sharedIndex", 0)), dedicated_index=float(fixed.get("dedicatedIndex", 0)),
+                   dedicated_database=float(fixed.get("dedicatedDatabase", 0)),
+                   shared_infrastructure=float(fixed.get("sharedInfrastructure", 0)),
+                   per_gb_month=float(raw.get("perGBMonth", 0)), per_1k_queries=float(raw.get("per1kQueries", 0)),
+                   per_1k_vectors_written=float(raw.get("per1kVectorsWritten", 0)))
+
+
+LATENCY_PATTERN = re.compile(r"^([0-9]+(?:\.[0-9]+)?)(ms|s)$")
+
+
+def parse_latency(text: str) -> float:
+    """"50ms" or "0.2s" in seconds."""
+    match = LATENCY_PATTERN.match(str(text))
+    if not match:
+        raise InvalidResource(f"{text!r} is not a latency (e.g. 50ms, 0.2s)")
+    return float(match.group(1)) / (1000 if match.group(2) == "ms" else 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSlo:
+    """StoreClass spec.slo: a p95 search-latency objective per tenant, measured by probes that query each
+    non-empty tenant's own store as the tenant, at most `probes_per_second` for the class."""
+
+    p95_seconds: float
+    probes_per_second: float = 2.0
+    top_k: int = 5
+
+    @classmethod
+    def from_dict(cls, raw: Mapping[str, Any] | None) -> SearchSlo | None:
+        latency = ((raw or {}).get("searchLatency") or {}).get("p95")
+        if not latency:
+            return None
+        return cls(p95_seconds=parse_latency(latency), probes_per_second=float(raw.get("probesPerSecond", 2.0)),
+                   top_k=int(raw.get("topK", 5)))
+
+
 @dataclasses.dataclass(frozen=True)
 class TierPolicy:
     relational: RelationalIsolation
@@ -252,6 +333,7 @@ class TierPolicy:
     quotas: Quotas
     max_quotas: Quotas = Quotas()  # ceilings for a TenantStore's overrides; unset = no ceiling
     retention: Retention = Retention()
+    budget: Budget = Budget()
 
     @classmethod
     def from_dict(cls, raw: Mapping[str, Any], fallback: TierPolicy) -> TierPolicy:
@@ -261,6 +343,7 @@ class TierPolicy:
             quotas=fallback.quotas.overridden_by(Quotas.from_dict(raw.get("quotas"))),
             max_quotas=Quotas.from_dict(raw.get("maxQuotas")),
             retention=Retention.from_dict(raw.get("retention")),
+            budget=Budget().overridden_by(raw.get("budget")),
         )
 
 
@@ -344,6 +427,8 @@ class StoreClass:
     allowed_namespaces: AllowedNamespaces = AllowedNamespaces()
     drift_policy: DriftPolicy = DriftPolicy.REPAIR
     audit_retention: datetime.timedelta = DEFAULT_AUDIT_RETENTION
+    pricing: Pricing | None = None  # None: costs are not computed for this class
+    slo: SearchSlo | None = None  # None: no search-latency probes
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> StoreClass:
@@ -369,6 +454,8 @@ class StoreClass:
             allowed_namespaces=AllowedNamespaces.from_dict(spec.get("allowedNamespaces")),
             drift_policy=DriftPolicy(spec.get("driftPolicy") or DriftPolicy.REPAIR),
             audit_retention=parse_duration((spec.get("audit") or {}).get("retention") or DEFAULT_AUDIT_RETENTION_TEXT),
+            pricing=Pricing.from_dict(spec.get("pricing")),
+            slo=SearchSlo.from_dict(spec.get("slo")),
         )
 
 
@@ -389,6 +476,7 @@ class TenantStoreSpec:
     restore_from: ExportDestination | None = None  # an export the new tenant starts from
     retention: Retention = Retention()
     credentials: tuple[Credential, ...] = ()  # scoped credentials besides the owner's (secret_name)
+    budget_overrides: Mapping[str, Any] = dataclasses.field(default_factory=dict)  # spec.budget, as written
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> TenantStoreSpec:
@@ -421,7 +509,12 @@ class TenantStoreSpec:
             retention=Retention.from_dict(spec.get("retention")),
             credentials=Credential.list_from(spec.get("credentials"), meta["name"],
                                              spec.get("secretName") or f"{meta['name']}-store"),
+            budget_overrides=dict(spec.get("budget") or {}),
         )
+
+    def budget(self, store_class: StoreClass) -> Budget:
+        """The tier's budget in the class, overridden field by field by spec.budget."""
+        return store_class.tiers[self.tier].budget.overridden_by(self.budget_overrides)
 
 
 class Access(str, enum.Enum):

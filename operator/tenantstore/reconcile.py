@@ -12,7 +12,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from tenantstore import conditions, credentials, destinations, export, migration, relational_moves, settings, tracing
+from tenantstore import conditions, cost, credentials, destinations, export, migration, relational_moves, settings, tracing
 from tenantstore.credentials import new_password
 from tenantstore.api import DATA_LOSS_ACKNOWLEDGED_ANNOTATION, TERMINAL_REASONS, ConditionType, Phase, Reason
 from tenantstore.backends import NAMESPACE_CREATED, RelationalPlacement, Step, VectorPlacement, VectorStore
@@ -200,11 +200,13 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         store_class = resolve_store_class(current.get("storeClassName") or spec.store_class_name, classes)
         await check_admitted(store_class, meta["namespace"], namespaces, provisioned=bool(current.get("relational")))
         check_claim(spec.tenant_id, claim_ref(body), claims)
-        # Writes stay blocked while the last measured usage is over a Block quota (the measurement job decides).
+        # Writes stay blocked while the last measured usage is over a Block quota, or the month's cost over a
+        # Block budget (the measurement job decides).
         verdict = judge(Usage.from_status(current.get("usage")), effective_quotas(spec, store_class)[0],
                         spec.quota_action)
+        writes_blocked = verdict.blocks_writes or cost.budget_blocks_writes(current)
         store = desired_store(spec, store_class, meta["uid"], f"{meta['namespace']}/{meta['name']}",
-                              writes_allowed=not verdict.blocks_writes)
+                              writes_allowed=not writes_blocked)
         store.check_connection_shares()
         backends = await registry.for_class(store_class)
         tracing.annotate({"gen_ai.provider.name": backends.vector.backend})
@@ -254,7 +256,7 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
                                                           meta["namespace"], spec.secret_name, body,
                                                           secret_data(spec, relational, placement, password,
                                                                       backends.secret_extras),
-                                                          writes_blocked=verdict.blocks_writes))
+                                                          writes_blocked=writes_blocked))
         tracing.annotate({"gen_ai.memory.namespace": vector.namespace or vector.index})
         steps += vector_steps
         if move is not None and store.has_readers:  # the moved vectors' new home: readers may read it too
@@ -274,7 +276,7 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
             written = await secrets.apply_tenant_secret(meta["namespace"], spec.secret_name, body,
                                                         secret_data(spec, relational, vector, password,
                                                                     backends.secret_extras),
-                                                        writes_blocked=verdict.blocks_writes,
+                                                        writes_blocked=writes_blocked,
                                                         current=current_secret if move is None else NOT_READ)
         if written:
             steps.append(Step("SecretWritten", f"credentials written to Secret {spec.secret_name}"))
@@ -283,7 +285,7 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
                 steps += await credentials.apply_secrets(
                     store, body, logins, lambda login, placement, secret_password: secret_data(
                         spec, login, placement, secret_password, backends.secret_extras),
-                    relational, vector, verdict.blocks_writes, secrets)
+                    relational, vector, writes_blocked, secrets)
         if relational_move is not None:
             # The Secret names the target: record the switch before the source goes.
             await report({"isolation": {**(current.get("isolation") or {}), "relational": store.relational.value},

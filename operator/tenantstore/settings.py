@@ -23,6 +23,8 @@ class Settings:
     export_dir: str = "/var/lib/tenantstore/exports"  # the export volume (destinations.VolumeDirectory)
     pg_bin_dir: str = ""  # pg_dump and psql; empty: PATH
     retention_interval: float = 300.0  # seconds between passes deleting vectors past their retention
+    probe_interval: float = 30.0  # seconds between search-latency probe passes (a StoreClass with spec.slo)
+    cost_interval: float = 900.0  # seconds between updates of a tenant's cost (a StoreClass with spec.pricing)
 
     @classmethod
     def from_args(cls, args: argparse.Namespace) -> Settings:
@@ -33,7 +35,9 @@ class Settings:
                    max_concurrent_reconciles=args.max_concurrent_reconciles or defaults.max_concurrent_reconciles,
                    export_dir=args.export_dir or defaults.export_dir,
                    pg_bin_dir=args.pg_bin_dir or defaults.pg_bin_dir,
-                   retention_interval=args.retention_interval or defaults.retention_interval)
+                   retention_interval=args.retention_interval or defaults.retention_interval,
+                   cost_interval=args.cost_interval or defaults.cost_interval,
+                   probe_interval=args.probe_interval or defaults.probe_interval)
 
 
 _current = Settings()

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from tenantstore import conditions
+from tenantstore import conditions, cost
 from tenantstore.api import DRIFT_REASONS, ConditionType, Phase, Reason
 from tenantstore.backends import Drift, VectorPlacement
 from tenantstore.errors import BackendUnavailable, ReconcileError
@@ -80,7 +80,7 @@ def verifiable(tenants: Sequence[Mapping[str, Any]]) -> list[Mapping[str, Any]]:
 
 def writes_allowed(body: Mapping[str, Any]) -> bool:
     quota = conditions.find((body.get("status") or {}).get("conditions"), ConditionType.QUOTA_EXCEEDED) or {}
-    return quota.get("reason") != Reason.WRITES_BLOCKED
+    return quota.get("reason") != Reason.WRITES_BLOCKED and not cost.budget_blocks_writes(body.get("status"))
 
 
 async def check_class(store_class: StoreClass, tenants: Sequence[Mapping[str, Any]], registry: BackendRegistry,

@@ -10,6 +10,7 @@ import asyncio
 import dataclasses
 import datetime
 import math
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -167,6 +168,12 @@ class MemoryStore:
             _, dimension, metric, _ = name.split("-")
             pool_view.append(SharedIndex(name, int(dimension), metric, len(namespaces)))
         return sorted(pool_view, key=lambda index: (index.dimension, index.metric, index.name))
+
+    async def probe_search(self, store: DesiredStore, placement: VectorPlacement, vector: Sequence[float],
+                           top_k: int) -> float:
+        started = time.perf_counter()
+        self.nearest(placement, list(vector), top_k, store.metric.value)
+        return time.perf_counter() - started
 
     # --- what the tenant sees (for the contract suite: the tenant's own query) ---
 

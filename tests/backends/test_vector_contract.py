@@ -266,3 +266,14 @@ async def test_an_empty_shared_index_goes_only_when_the_class_does_not_keep_it(h
     assert (await harness.provision(last))[0].index == f"shared-{dimension}-cosine-1"  # the empty one is reused
     assert "SharedIndexDropped" in reasons(await harness.teardown(last))
     assert [index for index in await harness.vectors.shared_pool() if index.dimension == dimension] == []
+
+
+async def test_a_search_probe_times_one_query_on_the_tenants_own_store(harness: Harness) -> None:
+    dimension = fresh_dimension()
+    store = tenant("probed", dimension)
+    placement, _ = await harness.provision(store)
+    await harness.vectors.write_batch(store, placement, records("p", 3, dimension))
+    seconds = await harness.vectors.probe_search(store, placement, unit(dimension), 2)
+    assert 0 <= seconds < 5
+    assert await harness.vectors.count(store, placement) == 3  # a probe reads, nothing else
+    await harness.teardown(store)

@@ -142,3 +142,37 @@ async def test_the_canary_does_not_count_as_the_tenants_daily_query(server: Post
         assert await vectors.probe_isolation(store, placement) is None
     assert (await relational.measure([store]))[store.tenant_id].daily_queries == before
     await teardown(server, store)
+
+
+@pytest.mark.parametrize("isolation", [(RelationalIsolation.SCHEMA, VectorIsolation.NAMESPACE),
+                                       (RelationalIsolation.DATABASE, VectorIsolation.DEDICATED)],
+                         ids=["shared-index", "dedicated"])
+async def test_the_search_probe_times_the_tenants_own_query_and_is_not_its_daily_query(
+        server: PostgresServer, isolation: tuple[RelationalIsolation, VectorIsolation]) -> None:
+    store = tenant(f"vprobe{isolation[0].value[:2]}", relational=isolation[0], vector=isolation[1], dimension=12)
+    relational_placement, placement, _ = await provision(server, store, "vprobe-pw")
+    with psycopg.connect(tenant_uri(server, relational_placement, "vprobe-pw"), autocommit=True) as conn:
+        table = placement.table
+        columns, values = ("namespace, id, embedding", "%s, %s, %s") if placement.namespace else \
+            ("id, embedding", "%s, %s")
+        for i in range(20):
+            row = (placement.namespace, f"v{i}", str([1.0 + i] + [0.5] * 11)) if placement.namespace else \
+                (f"v{i}", str([1.0 + i] + [0.5] * 11))
+            conn.execute(f"INSERT INTO {table} ({columns}) VALUES ({values})", row)
+        # The tenant plants a distance operator of its own wherever it may create one (its schema: in its own
+        # database that is where the extension lives, so only other argument types are free there).
+        spy_schema = relational_placement.schema
+        conn.execute(f"CREATE TABLE {spy_schema}.calls (who text)")
+        conn.execute(f"""CREATE FUNCTION {spy_schema}.spy(a public.vector, b text) RETURNS float8 LANGUAGE sql AS
+                         $$ INSERT INTO {spy_schema}.calls VALUES (session_user) RETURNING 0.0 $$""")
+        conn.execute(f"CREATE OPERATOR {spy_schema}.<=> (FUNCTION = {spy_schema}.spy, LEFTARG = public.vector, "
+                     f"RIGHTARG = text)")
+    relational, vectors = PostgresRelationalStore(server), PgvectorStore(server)
+    before = (await relational.measure([store]))[store.tenant_id].daily_queries
+    assert before is not None
+    latencies = [await vectors.probe_search(store, placement, [1.0] * 12, 5) for _ in range(3)]
+    assert all(0 < seconds < 5 for seconds in latencies)
+    assert (await relational.measure([store]))[store.tenant_id].daily_queries == before
+    with psycopg.connect(tenant_uri(server, relational_placement, "vprobe-pw"), autocommit=True) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {relational_placement.schema}.calls").fetchone()[0] == 0
+    await teardown(server, store)

@@ -64,3 +64,18 @@ def test_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert rows["verify.logins"]["operator"] == N, verified["connections_by_application"]
     assert rows["verify.api_writes"]["operator"] == 0, verified["api"]
     assert {target["target"] for target in report["targets"]}
+
+
+def test_the_search_probe_benchmark_reports_its_figures(tmp_path: Path) -> None:
+    """bench/search_probe.py at N = 12 (its own embedded Postgres, no control plane): every figure there, every
+    tenant probed, none failed; no timing is checked."""
+    command = [sys.executable, "-m", "bench.search_probe", "--n", "12", "--vectors", "5", "--out", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"benchmark failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    figures = json.loads((tmp_path / "search-probe-12.json").read_text())
+    assert (figures["probes"], figures["failed"]) == (12, 0)
+    assert set(figures["per_probe"]) == {"operator_cpu_ms", "postgres_cpu_ms", "wall_ms"}
+    assert figures["probe_latency_seconds"]["p95"] is not None
+    assert figures["tenant_query_latency_seconds"]["p50"] is not None
+    assert set(figures["overhead_at_rate"]) == {"1", "2", "10"}
+    assert "search-probe: n=12 probes=12 failed=0" in result.stdout

@@ -36,9 +36,12 @@ def operator(env: LocalEnvironment, default_class: str) -> Iterator[OperatorProc
     # Usage is measured every second so quota tests see enforcement quickly (the default is 60 s).
     # Small migration batches make a copy long enough for the test that interrupts one.
     # Tenants are verified against their backends every 2 s so drift tests see repairs quickly (default 60 s).
+    # Costs (classes with spec.pricing) are brought up to date at every measurement (default every 15 min), and
+    # search probes (classes with spec.slo) run every second (default 30 s).
     process = env.operator(extra_args=["--namespace", f"!{ISOLATED_PREFIX}*", "--usage-interval", "1",
                                        "--migration-batch", "100", "--verify-interval", "2",
-                                       "--retention-interval", "2"])
+                                       "--retention-interval", "2", "--cost-interval", "1",
+                                       "--probe-interval", "1"])
     process.start()
     yield process
     process.stop()

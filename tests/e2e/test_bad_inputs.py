@@ -195,6 +195,10 @@ REFUSED_STORES: list[RefusedStore] = [
                  ("metadata.name", "spec.secretName")),
     RefusedStore("spec-missing", {"spec": REMOVE}, ("spec",)),
     RefusedStore("unknown-field", spec(replicas=3), ("spec.replicas",)),
+    RefusedStore("budget-negative", spec(budget={"monthlyLimit": -5}), ("spec.budget.monthlyLimit",)),
+    RefusedStore("budget-action-unknown", spec(budget={"action": "Panic"}), ("spec.budget.action",)),
+    RefusedStore("budget-threshold-above-one", spec(budget={"thresholds": [0.8, 1.5]}),
+                 ("spec.budget.thresholds",)),
 ]
 
 REFUSED_UPDATES: list[RefusedUpdate] = [
@@ -247,6 +251,12 @@ REFUSED_CLASSES: list[RefusedClass] = [
     RefusedClass("postgres-missing", {"spec": {"postgres": REMOVE}}, ("spec.postgres",)),
     RefusedClass("selector-missing", {"spec": {"allowedNamespaces": {"from": "Selector"}}},
                  ("spec.allowedNamespaces",)),
+    RefusedClass("price-negative", {"spec": {"pricing": {"perGBMonth": -0.1}}}, ("spec.pricing.perGBMonth",)),
+    RefusedClass("currency-not-a-code", {"spec": {"pricing": {"currency": "euro"}}}, ("spec.pricing.currency",)),
+    RefusedClass("fixed-cost-text", {"spec": {"pricing": {"fixedMonthly": {"sharedIndex": "a lot"}}}},
+                 ("spec.pricing.fixedMonthly.sharedIndex",)),
+    RefusedClass("tier-budget-action-unknown", tier("pro", budget={"action": "Refuse"}),
+                 ("spec.tiers.pro.budget.action",)),
 ]
 
 

@@ -239,6 +239,11 @@ class VectorMeasurement(Protocol):
     async def shared_pool(self) -> list[SharedIndex]:
         """Every shared index this backend holds for the class, with the tenants placed in each."""
 
+    async def probe_search(self, store: DesiredStore, placement: VectorPlacement, vector: Sequence[float],
+                           top_k: int) -> float:
+        """Seconds one nearest-neighbour query of `top_k` takes on the tenant's own store, as the tenant would
+        run it (pgvector: as its role; Pinecone: in its namespace). Not one of the tenant's daily queries."""
+
 
 class VectorStore(VectorLifecycle, VectorData, VectorRetention, VectorMeasurement, Protocol):
     """Everything the operator asks of a vector backend."""

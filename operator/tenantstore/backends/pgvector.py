@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import time
 from collections.abc import AsyncIterator, Mapping, Sequence
 from typing import Any
 
@@ -38,6 +39,8 @@ READ_PRIVILEGES = ("SELECT", "DELETE")
 WRITE_PRIVILEGES = ("INSERT", "UPDATE")
 # HNSW indexes on the `vector` type stop at 2,000 dimensions; larger vectors are stored unindexed.
 HNSW_MAX_DIMENSIONS = 2000
+DISTANCE_OPERATORS = {Metric.COSINE: "<=>", Metric.EUCLIDEAN: "<->", Metric.DOTPRODUCT: "<#>"}
+PROBE_TIMEOUT_MS = 5000  # a search probe that takes longer is reported as failed, not waited for
 OPERATOR_CLASSES = {Metric.COSINE: "vector_cosine_ops", Metric.EUCLIDEAN: "vector_l2_ops",
                     Metric.DOTPRODUCT: "vector_ip_ops"}
 # The usage job waits this long for a partition a tenant has locked, then counts the rest without it.
@@ -416,6 +419,56 @@ class PgvectorStore:
         if row["foreign_rows"]:
             return f"{store.role} sees {row['foreign_rows']} rows of other namespaces in its partition"
         return None
+
+    async def probe_search(self, store: DesiredStore, placement: VectorPlacement, vector: Sequence[float],
+                           top_k: int) -> float:
+        try:
+            return await self._probe_search(store, placement, vector, top_k)
+        except psycopg.errors.LockNotAvailable:  # the tenant holds its own table locked (lock_timeout)
+            raise BackendUnavailable(f"search probe of {store.tenant_id} not run: its vector table is locked") \
+                from None
+        except psycopg.errors.QueryCanceled:
+            raise BackendUnavailable(f"search probe of {store.tenant_id} took longer than {PROBE_TIMEOUT_MS} ms") \
+                from None
+
+    async def _probe_search(self, store: DesiredStore, placement: VectorPlacement, vector: Sequence[float],
+                            top_k: int) -> float:
+        async with self._data_target(store, placement) as (conn, table), conn.transaction():
+            schema_name, table_name = (SHARED_SCHEMA, partition_name(store)) if placement.namespace \
+                else (store.schema, DEDICATED_TABLE)
+            await conn.execute(sql.SQL("LOCK TABLE ONLY {} IN ACCESS SHARE MODE").format(table))
+            # Code that runs while the session acts as the tenant could RESET ROLE and go on as the admin: only
+            # the vector extension's own type and operator may run here, and the lock keeps them from being
+            # dropped and replaced (in a tenant's own database, it owns the schema they live in) until the end.
+            genuine = await fetch_one(conn, """
+                SELECT e.extnamespace::regnamespace::text AS schema FROM pg_class c
+                  JOIN pg_namespace n ON n.oid = c.relnamespace
+                  JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = 'embedding'
+                  JOIN pg_depend dt ON dt.classid = 'pg_type'::regclass AND dt.objid = a.atttypid AND dt.deptype = 'e'
+                  JOIN pg_extension e ON e.oid = dt.refobjid AND e.extname = 'vector'
+                  JOIN pg_operator o ON o.oprname = %s AND o.oprnamespace = e.extnamespace
+                                    AND o.oprleft = a.atttypid AND o.oprright = a.atttypid
+                  JOIN pg_depend do_ ON do_.classid = 'pg_operator'::regclass AND do_.objid = o.oid
+                                    AND do_.deptype = 'e' AND do_.refobjid = e.oid
+                 WHERE n.nspname = %s AND c.relname = %s""",
+                DISTANCE_OPERATORS[store.metric], schema_name, table_name)
+            if genuine is None:
+                raise BackendUnavailable(f"search probe of {store.tenant_id} not run: its vector column or distance "
+                                         f"operator is not the vector extension's")
+            schema = sql.Identifier(genuine["schema"].strip('"'))
+            query = sql.SQL("SELECT id FROM {} ORDER BY embedding OPERATOR({}.{}) %s::{}.vector LIMIT %s").format(
+                table, schema, sql.SQL(DISTANCE_OPERATORS[store.metric]), schema)
+            await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{PROBE_TIMEOUT_MS}ms")))
+            await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(store.role)))
+            started = time.perf_counter()
+            await (await conn.execute(query, (json.dumps(list(vector)), top_k))).fetchall()
+            elapsed = time.perf_counter() - started
+            await conn.execute("RESET ROLE")
+        # That query ran as the tenant: it is the operator's, not one of the tenant's daily queries (the
+        # baselines live in the shared database, whichever database the query ran in).
+        async with self.server.connect() as conn:
+            await conn.execute(bookkeeping.not_the_tenants_query(store.role))
+        return elapsed
 
     async def count(self, store: DesiredStore, placement: VectorPlacement) -> int:
         async with self._data_target(store, placement) as (conn, table):

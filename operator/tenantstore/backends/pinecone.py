@@ -584,6 +584,14 @@ class PineconeStore:
             return f"the tenant is pointed at namespace {placement.namespace}, not its own {store.tenant_id}"
         return None
 
+    async def probe_search(self, store: DesiredStore, placement: VectorPlacement, vector: Sequence[float],
+                           top_k: int) -> float:
+        index = await self.client.index(await self._host_of(placement))
+        with pinecone_errors(f"probing search in {placement.index}"):
+            started = time.perf_counter()
+            await index.query(vector=list(vector), top_k=top_k, namespace=placement.namespace)
+            return time.perf_counter() - started
+
     async def measure(self, tenants: Sequence[tuple[DesiredStore, VectorPlacement]]) -> dict[str, VectorUsage]:
         """Records and bytes per tenant, from one namespace listing per index."""
         by_host: dict[str, dict[str, Any]] = {}
