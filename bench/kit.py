@@ -532,6 +532,19 @@ class ProcessSampler:
         self._thread.join(timeout=5)
 
 
+def postgres_cpu(postmaster: psutil.Process) -> float:
+    """CPU seconds of a Postgres: the postmaster, its live backends, and the backends it has reaped."""
+    times = postmaster.cpu_times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for child in postmaster.children():
+        try:
+            child_times = child.cpu_times()
+            total += child_times.user + child_times.system
+        except psutil.Error:
+            pass
+    return total
+
+
 class SystemCpu:
     """CPU seconds of everything else on the machine that takes part: the API server, etcd, the
     controller-manager, Postgres (the postmaster, its live backends, and the backends that already ended,
@@ -549,17 +562,11 @@ class SystemCpu:
         found: dict[str, float] = {}
         for name, process in self.processes.items():
             try:
-                times = process.cpu_times()
-                total = times.user + times.system
                 if name == "postgres":
-                    total += times.children_user + times.children_system
-                    for child in process.children():
-                        try:
-                            child_times = child.cpu_times()
-                            total += child_times.user + child_times.system
-                        except psutil.Error:
-                            pass
-                found[name] = total
+                    found[name] = postgres_cpu(process)
+                else:
+                    times = process.cpu_times()
+                    found[name] = times.user + times.system
             except psutil.Error:
                 found[name] = 0.0
         return found

@@ -53,18 +53,6 @@ def desired(index: int) -> DesiredStore:
         quotas=Quotas(0, 0, 5, 0), suspended=False, shared_database="tenants", shared_index_capacity=10_000)
 
 
-def postgres_cpu(postmaster: psutil.Process) -> float:
-    times = postmaster.cpu_times()
-    total = times.user + times.system + times.children_user + times.children_system
-    for child in postmaster.children():
-        try:
-            child_times = child.cpu_times()
-            total += child_times.user + child_times.system
-        except psutil.Error:
-            pass
-    return total
-
-
 def vectors(rng: random.Random, count: int) -> list[ts.Vector]:
     return [ts.Vector(f"doc-{i:05d}", [rng.random() for _ in range(DIMENSION)], {"n": i}) for i in range(count)]
 
@@ -154,12 +142,12 @@ async def run(n: int, count: int, concurrency: int, seed: int) -> dict[str, Any]
             passes = slo.ProbePass()
             passes.rng.seed(seed)
             me = psutil.Process()
-            cpu_before, pg_before, wall_before = sum(me.cpu_times()[:2]), postgres_cpu(postmaster), time.monotonic()
+            cpu_before, pg_before, wall_before = sum(me.cpu_times()[:2]), kit.postgres_cpu(postmaster), time.monotonic()
             probes = await passes.run(store_class, objective, bodies, vector_store, interval=1.0,
                                       pause=lambda _: asyncio.sleep(0, result=False))
             wall = time.monotonic() - wall_before
             operator_cpu = sum(me.cpu_times()[:2]) - cpu_before
-            pg_cpu = postgres_cpu(postmaster) - pg_before
+            pg_cpu = kit.postgres_cpu(postmaster) - pg_before
             latencies = [probe.seconds for probe in probes if probe.seconds is not None]
             failed = len(probes) - len(latencies)
             log(f"{len(probes)} probes in {wall:.1f} s ({failed} failed); the tenants' own queries for comparison")
