@@ -302,6 +302,14 @@ def price(pricing: Pricing, budget: Budget, fixed: Mapping[str, float], status: 
                   warning=any(step.reason != Reason.WITHIN_BUDGET for step in events))
 
 
+def unpriced(status: Mapping[str, Any]) -> Priced:
+    """A class without spec.pricing (any more): no figures, and no budget verdict left standing."""
+    if not conditions.find(status.get("conditions"), ConditionType.OVER_BUDGET):
+        return Priced(None)
+    return Priced(None, Condition(ConditionType.OVER_BUDGET, False, Reason.WITHIN_BUDGET,
+                                  "the StoreClass has no spec.pricing: costs are not computed"))
+
+
 def class_summary(pricing: Pricing, measured: Sequence[tuple[Holding, Mapping[str, Any] | None]],
                   shared_indexes: int, now: datetime.datetime) -> dict[str, Any]:
     """StoreClass status.cost: the class's costs, of which the tenants' figures are the allocated part."""

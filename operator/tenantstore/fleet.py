@@ -16,7 +16,7 @@ from tenantstore import conditions, cost, credentials
 from tenantstore.backends import Step, VectorPlacement
 from tenantstore.errors import BackendUnavailable, StoreClassNotAllowed
 from tenantstore.api import WRITES_BLOCKED_ANNOTATION, ConditionType, Reason
-from tenantstore.kube import NamespaceLabels, Secrets, TenantStatuses
+from tenantstore.kube import NamespaceLabels, Secrets, TenantStatuses, replacing
 from tenantstore.models import (DesiredStore, InvalidResource, RelationalIsolation, StoreClass, TenantStoreSpec,
                                 VectorIsolation, effective_quotas)
 from tenantstore.quota import Usage, Verdict, judge
@@ -131,7 +131,7 @@ async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, 
         status = body.get("status") or {}
         previous = conditions.find(status.get("conditions"), ConditionType.QUOTA_EXCEEDED) or {}
         priced = cost.price(pricing, spec.budget(store_class), shares.get(store.tenant_id, {}), status, usage,
-                            moment, cost_interval) if pricing else cost.Priced(status.get("cost"))
+                            moment, cost_interval) if pricing else cost.unpriced(status)
         events: list[Step] = list(priced.events)
         was_blocked = previous.get("reason") == Reason.WRITES_BLOCKED or cost.budget_blocks_writes(status)
         blocked = verdict.blocks_writes or priced.blocks_writes
@@ -144,8 +144,9 @@ async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, 
         changes: dict[str, Any] = {}
         if not usage.same_figures(status.get("usage")):
             changes["usage"] = usage.to_status(now)
-        if priced.status is not None and priced.status != status.get("cost"):
-            changes["cost"] = priced.status
+        if priced.status != status.get("cost"):
+            # None removes figures a class without pricing no longer keeps; a removed budget goes too.
+            changes["cost"] = replacing(status.get("cost"), priced.status)
         merged = conditions.merge_conditions(status.get("conditions"),
                                              [quota_condition, *([priced.condition] if priced.condition else [])],
                                              body["metadata"].get("generation", 0))

@@ -357,6 +357,8 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
         if store_class.pricing is not None:
             pool["cost"] = cost.class_summary(store_class.pricing, [(m.holding, m.cost) for m in measured if m.holding],
                                               len(pool["sharedIndexes"]), cost.parse_time(now))
+        elif (status or {}).get("cost"):
+            pool["cost"] = None  # the class no longer has pricing: no figures left standing
     except ReconcileError as error:
         events.warn(body, reason=error.reason, message=f"usage not measured: {error}")
         return

@@ -277,6 +277,16 @@ class TenantStatuses:
                 raise
 
 
+def replacing(old: Any, new: Any) -> Any:
+    """A JSON merge patch that turns `old` into `new` (a merge patch keeps keys it does not name: removed ones
+    are named with null)."""
+    if not isinstance(old, Mapping) or not isinstance(new, Mapping):
+        return new
+    patch = {key: replacing(old.get(key), value) for key, value in new.items()}
+    patch.update({key: None for key in old if key not in new})
+    return patch
+
+
 def data_digest(encoded: Mapping[str, str] | None) -> str:
     """A digest of a Secret's data as the API holds it (base64 values), independent of key order."""
     return hashlib.sha256(json.dumps(dict(encoded or {}), sort_keys=True).encode()).hexdigest()[:32]

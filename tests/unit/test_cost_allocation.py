@@ -132,3 +132,20 @@ def test_cost_is_brought_up_to_date_on_its_interval_and_in_a_new_month() -> None
     assert cost.due(previous, datetime.datetime(2026, 12, 5, 10, 15, tzinfo=UTC), 900)
     assert cost.due(previous, datetime.datetime(2027, 1, 1, 0, 0, 1, tzinfo=UTC), 900)
     assert cost.due(None, at(5), 900)
+
+
+def test_a_class_without_pricing_leaves_no_budget_verdict_standing() -> None:
+    blocked = {"conditions": [{"type": ConditionType.OVER_BUDGET, "status": "True", "reason": Reason.BUDGET_BLOCKED}],
+               "cost": {"monthToDate": 12.0}}
+    cleared = cost.unpriced(blocked)
+    assert cleared.status is None and not cleared.blocks_writes
+    assert cleared.condition is not None and cleared.condition.reason == Reason.WITHIN_BUDGET
+    assert cost.unpriced({"conditions": []}) == cost.Priced(None)
+
+
+def test_status_cost_is_replaced_not_merged() -> None:
+    from tenantstore.kube import replacing
+    old = {"monthToDate": 3.0, "budget": {"monthlyLimit": 10}, "meter": {"gbHours": 1.0, "dailyQueries": 4}}
+    new = {"monthToDate": 4.0, "meter": {"gbHours": 2.0}}
+    assert replacing(old, new) == {"monthToDate": 4.0, "budget": None, "meter": {"gbHours": 2.0, "dailyQueries": None}}
+    assert replacing(old, None) is None
