@@ -121,6 +121,14 @@ async def world(request: pytest.FixtureRequest, pg: PostgresServer) -> AsyncIter
     await operator_client.close()
 
 
+@pytest.fixture(params=["async", "sync"])
+async def pg_world(request: pytest.FixtureRequest, pg: PostgresServer) -> AsyncIterator[World]:
+    """pgvector only: what Postgres itself refuses (Pinecone keys are per project; it cannot refuse)."""
+    built = World("pgvector", pg, PgvectorStore(pg), request.param == "async", None)
+    yield built
+    await built.close()
+
+
 async def wait_for_count(client: Client, expected: int) -> None:
     """Pinecone's counts may lag; the local server's do not, but the contract allows it."""
     deadline = time.monotonic() + 10
@@ -201,14 +209,12 @@ async def test_a_tenant_sees_and_changes_only_its_own_namespace(world: World) ->
     await wait_for_count(theirs, 1)
 
 
-async def test_a_secret_forged_to_name_a_neighbours_table_reaches_nothing(world: World) -> None:
+async def test_a_secret_forged_to_name_a_neighbours_table_reaches_nothing(pg_world: World) -> None:
     """pgvector: Postgres holds the boundary even against an edited Secret. (Pinecone keys are per project: there
     the namespace in the Secret is the boundary, and a forged one is the documented limit of Pinecone isolation.)"""
-    if world.backend != "pgvector":
-        pytest.skip("Pinecone cannot hold a key to one namespace")
-    victim, attacker = await world.tenant("vic", VectorIsolation.NAMESPACE), await world.tenant("att", VectorIsolation.NAMESPACE)
-    await (await world.open(victim.secret)).upsert(DOCUMENTS[:2])
-    forged = await world.open({**attacker.secret, "vectorTable": victim.secret["vectorTable"],
+    victim, attacker = await pg_world.tenant("vic", VectorIsolation.NAMESPACE), await pg_world.tenant("att", VectorIsolation.NAMESPACE)
+    await (await pg_world.open(victim.secret)).upsert(DOCUMENTS[:2])
+    forged = await pg_world.open({**attacker.secret, "vectorTable": victim.secret["vectorTable"],
                                "vectorNamespace": victim.secret["vectorNamespace"]})
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         await forged.query(QUERY)
@@ -217,10 +223,10 @@ async def test_a_secret_forged_to_name_a_neighbours_table_reaches_nothing(world:
     with pytest.raises(psycopg.errors.InsufficientPrivilege):
         await forged.delete(ids=["doc-0"])
     # Its own partition with the neighbour's namespace: row-level security refuses the row.
-    mislabelled = await world.open({**attacker.secret, "vectorNamespace": victim.secret["vectorNamespace"]})
+    mislabelled = await pg_world.open({**attacker.secret, "vectorNamespace": victim.secret["vectorNamespace"]})
     with pytest.raises(ts.WritesBlocked, match="row-level security"):
         await mislabelled.upsert([ts.Vector("planted", [1.0, 0.0, 0.0, 0.0])])
-    assert sorted(await (await world.open(victim.secret)).fetch(["doc-0", "doc-1", "planted"])) == ["doc-0", "doc-1"]
+    assert sorted(await (await pg_world.open(victim.secret)).fetch(["doc-0", "doc-1", "planted"])) == ["doc-0", "doc-1"]
 
 
 async def test_read_only_credentials_are_refused_changes_with_a_clear_error(world: World) -> None:
@@ -260,16 +266,14 @@ async def test_writes_blocked_refuses_upserts_and_allows_deletes(world: World, t
     await wait_for_count(client, 3)
 
 
-async def test_postgres_refusing_a_write_is_reported_as_blocked(world: World) -> None:
+async def test_postgres_refusing_a_write_is_reported_as_blocked(pg_world: World) -> None:
     """The Secret lags the Block by up to the kubelet's sync: Postgres refuses first, the error says why."""
-    if world.backend != "pgvector":
-        pytest.skip("Pinecone cannot refuse one namespace's writes: the Secret is the only signal there")
-    acme = await world.tenant("pgb", VectorIsolation.DEDICATED)
-    client = await world.open(acme.secret)
+    acme = await pg_world.tenant("pgb", VectorIsolation.DEDICATED)
+    client = await pg_world.open(acme.secret)
     await client.upsert(DOCUMENTS[:2])
     blocked = dataclasses.replace(acme.store, writes_allowed=False)
-    await PostgresRelationalStore(world.pg).ensure_write_access(blocked)
-    await world.vectors.ensure_write_access(blocked, (await world.vectors.ensure(acme.store))[0])
+    await PostgresRelationalStore(pg_world.pg).ensure_write_access(blocked)
+    await pg_world.vectors.ensure_write_access(blocked, (await pg_world.vectors.ensure(acme.store))[0])
     with pytest.raises(ts.WritesBlocked, match="Postgres refused"):
         await client.upsert([ts.Vector("doc-9", [1.0, 1.0, 0.0, 0.0])])
     assert await client.count() == 2
@@ -338,18 +342,16 @@ async def test_environment_variables_describe_the_store(world: World, monkeypatc
     assert [m.score for m in nearest[:2]] == pytest.approx([0.0, 1 / 64 + 1 / 9], abs=1e-5)
 
 
-async def test_the_password_a_rotation_writes_reaches_new_connections(world: World, tmp_path: Path) -> None:
-    if world.backend != "pgvector":
-        pytest.skip("Pinecone keys are the project's, not rotated by the operator")
-    acme = await world.tenant("rot", VectorIsolation.NAMESPACE)
+async def test_the_password_a_rotation_writes_reaches_new_connections(pg_world: World, tmp_path: Path) -> None:
+    acme = await pg_world.tenant("rot", VectorIsolation.NAMESPACE)
     mounted = tmp_path / "acme-store"
     mounted.mkdir()
     for key, value in acme.secret.items():
         (mounted / key).write_text(value)
-    client = await world.open(mounted, refresh_seconds=0, pool_size=1)
+    client = await pg_world.open(mounted, refresh_seconds=0, pool_size=1)
     await client.upsert(DOCUMENTS[:1])
     new_uri = acme.secret["uri"].replace(f":{PASSWORD}@", ":rotated-pw-2@")
-    async with world.pg.connect() as conn:
+    async with pg_world.pg.connect() as conn:
         await conn.execute(sql.SQL("ALTER ROLE {} PASSWORD 'rotated-pw-2'").format(sql.Identifier(acme.store.role)))
         (mounted / "uri").write_text(new_uri)
         await conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
