@@ -152,8 +152,8 @@ async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, 
                                              body["metadata"].get("generation", 0))
         if merged != status.get("conditions"):
             changes["conditions"] = merged
-        if changes:
-            await statuses.patch(body, changes)
+        if changes and not await statuses.patch_unless_changed(body, changes):
+            continue  # changed (or gone) since it was read: the next pass judges it again, events and all
         transition = previous.get("status") != ("True" if quota_condition.status else "False") \
             or previous.get("reason") != quota_condition.reason
         if transition and (previous or verdict.exceeded):

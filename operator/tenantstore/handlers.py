@@ -122,7 +122,8 @@ async def tenants_by_class(body: kopf.Body, spec: kopf.Spec, status: kopf.Status
 
 # What the usage job and its reconciles read of a tenant. Not the whole body: managedFields alone were over
 # half of it, and the index holds every TenantStore (~45 KB each as Python objects before this).
-SNAPSHOT_METADATA = ("name", "namespace", "uid", "generation", "creationTimestamp", "deletionTimestamp")
+SNAPSHOT_METADATA = ("name", "namespace", "uid", "resourceVersion", "generation", "creationTimestamp",
+                     "deletionTimestamp")
 
 
 def tenant_snapshot(body: Mapping[str, Any]) -> dict[str, Any]:
@@ -213,14 +214,19 @@ def unchanged_since(seen: Mapping[str, Any], fresh: Mapping[str, Any]) -> bool:
             and all(status.get(key) == before.get(key) for key in ("phase", "relational", "vectorStore", "isolation")))
 
 
-async def record(memo: kopf.Memo, body: Mapping[str, Any], outcome: Outcome) -> None:
-    """What `write` does for a Kopf handler, for reconciles started elsewhere (timers, Secret events)."""
+async def record(memo: kopf.Memo, body: Mapping[str, Any], outcome: Outcome, unless_changed: bool = False) -> None:
+    """What `write` does for a Kopf handler, for reconciles started elsewhere (timers, Secret events).
+
+    `unless_changed`: nothing is recorded if the object changed since `body` was read (a job not holding the
+    tenant's lock; the next pass looks again)."""
+    changes = outcome.status_patch(body.get("status"))
+    if changes and unless_changed and not await memo.statuses.patch_unless_changed(body, changes):
+        return
     events.post(body, outcome.events, actor=audit.OPERATOR_ACTOR, trace_id=outcome.trace_id)
     if outcome.warning is not None:
         metrics.RECONCILE_ERRORS.labels(outcome.warning.reason).inc()
         warn_on_transition(body, outcome)
-    changes = outcome.status_patch(body.get("status"))
-    if changes:
+    if changes and not unless_changed:
         await memo.statuses.patch(body, changes)
 
 
@@ -392,10 +398,12 @@ async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, patch:
     metrics.VERIFY_DURATION.labels(name).observe(seconds)
     logger.info("verified StoreClass %s: %d tenants, %d adrift, %s, in %.2f s", name, len(checked.checked),
                 sum(1 for tenant in checked.checked if tenant.drifts or tenant.isolation),
+                "admin login refused" if checked.admin_login_refused else
                 f"backends unavailable ({checked.outage.reason})" if checked.outage else "backends answered", seconds)
     if checked.outage is not None:
-        await report_outage(memo, body, status, patch, store_class, list(tenants_by_class.get(name, ())),
-                            checked.outage)
+        # A refused admin password is the class's own problem: its tenants' stores still serve their logins.
+        tenants = [] if checked.admin_login_refused else list(tenants_by_class.get(name, ()))
+        await report_outage(memo, body, status, patch, store_class, tenants, checked.outage)
         return
     broken = []
     for tenant in checked.checked:
@@ -415,7 +423,8 @@ async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, patch:
         or "the isolation canary saw only the probing tenant's rows in every shared index")
     updates = [isolation]
     ready = conditions.find(status.get("conditions"), ConditionType.READY) or {}
-    if ready.get("reason") == Reason.BACKEND_UNAVAILABLE and checked.reached_backends:  # back: say so now
+    if ready.get("reason") in (Reason.BACKEND_UNAVAILABLE, Reason.STORE_CLASS_INVALID) \
+            and checked.reached_backends:  # back: say so now
         updates.append(conditions.Condition(ConditionType.READY, True, Reason.BACKENDS_REACHABLE,
                                             "the class's backends answered the verification pass"))
     patch.status.update(conditions.status_changes(status, {"conditions": conditions.merge_conditions(
@@ -461,9 +470,14 @@ async def report_broken_isolation(memo: kopf.Memo, store_class: StoreClass, tena
     ready = conditions.find((body.get("status") or {}).get("conditions"), ConditionType.READY) or {}
     if ready.get("reason") != IsolationBroken.reason:
         events.warn(body, reason=IsolationBroken.reason, message=str(tenant.isolation), actor=audit.OPERATOR_ACTOR)
-    changes = conditions.status_changes(body.get("status"), verify.isolation_status(body, str(tenant.isolation)))
-    if changes:
-        await memo.statuses.patch(body, changes)
+    for _ in range(3):  # what the pass saw may be old: written on the object as it is now, whatever changed
+        fresh = await read_again(memo, body)
+        if fresh is None:
+            return
+        changes = conditions.status_changes(fresh.get("status"),
+                                            verify.isolation_status(fresh, str(tenant.isolation)))
+        if not changes or await memo.statuses.patch_unless_changed(fresh, changes):
+            return
 
 
 async def report_outage(memo: kopf.Memo, body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch,
@@ -473,14 +487,21 @@ async def report_outage(memo: kopf.Memo, body: Mapping[str, Any], status: Mappin
     down = conditions.Condition(ConditionType.READY, False, outage.reason, str(outage))
     patch.status.update(conditions.status_changes(status, {"conditions": conditions.merge_conditions(
         status.get("conditions"), [down], generation)}))
-    for tenant in verify.verifiable(tenants):
-        ready = conditions.find((tenant.get("status") or {}).get("conditions"), ConditionType.READY) or {}
-        if ready.get("status") != "True":
+    for seen in verify.verifiable(tenants):
+        tenant = await read_again(memo, seen)  # as it is now: a reconcile may have changed it since the pass began
+        ready = conditions.find(((tenant or {}).get("status") or {}).get("conditions"), ConditionType.READY) or {}
+        if tenant is None or ready.get("status") != "True":
             continue
         outcome = reconcile.failed_outcome(tenant.get("status") or {}, tenant["metadata"].get("generation", 0),
                                            outage.reason, str(outage), Phase.PROVISIONING, outage.retry_after)
         outcome.warning = outage
-        await record(memo, tenant, outcome)
+        await record(memo, tenant, outcome, unless_changed=True)
+
+
+async def read_again(memo: kopf.Memo, seen: Mapping[str, Any]) -> dict[str, Any] | None:
+    """The object a job saw, read again (None once it is gone, or replaced by another of its name)."""
+    fresh = await memo.statuses.read(seen["metadata"]["namespace"], seen["metadata"]["name"])
+    return fresh if fresh is not None and fresh["metadata"].get("uid") == seen["metadata"].get("uid") else None
 
 
 @kopf.timer(*STORECLASSES, interval=SETTINGS.retention_interval, initial_delay=SETTINGS.retention_interval / 2,

@@ -267,14 +267,32 @@ class TenantStatuses:
                 raise
 
     async def patch(self, body: Mapping[str, Any], changes: Mapping[str, Any]) -> None:
+        await self._patch(body, {"status": dict(changes)})
+
+    async def patch_unless_changed(self, body: Mapping[str, Any], changes: Mapping[str, Any]) -> bool:
+        """Patch only the version of the object `body` is (False if it changed since, and nothing is written).
+
+        For a job that judged a snapshot: conditions are one list in a merge patch, so a write computed from an
+        old snapshot would put back what a reconcile has changed since (a Ready it has just turned False)."""
+        version = body["metadata"]["resourceVersion"]
+        try:
+            return await self._patch(body, {"metadata": {"resourceVersion": version}, "status": dict(changes)})
+        except ApiException as error:
+            if error.status == 409:
+                return False
+            raise
+
+    async def _patch(self, body: Mapping[str, Any], patch: Mapping[str, Any]) -> bool:
         meta = body["metadata"]
         try:
             await self.custom.patch_namespaced_custom_object_status(
-                GROUP, VERSION, meta["namespace"], self.plural, meta["name"], {"status": dict(changes)},
+                GROUP, VERSION, meta["namespace"], self.plural, meta["name"], dict(patch),
                 _content_type="application/merge-patch+json")
         except ApiException as error:
             if error.status != 404:  # deleted meanwhile: nothing left to report on
                 raise
+            return False
+        return True
 
 
 def replacing(old: Any, new: Any) -> Any:

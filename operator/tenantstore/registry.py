@@ -72,7 +72,7 @@ class BackendRegistry:
             return
         if (server := self._servers.pop(previous, None)) is not None:
             logger.info("closing the connection pool of a rotated admin credential (%s)", class_name)
-            await server.close()
+            await server.retire(self._servers[server_key])
 
     async def preflight(self, store_class: StoreClass, backends: Backends,
                         max_age: float = PREFLIGHT_MAX_AGE_SECONDS) -> list[Step]:

@@ -56,6 +56,9 @@ class Checked:
 class ClassPass:
     checked: list[Checked]
     outage: ReconcileError | None = None
+    # Postgres refused the class's admin password (a rotation half done: the password changed, the Secret not
+    # yet): the operator's credential is wrong, which says nothing about the tenants' stores.
+    admin_login_refused: bool = False
 
     @property
     def reached_backends(self) -> bool:
@@ -101,14 +104,20 @@ async def check_class(store_class: StoreClass, tenants: Sequence[Mapping[str, An
         parsed.append((body, spec, store, placement))
     if not parsed:
         return ClassPass(checked=[])
-    try:
-        backends = await registry.for_class(store_class)
-        relational = await backends.relational.verify([store for _, _, store, _ in parsed])
-        vector = await backends.vector.verify([(store, placement) for _, _, store, placement in parsed])
-        secrets = await check_secrets(backends, parsed, passwords, relational)
-        canary = {} if canary_turn is None else await probe_shared_indexes(backends, parsed, canary_turn)
-    except ReconcileError as error:
-        return ClassPass(checked=[], outage=error)
+    for attempt in (1, 2):
+        backends: Backends | None = None
+        try:
+            backends = await registry.for_class(store_class)
+            relational = await backends.relational.verify([store for _, _, store, _ in parsed])
+            vector = await backends.vector.verify([(store, placement) for _, _, store, placement in parsed])
+            secrets = await check_secrets(backends, parsed, passwords, relational)
+            canary = {} if canary_turn is None else await probe_shared_indexes(backends, parsed, canary_turn)
+            break
+        except ReconcileError as error:
+            refused = backends is not None and backends.server.login_refused
+            if refused and attempt == 1:
+                continue  # the class's Secret may hold a rotated password by now: it is read again
+            return ClassPass(checked=[], outage=error, admin_login_refused=refused)
     checked = []
     for body, _, store, _ in parsed:
         drifts = (*relational.get(store.tenant_id, ()), *vector.get(store.tenant_id, ()),

@@ -101,7 +101,23 @@ async def test_the_canary_sees_a_privilege_beyond_the_tenants_partition(server: 
     await teardown(server, store)
 
 
-async def test_a_rotated_admin_uri_gets_a_new_pool_and_the_old_one_is_closed(admin_uri: str, postgres) -> None:
+async def test_the_password_check_never_takes_a_busy_tenants_last_connection(server: PostgresServer) -> None:
+    store = tenant("vbusy")  # a connection limit of 5
+    relational, _, _ = await provision(server, store, "vbusy-pw")
+    uri = tenant_uri(server, relational, "vbusy-pw")
+    sessions = [psycopg.connect(uri) for _ in range(3)]
+    try:
+        assert await PostgresRelationalStore(server).credentials_work(store, "vbusy-pw") is True
+        sessions.append(psycopg.connect(uri))
+        assert await PostgresRelationalStore(server).credentials_work(store, "vbusy-pw") is None  # not now
+        sessions.append(psycopg.connect(uri))  # the tenant's fifth is still there for it
+    finally:
+        for session in sessions:
+            session.close()
+    await teardown(server, store)
+
+
+async def test_a_rotated_admin_uri_gets_a_new_pool_and_the_old_one_is_closed_under_work_in_flight(admin_uri: str, postgres) -> None:
     from tenantstore.models import SecretKeyRef, StoreClass
     from tenantstore.registry import BackendRegistry
 
@@ -125,6 +141,8 @@ async def test_a_rotated_admin_uri_gets_a_new_pool_and_the_old_one_is_closed(adm
         assert after.server is not before.server
         assert before.server._pool.closed  # no pool left behind per rotation
         assert await after.relational.preflight() == []
+        # Work that took the class's backends before the rotation goes on through the new pool.
+        assert await before.relational.preflight() == []
     finally:
         with psycopg.connect(postgres.superuser_uri("tenants"), autocommit=True) as conn:
             conn.execute(psycopg.sql.SQL("ALTER ROLE tenantstore_admin PASSWORD {}").format(

@@ -1,11 +1,16 @@
 """What only the operator can judge becomes a condition with a reason, and recovers without a restart."""
 from __future__ import annotations
 
+import os
+
 import psycopg
 import pytest
 from e2e_kit import (condition, store_class, superuser, tenant_secret, tenant_store, wait_for_condition,
                      wait_until_gone)
 
+from kubernetes_asyncio import config as kube_config
+
+from tenantstore.kube import TenantStatuses
 from tenantstore_dev.environment import Kubectl, LocalEnvironment, OperatorProcess, wait_for
 
 
@@ -137,3 +142,27 @@ def test_nothing_changed_means_no_ddl(env: LocalEnvironment, kubectl: Kubectl, o
         finally:
             conn.execute("DROP EVENT TRIGGER IF EXISTS log_ddl")
     kubectl("delete", "tenantstore", "steady", "-n", namespace, "--timeout=60s")
+
+
+async def test_a_status_judged_from_an_old_read_is_not_written_over_a_newer_one(
+        env: LocalEnvironment, kubectl: Kubectl, operator: OperatorProcess, namespace: str) -> None:
+    """The periodic jobs judge a snapshot; a reconcile that changed the tenant since must keep what it wrote."""
+    kubectl.apply(tenant_store("judged", namespace, "judged"))
+    wait_for_condition(kubectl, namespace, "judged", "Ready", "True")
+    api = await kube_config.new_client_from_config(config_file=os.fspath(env.control_plane.kubeconfig))
+    try:
+        statuses = TenantStatuses(api)
+        seen = await statuses.read(namespace, "judged")
+        assert seen is not None
+        kubectl("patch", "tenantstore", "judged", "-n", namespace, "--type=merge", "-p",
+                '{"spec": {"suspended": true}}')
+        wait_for_condition(kubectl, namespace, "judged", "Ready", "False", reason="Suspended")
+
+        assert not await statuses.patch_unless_changed(seen, {"conditions": seen["status"]["conditions"]})
+        assert condition(kubectl.get("tenantstore", "judged", namespace), "Ready")["reason"] == "Suspended"
+        fresh = await statuses.read(namespace, "judged")
+        assert fresh is not None
+        assert await statuses.patch_unless_changed(fresh, {"usage": {"documents": 0}})
+    finally:
+        await api.close()
+    kubectl("delete", "tenantstore", "judged", "-n", namespace, "--timeout=60s")

@@ -319,7 +319,10 @@ def test_a_dropped_schema_that_held_data_is_made_again_as_data_lost(env: LocalEn
     with psycopg.connect(secret["uri"], autocommit=True) as conn:
         conn.execute("CREATE TABLE tenant_dr_schema_data.notes (body text)")
         conn.execute("INSERT INTO tenant_dr_schema_data.notes VALUES ('kept until dropped')")
-    wait_for_documents(kubectl, namespace, "schema")
+    # What the operator knows held data is what it last measured: the table too, not only the vector.
+    wait_for_tenant_state(kubectl, namespace, "schema", "usage to show the table", lambda: (
+        tenant(kubectl, namespace, "schema")["status"].get("usage") or {}).get("relationalStorageBytes", 0) > 0,
+        timeout=30)
     run_as_superuser(env, "DROP SCHEMA tenant_dr_schema_data CASCADE")
 
     wait_for_data_loss_then_acknowledge(kubectl, namespace, "schema", "SchemaMissing",

@@ -37,6 +37,14 @@ def test_a_rotated_admin_password_keeps_tenants_ready(env: LocalEnvironment, kub
     with superuser(env, "postgres") as conn:
         conn.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD {}").format(
             psycopg.sql.Identifier(ROLE), psycopg.sql.Literal(second_password)))
+        # Halfway (the password changed, the Secret not yet) the operator's sessions end (a failover, say): a
+        # verification pass is refused new ones. The class says so; its tenants' stores still serve.
+        conn.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s", (ROLE,))
+    wait_for("a verification pass refused halfway", lambda: any(
+        "verified StoreClass rotating:" in line and "admin login refused" in line
+        for line in operator.log_since_start().splitlines()), timeout=30)
+    wait_for("the class to say so", lambda: condition(kubectl.get("storeclass", "rotating"), "Ready")
+             .get("status") == "False", timeout=10)
     put_admin_uri(kubectl, uri.replace(first_password, second_password))
 
     # A new database tenant needs new admin connections (its own database): it is made with the new password.
@@ -45,6 +53,8 @@ def test_a_rotated_admin_password_keeps_tenants_ready(env: LocalEnvironment, kub
     for name, before in ready.items():  # never flipped meanwhile
         assert condition(kubectl.get("tenantstore", name, namespace), "Ready")["lastTransitionTime"] \
             == before["lastTransitionTime"]
+    wait_for("the class to be Ready again", lambda: condition(kubectl.get("storeclass", "rotating"), "Ready")
+             .get("status") == "True", timeout=30)
     # The old pool is closed, not left behind (one pool per rotation would leak connections for good).
     wait_for("the old admin pool to be closed", lambda: "closing the connection pool of a rotated admin credential "
              "(rotating)" in operator.log_since_start(), timeout=30)

@@ -95,13 +95,17 @@ class PostgresServer:
         self.host = str(params.get("host") or "localhost")
         self._pool = psycopg_pool.AsyncConnectionPool(
             self.conninfo(shared_database), min_size=1, max_size=4, open=False, timeout=CONNECT_TIMEOUT_SECONDS * 2,
-            check=psycopg_pool.AsyncConnectionPool.check_connection,
+            check=psycopg_pool.AsyncConnectionPool.check_connection, configure=self._logged_in,
             kwargs={"autocommit": True, "row_factory": dict_row},
         )
         self._opened = False
         self._prepared = False
         self._preparing = asyncio.Lock()
         self.login_refused = False
+        self._successor: PostgresServer | None = None
+
+    async def _logged_in(self, _: psycopg.AsyncConnection[Any]) -> None:
+        self.login_refused = False  # the password the operator holds is accepted (again)
 
     def conninfo(self, database: str) -> str:
         return make_conninfo(self.admin_uri, dbname=database, connect_timeout=CONNECT_TIMEOUT_SECONDS,
@@ -112,11 +116,21 @@ class PostgresServer:
 
     async def close(self) -> None:
         if self._opened:
-            await self._pool.close()
+            await self._pool.close()  # connections in use end when they are given back
+
+    async def retire(self, successor: PostgresServer) -> None:
+        """A rotated admin credential: close the pool; work still holding this server goes on through the
+        successor (a pass that began before the rotation must not fail halfway for it)."""
+        self._successor = successor
+        await self.close()
 
     @contextlib.asynccontextmanager
     async def connect(self, database: str | None = None) -> AsyncIterator[psycopg.AsyncConnection[dict[str, Any]]]:
         """An autocommit connection (CREATE DATABASE needs one); use `conn.transaction()` for atomic steps."""
+        if self._successor is not None:
+            async with self._successor.connect(database) as conn:
+                yield conn
+            return
         database = database or self.shared_database
         unavailable: ReconcileError | None = None
         try:
@@ -131,6 +145,7 @@ class PostgresServer:
             else:
                 async with await psycopg.AsyncConnection.connect(
                         self.conninfo(database), autocommit=True, row_factory=dict_row) as conn:
+                    self.login_refused = False
                     yield conn
         except psycopg.errors.LockNotAvailable as error:
             # A lock held elsewhere (a tenant's on its own objects, or a long operator step): retry soon.
@@ -852,6 +867,16 @@ class PostgresRelationalStore:
         return drifts
 
     async def credentials_work(self, store: DesiredStore, password: str) -> bool | None:
+        async with self.server.connect() as conn:
+            # The check's login counts against the tenant's connection limit: while the tenant is connected,
+            # it never takes the last free slot (checked on a later pass instead).
+            full = await fetch_one(conn, """
+                SELECT r.rolconnlimit >= 0 AND s.sessions > 0 AND s.sessions >= r.rolconnlimit - 1 AS full
+                  FROM pg_roles r, LATERAL (SELECT count(*) AS sessions FROM pg_stat_activity a
+                                             WHERE a.usename = r.rolname) s
+                 WHERE r.rolname = %s""", store.role)
+        if full is None or full["full"]:
+            return None
         conninfo = make_conninfo(host=self.server.host, port=self.server.port, user=store.role, password=password,
                                  dbname=store.database, connect_timeout=CONNECT_TIMEOUT_SECONDS,
                                  application_name="tenantstore-operator-verify")

@@ -597,6 +597,7 @@ class FakeServer:
     admin_uri: str = "postgresql://tenantstore_admin:admin-password@db.test:5432/tenants"
     shared_database: str = "tenants"
     admin_role: str = "tenantstore_admin"
+    login_refused: bool = False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -816,3 +817,7 @@ class FakeStatuses(Recorder):
         self.enter("patch")
         meta = body["metadata"]
         self.patches.append((f"{meta['namespace']}/{meta['name']}", dict(changes)))
+
+    async def patch_unless_changed(self, body: Mapping[str, Any], changes: Mapping[str, Any]) -> bool:
+        await self.patch(body, changes)
+        return True

@@ -2,6 +2,7 @@
 its findings become in status, and the DataLost hold a repair leaves until a person acknowledges it."""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping
 from typing import Any
 
@@ -10,7 +11,7 @@ import pytest
 from tenantstore import verify
 from tenantstore.api import DATA_LOSS_ACKNOWLEDGED_ANNOTATION
 from tenantstore.backends import Drift
-from tenantstore.errors import BackendUnavailable
+from tenantstore.errors import BackendUnavailable, StoreClassInvalid
 from tenantstore.reconcile import DATA_LOSS
 
 from .world import (World, annotated, condition, deleting, merge_patch, ready, reasons, stalled, store_class,
@@ -146,6 +147,41 @@ async def test_an_outage_is_reported_for_the_class_not_raised(world: World, stor
 
     assert found.checked == []
     assert found.outage is not None and found.outage.reason == "BackendUnavailable"
+
+
+async def test_a_refused_admin_login_is_tried_again_with_the_secret_read_again(world: World) -> None:
+    """A rotation done in Postgres first: the pass that meets the old password tries once more (the registry
+    reads the class's Secret again after a refusal) before it reports anything."""
+    body = await world.provision(tenant_body())
+    world.registry.server = dataclasses.replace(world.registry.server, login_refused=True)
+    world.relational.fail("verify", StoreClassInvalid("the admin login is refused"), times=1)
+    world.registry.calls.clear()
+
+    found = await world.verify(STANDARD, [body])
+
+    assert found.outage is None and [c.body["metadata"]["name"] for c in found.checked] == ["acme"]
+    assert world.registry.called("for_class") == 2
+
+
+async def test_a_refusal_that_lasts_is_the_class_s_alone(world: World) -> None:
+    body = await world.provision(tenant_body())
+    world.registry.server = dataclasses.replace(world.registry.server, login_refused=True)
+    world.relational.fail("verify", StoreClassInvalid("the admin login is refused"))
+
+    found = await world.verify(STANDARD, [body])
+
+    assert found.outage is not None and found.admin_login_refused and found.checked == []
+
+
+async def test_an_outage_is_not_tried_again_within_the_pass(world: World) -> None:
+    body = await world.provision(tenant_body())
+    world.registry.calls.clear()
+    world.relational.fail("verify", BackendUnavailable("no route"), times=1)
+
+    found = await world.verify(STANDARD, [body])
+
+    assert found.outage is not None and not found.admin_login_refused
+    assert world.registry.called("for_class") == 1
 
 
 # --- the isolation canary ---
