@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install controlplane helm kstatus seaweedfs promtool sync-crds sync-monitoring demo test test-unit clean bench bench-sweep bench-export bench-probe chaos
+.PHONY: install controlplane helm kstatus seaweedfs jaeger promtool image-tools image sync-crds sync-monitoring demo test test-unit clean bench bench-sweep bench-export bench-probe chaos
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,21 @@ kstatus: install
 seaweedfs: install
 	$(BIN)/python -m tenantstore_dev.controlplane seaweedfs
 
+# Builds Jaeger (the trace tests' OTLP receiver and query API) once, beside helm; $$JAEGER overrides.
+jaeger: install
+	$(BIN)/python -m tenantstore_dev.controlplane jaeger
+
+# buildah and debootstrap, from Debian's packages (CI runs as root): the image is built without a Docker daemon.
+image-tools:
+	@command -v buildah >/dev/null && command -v debootstrap >/dev/null || { apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends buildah debootstrap >/dev/null; }
+
+# The operator's image from the Dockerfile, on a Debian base made by debootstrap (no registry needed), then checked:
+# `tenantstore run --help` inside it, its user non-root, no dev harness, its Python packages listed.
+image: install image-tools
+	$(BIN)/python -m tenantstore_dev.image build
+	$(BIN)/python -m tenantstore_dev.image check
+
 # crds/ is the source; the chart and the kustomize base carry copies (tests fail when they drift).
 sync-crds:
 	cp crds/*.yaml charts/tenantstore-operator/crds/
@@ -51,7 +66,7 @@ sync-monitoring: install
 demo: controlplane
 	$(BIN)/python -m tenantstore_dev demo
 
-test: controlplane helm kstatus seaweedfs promtool
+test: controlplane helm kstatus seaweedfs jaeger promtool
 	$(BIN)/pytest
 
 # The fast tier: no control plane, no Postgres (tests/backends need Postgres; `make test` runs them).

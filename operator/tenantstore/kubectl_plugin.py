@@ -239,7 +239,6 @@ def parser() -> argparse.ArgumentParser:
     psql.add_argument("name")
     psql.add_argument("--credential")
     psql.add_argument("--pg-bin-dir")
-    psql.add_argument("psql_args", nargs=argparse.REMAINDER)
     audit = commands.add_parser("audit", help="the tenant's audit trail (it outlives the TenantStore)")
     audit.add_argument("tenant", help="the tenantId")
     audit.add_argument("-o", "--output", choices=("table", "json"), default="table")
@@ -270,9 +269,19 @@ def split_globals(argv: Sequence[str]) -> tuple[dict[str, str], list[str]]:
     return found, rest
 
 
+def parse(argv: Sequence[str]) -> tuple[dict[str, str], argparse.Namespace, list[str]]:
+    """kubectl's flags, the plugin's arguments, and what follows `--` (psql's own arguments)."""
+    flags, rest = split_globals(argv)
+    words, passthrough = (rest[:rest.index("--")], rest[rest.index("--") + 1:]) if "--" in rest else (rest, [])
+    commands = parser()
+    args = commands.parse_args(words)
+    if passthrough and args.command != "psql":
+        commands.error(f"arguments after -- are psql's: {args.command} takes none")
+    return flags, args, passthrough
+
+
 def main(argv: list[str] | None = None) -> int:
-    flags, rest = split_globals(sys.argv[1:] if argv is None else argv)
-    args = parser().parse_args(rest)
+    flags, args, passthrough = parse(sys.argv[1:] if argv is None else argv)
     cluster = Cluster(flags.get("kubeconfig"), flags.get("context"), flags.get("namespace"))
     try:
         if args.command == "status":
@@ -288,9 +297,8 @@ def main(argv: list[str] | None = None) -> int:
         elif args.command == "psql":
             body = cluster.get(f"tenantstores.{GROUP}", args.name)
             data = cluster.secret(secret_name(body, args.credential))
-            extra = args.psql_args[1:] if args.psql_args[:1] == ["--"] else args.psql_args
             command = [psql_binary(args.pg_bin_dir), "-h", data["host"], "-p", data["port"], "-U", data["user"],
-                       "-d", data["database"], *extra]
+                       "-d", data["database"], *passthrough]
             os.execve(command[0], command, {**os.environ, "PGPASSWORD": data["password"]})
         elif args.command == "audit":
             from tenantstore import cli  # noqa: PLC0415 (the audit reader needs the operator's dependencies)

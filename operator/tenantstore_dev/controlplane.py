@@ -34,6 +34,11 @@ Binaries
     from its Go module at ``SEAWEEDFS_VERSION`` into ``.../seaweedfs-<version>/bin/weed``
     (about 9 minutes cold on two cores).
 
+    :func:`ensure_jaeger` likewise for Jaeger (the trace tests' backend: an OTLP
+    receiver and its query API): ``$JAEGER`` if set, else ``cmd/jaeger`` of
+    ``github.com/jaegertracing/jaeger`` v``JAEGER_VERSION`` built into
+    ``.../jaeger-v<version>/bin/jaeger``.
+
 Start-up (:meth:`ControlPlane.start`)
     1. issue a CA, the apiserver serving cert, an admin client cert
        (``O=system:masters``) and a service-account key pair;
@@ -53,6 +58,7 @@ CLI::
     python -m tenantstore_dev.controlplane build          # build/locate binaries
     python -m tenantstore_dev.controlplane helm           # build/locate helm
     python -m tenantstore_dev.controlplane kstatus        # build/locate kstatus
+    python -m tenantstore_dev.controlplane jaeger         # build/locate jaeger
     python -m tenantstore_dev.controlplane up WORKDIR     # run until SIGINT/SIGTERM
 """
 
@@ -99,6 +105,7 @@ __all__ = [
     "ensure_helm",
     "ensure_kstatus",
     "ensure_seaweedfs",
+    "ensure_jaeger",
 ]
 
 KUBERNETES_VERSION = "1.33.13"
@@ -130,6 +137,9 @@ CLI_UTILS_VERSION = "0.37.2"
 
 # The export tests' S3: SeaweedFS's `weed` (its releases are published as Go pseudo-versions).
 SEAWEEDFS_VERSION = "v0.0.0-20261109003541-7506e5f91cd6"
+
+# The trace tests' backend: Jaeger (its v2 binary, an OpenTelemetry Collector with Jaeger's storage and query).
+JAEGER_VERSION = "1.76.0"
 
 # Controllers that need nodes, volumes or a cloud provider; without a kubelet
 # they would only produce noise.
@@ -199,6 +209,11 @@ def seaweedfs_cache_dir() -> Path:
     return _cache_root() / f"seaweedfs-{SEAWEEDFS_VERSION}"
 
 
+def jaeger_cache_dir() -> Path:
+    """Per-version cache directory of Jaeger: ``bin/jaeger``, ``src/`` and the build log."""
+    return _cache_root() / f"jaeger-v{JAEGER_VERSION}"
+
+
 def _is_executable(path: Path) -> bool:
     return path.is_file() and os.access(path, os.X_OK)
 
@@ -254,6 +269,11 @@ def ensure_kstatus() -> Path:
 def ensure_seaweedfs() -> Path:
     """Return the path of SeaweedFS's ``weed`` (``$WEED`` wins; else built once, under a file lock)."""
     return _cached_tool("WEED", seaweedfs_cache_dir(), "weed", _build_seaweedfs)
+
+
+def ensure_jaeger() -> Path:
+    """Return the path of Jaeger's ``jaeger`` (``$JAEGER`` wins; else built once, under a file lock)."""
+    return _cached_tool("JAEGER", jaeger_cache_dir(), "jaeger", _build_jaeger)
 
 
 def _cached_tool(variable: str, cache: Path, name: str, build: Callable[[Path], None]) -> Path:
@@ -533,20 +553,21 @@ def _build_kstatus(cache: Path) -> None:
                    build_args=lambda go, src, env: ["-ldflags=-s -w", "."])
 
 
-_SEAWEEDFS_TOOLS_GO = """\
-//go:build tools
-
-package tools
-
-import _ "github.com/seaweedfs/seaweedfs/weed"
-"""
+def _build_program(cache: Path, name: str, what: str, cold: str, module: str, version: str, package: str) -> None:
+    """A program of another project's Go module, built at that module's own dependency versions."""
+    tools_go = f'//go:build tools\n\npackage tools\n\nimport _ "{package}"\n'
+    _build_go_tool(cache, name, what, cold, require=f"{module} {version}", files={"tools.go": tools_go},
+                   build_args=lambda go, src, env: ["-ldflags=-s -w", package])
 
 
 def _build_seaweedfs(cache: Path) -> None:
-    _build_go_tool(cache, "weed", f"SeaweedFS {SEAWEEDFS_VERSION}", "about 9 minutes",
-                   require=f"github.com/seaweedfs/seaweedfs {SEAWEEDFS_VERSION}",
-                   files={"tools.go": _SEAWEEDFS_TOOLS_GO},
-                   build_args=lambda go, src, env: ["-ldflags=-s -w", "github.com/seaweedfs/seaweedfs/weed"])
+    _build_program(cache, "weed", f"SeaweedFS {SEAWEEDFS_VERSION}", "about 9 minutes",
+                   "github.com/seaweedfs/seaweedfs", SEAWEEDFS_VERSION, "github.com/seaweedfs/seaweedfs/weed")
+
+
+def _build_jaeger(cache: Path) -> None:
+    _build_program(cache, "jaeger", f"Jaeger v{JAEGER_VERSION}", "about 6 minutes",
+                   "github.com/jaegertracing/jaeger", f"v{JAEGER_VERSION}", "github.com/jaegertracing/jaeger/cmd/jaeger")
 
 
 def _run_logged(cmd: Sequence[str], cwd: Path, env: dict[str, str], log: IO[str],
@@ -999,6 +1020,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     commands.add_parser("helm", help="build or locate helm and print its path")
     commands.add_parser("kstatus", help="build or locate kstatus (cli-utils' status library) and print its path")
     commands.add_parser("seaweedfs", help="build or locate SeaweedFS's weed (the tests' S3) and print its path")
+    commands.add_parser("jaeger", help="build or locate Jaeger (the trace tests' backend) and print its path")
     up = commands.add_parser("up", help="start a control plane and run until SIGINT/SIGTERM")
     up.add_argument("workdir", type=Path)
     up.add_argument("--timeout", type=float, default=120, help="start-up timeout in seconds")
@@ -1015,6 +1037,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         if args.command == "seaweedfs":
             print(ensure_seaweedfs())
+            return 0
+        if args.command == "jaeger":
+            print(ensure_jaeger())
             return 0
         return _cmd_up(args.workdir, args.timeout)
     except ControlPlaneError as error:

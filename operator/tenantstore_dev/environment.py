@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -99,10 +99,12 @@ def terminate(process: subprocess.Popen[bytes] | None, grace: float) -> None:
 class OperatorProcess:
     """The operator as its own process, so tests can kill it (SIGKILL) like a crashed pod."""
 
-    def __init__(self, kubeconfig: Path, log_path: Path, extra_args: Sequence[str] = ()):
+    def __init__(self, kubeconfig: Path, log_path: Path, extra_args: Sequence[str] = (),
+                 extra_env: Mapping[str, str] | None = None):
         self.kubeconfig = kubeconfig
         self.log_path = log_path
         self.extra_args = list(extra_args)  # e.g. --namespace, --leader-elect
+        self.extra_env = dict(extra_env or {})  # e.g. OTEL_EXPORTER_OTLP_ENDPOINT
         self.process: subprocess.Popen[bytes] | None = None
         self.port = 0
         self.metrics_url = ""
@@ -115,7 +117,7 @@ class OperatorProcess:
             args += ["--metrics-port", str(free_port())]
         self.metrics_url = f"http://127.0.0.1:{args[args.index('--metrics-port') + 1]}/metrics"
         self.log_offset = self.log_path.stat().st_size if self.log_path.exists() else 0
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **self.extra_env, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         log = self.log_path.open("ab")
         self.process = subprocess.Popen(
             [sys.executable, "-m", "tenantstore", "run", "--liveness", f"http://127.0.0.1:{self.port}/healthz",
@@ -193,11 +195,11 @@ class LocalEnvironment:
         return self.workdir / "exports"
 
     def operator(self, log_name: str = "operator.log", extra_args: Sequence[str] = (),
-                 kubeconfig: Path | None = None) -> OperatorProcess:
+                 kubeconfig: Path | None = None, extra_env: Mapping[str, str] | None = None) -> OperatorProcess:
         # The export volume is a directory here; pg_dump and psql are the embedded PostgreSQL's own.
         local = ["--export-dir", str(self.export_dir), "--pg-bin-dir", str(bin_dir())]
         return OperatorProcess(kubeconfig or self.control_plane.kubeconfig, self.workdir / log_name,
-                               [*local, *extra_args])
+                               [*local, *extra_args], extra_env)
 
     def stop(self) -> None:
         try:

@@ -78,3 +78,17 @@ def test_kubectls_flags_may_stand_anywhere_before_a_double_dash() -> None:
     flags, rest = plugin.split_globals(["psql", "acme", "-n", "customers", "--context=dev", "--", "-n", "x"])
     assert flags == {"namespace": "customers", "context": "dev"}
     assert rest == ["psql", "acme", "--", "-n", "x"]
+
+
+def test_psqls_own_arguments_follow_a_double_dash_and_the_plugins_flags_may_follow_the_name() -> None:
+    flags, args, passthrough = plugin.parse(["psql", "acme", "--credential", "viewer", "-n", "customers", "--",
+                                             "-tAc", "SELECT 1", "--credential", "x"])
+    assert flags == {"namespace": "customers"}
+    assert (args.command, args.name, args.credential) == ("psql", "acme", "viewer")
+    assert passthrough == ["-tAc", "SELECT 1", "--credential", "x"]
+
+
+def test_arguments_after_a_double_dash_are_refused_where_no_psql_runs(capsys: pytest.CaptureFixture[str]) -> None:
+    with pytest.raises(SystemExit):
+        plugin.parse(["status", "acme", "--", "-x"])
+    assert "arguments after -- are psql's" in capsys.readouterr().err
