@@ -5,6 +5,7 @@ import argparse
 import logging
 import os
 import sys
+from typing import Any
 
 
 def run(args: argparse.Namespace) -> int:
@@ -74,6 +75,29 @@ def audit(args: argparse.Namespace) -> int:
     return 0
 
 
+def queries(args: argparse.Namespace) -> int:
+    """Print a tenant's query insights, read from its TenantStore's status (wherever its namespace)."""
+    import asyncio  # noqa: PLC0415
+
+    from tenantstore import insights, kube  # noqa: PLC0415
+
+    async def read() -> list[dict[str, Any]]:
+        api = await kube.api_client()
+        try:
+            return await kube.TenantStatuses(api).with_tenant_id(args.tenant)
+        finally:
+            await api.close()
+
+    found = asyncio.run(read())
+    if not found:
+        print(f"no TenantStore has tenantId {args.tenant}", file=sys.stderr)
+        return 1
+    for body in found:
+        meta = body["metadata"]
+        print(insights.report(f"{meta['namespace']}/{meta['name']}", (body.get("status") or {}).get("queries")))
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="tenantstore", description=__doc__)
     commands = parser.add_subparsers(dest="command", required=True)
@@ -132,6 +156,9 @@ def main(argv: list[str] | None = None) -> int:
     audit_parser.add_argument("--database", default="tenants",
                               help="with --admin-uri: the class's shared database (default: %(default)s)")
     audit_parser.set_defaults(func=audit)
+    queries_parser = commands.add_parser("queries", help="print a tenant's query insights (slowest statements)")
+    queries_parser.add_argument("--tenant", required=True, help="the tenantId")
+    queries_parser.set_defaults(func=queries)
     args = parser.parse_args(argv)
     return args.func(args)
 

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tenantstore import conditions, cost, credentials
+from tenantstore import conditions, cost, credentials, insights
 from tenantstore.backends import Step, VectorPlacement
 from tenantstore.errors import BackendUnavailable, StoreClassNotAllowed
 from tenantstore.api import WRITES_BLOCKED_ANNOTATION, ConditionType, Reason
@@ -120,13 +120,13 @@ async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, 
         usage = Usage(documents=vec.documents, storage_bytes=rel.storage_bytes + vec.storage_bytes,
                       connections=rel.connections, daily_queries=rel.daily_queries,
                       relational_storage_bytes=rel.storage_bytes)
-        measured.append((body, spec, store, placement, usage, holding(store, placement, usage)))
+        measured.append((body, spec, store, placement, usage, holding(store, placement, usage), rel.queries))
     pricing = store_class.pricing
-    shares = cost.allocate(pricing, [entry[-1] for entry in measured]) if pricing else {}
+    shares = cost.allocate(pricing, [entry[5] for entry in measured]) if pricing else {}
     moment = cost.parse_time(now) or datetime.datetime.now(datetime.timezone.utc)
 
     results = []
-    for body, spec, store, placement, usage, held in measured:
+    for body, spec, store, placement, usage, held, queries in measured:
         verdict = judge(usage, effective_quotas(spec, store_class)[0], spec.quota_action)
         status = body.get("status") or {}
         previous = conditions.find(status.get("conditions"), ConditionType.QUOTA_EXCEEDED) or {}
@@ -144,6 +144,8 @@ async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, 
         changes: dict[str, Any] = {}
         if not usage.same_figures(status.get("usage")):
             changes["usage"] = usage.to_status(now)
+        if not insights.same(queries, status.get("queries")):
+            changes["queries"] = replacing(status.get("queries"), queries.to_status() if queries else None)
         if priced.status != status.get("cost"):
             # None removes figures a class without pricing no longer keeps; a removed budget goes too.
             changes["cost"] = replacing(status.get("cost"), priced.status)

@@ -257,6 +257,11 @@ class TenantStatuses:
                 return None
             raise
 
+    async def with_tenant_id(self, tenant_id: str) -> list[dict[str, Any]]:
+        """The TenantStores, in any namespace, whose spec.tenantId is `tenant_id` (one, unless in conflict)."""
+        listed = await self.custom.list_cluster_custom_object(GROUP, VERSION, self.plural)
+        return [item for item in listed.get("items") or () if (item.get("spec") or {}).get("tenantId") == tenant_id]
+
     async def create(self, body: Mapping[str, Any]) -> None:
         """Create the object unless one of its name exists (the caller reads it back either way)."""
         try:

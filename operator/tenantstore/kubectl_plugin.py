@@ -19,6 +19,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from tenantstore import insights
 from tenantstore.api import API_VERSION, GROUP
 from tenantstore.models import parse_quantity
 
@@ -239,6 +240,8 @@ def parser() -> argparse.ArgumentParser:
     psql.add_argument("name")
     psql.add_argument("--credential")
     psql.add_argument("--pg-bin-dir")
+    queries = commands.add_parser("queries", help="the tenant's query insights: figures and slowest statements")
+    queries.add_argument("name")
     audit = commands.add_parser("audit", help="the tenant's audit trail (it outlives the TenantStore)")
     audit.add_argument("tenant", help="the tenantId")
     audit.add_argument("-o", "--output", choices=("table", "json"), default="table")
@@ -300,6 +303,9 @@ def main(argv: list[str] | None = None) -> int:
             command = [psql_binary(args.pg_bin_dir), "-h", data["host"], "-p", data["port"], "-U", data["user"],
                        "-d", data["database"], *passthrough]
             os.execve(command[0], command, {**os.environ, "PGPASSWORD": data["password"]})
+        elif args.command == "queries":
+            body = cluster.get(f"tenantstores.{GROUP}", args.name)
+            print(insights.report(args.name, (body.get("status") or {}).get("queries")))
         elif args.command == "audit":
             from tenantstore import cli  # noqa: PLC0415 (the audit reader needs the operator's dependencies)
             if flags.get("kubeconfig"):

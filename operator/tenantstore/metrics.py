@@ -14,7 +14,7 @@ from collections.abc import Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
 from tenantstore.api import ConditionType, Phase
@@ -87,6 +87,7 @@ class TenantSnapshot:
     quotas: Mapping[str, Any]
     cost: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     over_budget: bool = False
+    queries: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> TenantSnapshot:
@@ -102,6 +103,7 @@ class TenantSnapshot:
             quotas=dict(status.get("quotas") or {}),
             cost=dict(status.get("cost") or {}),
             over_budget=conditions.get(ConditionType.OVER_BUDGET) == "True",
+            queries=dict(status.get("queries") or {}),
         )
 
     def used_and_limit(self, resource: str) -> tuple[float | None, float | None]:
@@ -166,7 +168,7 @@ class TenantSeries(Collector):
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())  # series come and go with tenants; nothing to pre-register
 
-    def collect(self) -> Iterator[GaugeMetricFamily]:
+    def collect(self) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
         with self._lock:
             tenants = list(self._tenants.values())
             indexes = [row for pool in self._indexes.values() for row in pool]
@@ -175,6 +177,7 @@ class TenantSeries(Collector):
             objectives = dict(self._objectives)
         yield from self._tenant_families(tenants)
         yield from self._cost_families(tenants, class_costs)
+        yield from self._query_families(tenants)
         yield from self._index_families(indexes, thresholds)
         objective = GaugeMetricFamily("tenantstore_storeclass_search_latency_objective_seconds",
                                       "A StoreClass's p95 search-latency objective (spec.slo.searchLatency.p95).",
@@ -222,6 +225,22 @@ class TenantSeries(Collector):
             for tier in Tier:
                 totals.add_metric((candidate.value, tier.value), float(by_phase.get((candidate.value, tier.value), 0)))
         yield from (ready, phase, exceeded, *usage.values(), limit, ratio, totals)
+
+    @staticmethod
+    def _query_families(tenants: list[TenantSnapshot]) -> Iterator[GaugeMetricFamily | CounterMetricFamily]:
+        calls = CounterMetricFamily("tenantstore_tenant_queries", "Statements run by the tenant's roles (from "
+                                    "pg_stat_statements, since its last reset).", labels=TENANT_LABELS)
+        mean = GaugeMetricFamily("tenantstore_tenant_query_duration_seconds_mean", "Mean execution time of the "
+                                 "tenant's statements.", labels=TENANT_LABELS)
+        p95 = GaugeMetricFamily("tenantstore_tenant_query_duration_seconds_p95", "Execution time under which 95 % "
+                                "of the tenant's statements fall (estimated from each shape's mean and spread).",
+                                labels=TENANT_LABELS)
+        for tenant in tenants:
+            if tenant.queries:
+                calls.add_metric(tenant.labels, float(tenant.queries.get("calls", 0)))
+                mean.add_metric(tenant.labels, float(tenant.queries.get("meanSeconds", 0)))
+                p95.add_metric(tenant.labels, float(tenant.queries.get("p95Seconds", 0)))
+        yield from (calls, mean, p95)
 
     @staticmethod
     def _cost_families(tenants: list[TenantSnapshot], class_costs: Mapping[str, Mapping[str, Any]]

@@ -157,6 +157,8 @@ class EmbeddedPostgres:
             conn.execute("REVOKE CONNECT ON DATABASE postgres, template1 FROM PUBLIC")
             conn.execute(sql.SQL("GRANT CONNECT ON DATABASE template1 TO {}").format(sql.Identifier(admin_role)))
             conn.execute(sql.SQL("GRANT pg_use_reserved_connections TO {}").format(sql.Identifier(admin_role)))
+            # Optional: the statement shapes of the tenants' query insights (pg_stat_statements' text).
+            conn.execute(sql.SQL("GRANT pg_read_all_stats TO {}").format(sql.Identifier(admin_role)))
         for database in ("template1", shared_database):
             with psycopg.connect(self.superuser_uri(database), autocommit=True) as conn:
                 conn.execute("CREATE EXTENSION IF NOT EXISTS vector")

@@ -19,6 +19,12 @@ async def pg(admin_uri: str) -> AsyncIterator[PostgresServer]:
 
 
 @pytest.fixture
+def server(pg: PostgresServer) -> PostgresServer:
+    """The same server, under the name the Postgres backend tests use."""
+    return pg
+
+
+@pytest.fixture
 def pinecone_server() -> Iterator[PineconeTestServer]:
     """A fresh server per test; the test fails if it sent anything outside the spec subset."""
     server = PineconeTestServer().start()

@@ -25,13 +25,6 @@ def tenant(tenant_id: str, relational: RelationalIsolation = RelationalIsolation
                         shared_index_capacity=100, credentials=credentials)
 
 
-@pytest.fixture
-async def server(admin_uri: str):
-    server = PostgresServer(admin_uri, "tenants")
-    yield server
-    await server.close()
-
-
 async def provision(server: PostgresServer, store: DesiredStore, new: bool = True):
     relational = PostgresRelationalStore(server)
     placement, steps = await relational.ensure(store, "owner-pw", password_is_new=new)

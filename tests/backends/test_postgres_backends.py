@@ -29,13 +29,6 @@ async def provision(server: PostgresServer, store: DesiredStore, password: str):
     return relational, vector, steps + vector_steps
 
 
-@pytest.fixture
-async def server(admin_uri: str):
-    server = PostgresServer(admin_uri, "tenants")
-    yield server
-    await server.close()
-
-
 async def test_schema_tenant_is_isolated_and_teardown_leaves_nothing(server: PostgresServer) -> None:
     alpha, beta = tenant("alpha"), tenant("beta")
     alpha_rel, alpha_vec, steps = await provision(server, alpha, "alpha-pw-1")

@@ -12,13 +12,6 @@ from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServe
 from tenantstore.models import RelationalIsolation, VectorIsolation
 
 
-@pytest.fixture
-async def server(admin_uri: str):
-    server = PostgresServer(admin_uri, "tenants")
-    yield server
-    await server.close()
-
-
 async def drifts_of(server: PostgresServer, store, placement) -> set[str]:
     relational = await PostgresRelationalStore(server).verify([store])
     vector = await PgvectorStore(server).verify([(store, placement)])

@@ -56,6 +56,20 @@ def test_kubectl_tenantstore_shows_connects_and_exports(kubectl: Kubectl, operat
                     "SELECT session_user, current_user, current_setting('default_transaction_read_only')")
     assert viewer.strip() == "tscred_plug_viewer_a|tsread_plug|on"  # the viewer's login, acting as the reader
 
-    assert "Provisioned" in plugin(kubectl, "audit", "plug")
+    # Query insights: the tenant's statement shapes (normalized: its vector id is no literal there).
+    shape = f"INSERT INTO {secret['vectorTable']} (namespace, id, embedding) VALUES ($1, $2, $3)"
+    wait_for("the insert among the tenant's query insights", lambda: shape in [
+        entry["statement"] for entry in (kubectl.get("tenantstore", "plug", namespace)["status"]
+                                         .get("queries") or {}).get("slowest", ())], timeout=30)
+    insights = plugin(kubectl, "queries", "plug", "-n", namespace)
+    assert insights.splitlines()[0].startswith("plug: ") and shape in insights and "doc-1" not in insights
+    cli = subprocess.run([str(Path(sys.executable).parent / "tenantstore"), "queries", "--tenant", "plug"],
+                         env={**os.environ, "KUBECONFIG": str(kubectl.kubeconfig)}, capture_output=True, text=True,
+                         timeout=60)
+    assert cli.returncode == 0 and cli.stdout.startswith(f"{namespace}/plug: ") and shape in cli.stdout, cli.stderr
+
+    # The trail is written behind the operator's work (queued, then batched): it shows up within seconds.
+    wait_for("the provisioning in the audit trail", lambda: "Provisioned" in plugin(kubectl, "audit", "plug"),
+             timeout=30)
     exported = plugin(kubectl, "export", "plug", "-n", namespace, "--path", "plug-dump", "--wait", "180")
     assert exported.startswith(f"TenantStoreExport {namespace}/plug-") and exported.strip().endswith(": Completed")

@@ -40,11 +40,12 @@ def served_metric_names() -> set[str]:
     series.observe_tenant({"metadata": {"name": "t", "namespace": "n"}, "spec": {"tenantId": "t"},
                            "status": {"phase": "Ready", "usage": {"documents": 1, "storageBytes": 1, "connections": 0,
                                                                   "dailyQueries": 0},
-                                      "quotas": {"maxDocuments": 10}}})
+                                      "quotas": {"maxDocuments": 10},
+                                      "queries": {"calls": 1, "meanSeconds": 0.001, "p95Seconds": 0.002}}})
     series.observe_store_class({"metadata": {"name": "c"}, "status": {"sharedIndexes": [
         {"name": "shared-3-cosine-1", "tenants": 1, "capacity": 100}]}})
-    names = {family.name for family in series.collect()}
     suffixes = {"histogram": ("_bucket", "_count", "_sum"), "counter": ("_total",)}
+    names = {family.name + suffix for family in series.collect() for suffix in suffixes.get(family.type, ("",))}
     for family in metrics.REGISTRY.collect():  # labelled families have no samples until first observed
         names |= {family.name + suffix for suffix in suffixes.get(family.type, ("",))}
     return names | {"up"}

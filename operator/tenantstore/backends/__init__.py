@@ -14,6 +14,7 @@ import datetime
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
+from tenantstore.insights import QueryInsights
 from tenantstore.models import DesiredStore, SecretKeyRef
 
 
@@ -108,6 +109,7 @@ class RelationalUsage:
     storage_bytes: int = 0
     connections: int = 0
     daily_queries: int | None = None  # None where the server cannot tell (no pg_stat_statements)
+    queries: QueryInsights | None = None  # likewise
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,7 +22,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from tenantstore import pool
+from tenantstore import insights, pool
 from tenantstore.backends import (NAMESPACE_CREATED, Drift, SecretValue, SharedIndex, Step, VectorPlacement,
                                   VectorRecord, VectorUsage, bookkeeping, register_vector_backend)
 from tenantstore.backends.postgres import (DATABASE_STATE, PostgresServer, execute_at_once, extension_schema,
@@ -54,6 +54,11 @@ def shared_table_prefix(dimension: int, metric: Metric) -> str:
 def partition_name(store: DesiredStore) -> str:
     # A tenant lives in at most one shared index, so its role name is a unique partition name.
     return store.role
+
+
+def operator_set_role(role: str) -> sql.Composed:
+    """SET LOCAL ROLE, which pg_stat_statements files under the role it sets: marked as the operator's."""
+    return sql.SQL("SET LOCAL ROLE /* {} */ {}").format(sql.SQL(insights.OPERATOR_MARK), sql.Identifier(role))
 
 
 class PgvectorStore:
@@ -408,16 +413,18 @@ class PgvectorStore:
                                                'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')""",
                                          SHARED_SCHEMA, partition_name(store), store.role)
                 # Through the tenant's eyes: the operator's tables only, no tenant object on this path.
-                await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(store.role)))
-                row = await fetch_one(conn, sql.SQL("SELECT count(*) AS foreign_rows FROM {} WHERE namespace <> {}").format(
+                await conn.execute(operator_set_role(store.role))
+                row = await fetch_one(conn, sql.SQL("SELECT count(*) AS {} FROM {} WHERE namespace <> {}").format(
+                    sql.Identifier(f"{insights.OPERATOR_MARK}_canary"),
                     sql.Identifier(SHARED_SCHEMA, partition_name(store)), sql.Literal(placement.namespace)))
                 await conn.execute("RESET ROLE")
                 # That statement ran as the tenant: it is the operator's, not one of the tenant's daily queries.
                 await conn.execute(bookkeeping.not_the_tenants_query(store.role))
         if shared["reachable"]:
             return f"{store.role} holds privileges on {shared['reachable']} in {SHARED_SCHEMA}, beyond its own partition"
-        if row["foreign_rows"]:
-            return f"{store.role} sees {row['foreign_rows']} rows of other namespaces in its partition"
+        foreign_rows = row[f"{insights.OPERATOR_MARK}_canary"]  # the column's alias marks the statement
+        if foreign_rows:
+            return f"{store.role} sees {foreign_rows} rows of other namespaces in its partition"
         return None
 
     async def probe_search(self, store: DesiredStore, placement: VectorPlacement, vector: Sequence[float],
@@ -456,10 +463,11 @@ class PgvectorStore:
                 raise BackendUnavailable(f"search probe of {store.tenant_id} not run: its vector column or distance "
                                          f"operator is not the vector extension's")
             schema = sql.Identifier(genuine["schema"].strip('"'))
-            query = sql.SQL("SELECT id FROM {} ORDER BY embedding OPERATOR({}.{}) %s::{}.vector LIMIT %s").format(
-                table, schema, sql.SQL(DISTANCE_OPERATORS[store.metric]), schema)
+            query = sql.SQL("SELECT id AS {} FROM {} ORDER BY embedding OPERATOR({}.{}) %s::{}.vector LIMIT %s").format(
+                sql.Identifier(f"{insights.OPERATOR_MARK}_probe"), table, schema,
+                sql.SQL(DISTANCE_OPERATORS[store.metric]), schema)
             await conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(f"{PROBE_TIMEOUT_MS}ms")))
-            await conn.execute(sql.SQL("SET LOCAL ROLE {}").format(sql.Identifier(store.role)))
+            await conn.execute(operator_set_role(store.role))
             started = time.perf_counter()
             await (await conn.execute(query, (json.dumps(list(vector)), top_k))).fetchall()
             elapsed = time.perf_counter() - started

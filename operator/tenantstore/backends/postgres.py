@@ -31,6 +31,7 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg.rows import dict_row
 
+from tenantstore import insights
 from tenantstore.backends import Drift, IoLogin, LoginPlan, RelationalPlacement, RelationalUsage, Step, bookkeeping
 from tenantstore.backends import postgres_credentials as credentials
 from tenantstore.errors import BackendUnavailable, ReconcileError, StoreClassInvalid, TenantIdConflict
@@ -770,6 +771,7 @@ class PostgresRelationalStore:
             if queries is not None:
                 for reader, owner in readers.items():
                     queries[owner] = int(queries.get(owner, 0)) + int(queries.pop(reader, 0))
+            statements = await self._statements(conn, {**{role: role for role in roles}, **readers})
             # A schema or database that is gone has no figure (not 0): the verification pass must still see what
             # went with it. A schema without tables is there, with 0 bytes.
             present = set(await self._rows_by(conn, "SELECT nspname AS key, 1 AS value FROM pg_namespace "
@@ -779,6 +781,7 @@ class PostgresRelationalStore:
                               else database_bytes.get(store.database, 0)),
             connections=int(connections.get(store.role, 0)),
             daily_queries=None if queries is None else int(queries.get(store.role, 0)),
+            queries=None if statements is None else insights.summarize(statements.get(store.role, ())),
         ) for store in stores if (store.schema if store.relational is RelationalIsolation.SCHEMA
                                   else store.database) in present}
 
@@ -788,6 +791,25 @@ class PostgresRelationalStore:
             return {}
         cursor = await conn.execute(query, (keys,))
         return {row["key"]: row["value"] for row in await cursor.fetchall()}
+
+    @staticmethod
+    async def _statements(conn: psycopg.AsyncConnection[Any],
+                          owners: Mapping[str, str]) -> dict[str, list[insights.Statement]] | None:
+        """pg_stat_statements' rows of the given roles, by the tenant role each belongs to (None without it)."""
+        schema = await extension_schema(conn, "pg_stat_statements")
+        if not owners or schema is None:
+            return None
+        cursor = await conn.execute(sql.SQL("""
+            SELECT r.rolname AS role, s.query, s.calls, s.mean_exec_time, s.stddev_exec_time, s.rows
+              FROM {} s JOIN pg_roles r ON r.oid = s.userid
+             WHERE r.rolname = ANY(%s) AND s.calls > 0 AND strpos(s.query, %s) = 0""").format(
+            sql.Identifier(schema, "pg_stat_statements")), (list(owners), insights.OPERATOR_MARK))
+        found: dict[str, list[insights.Statement]] = collections.defaultdict(list)
+        for row in await cursor.fetchall():
+            found[owners[row["role"]]].append(insights.Statement(
+                text=row["query"] or "", calls=int(row["calls"]), mean_ms=float(row["mean_exec_time"]),
+                stddev_ms=float(row["stddev_exec_time"]), rows=int(row["rows"])))
+        return found
 
     async def _daily_queries(self, conn: psycopg.AsyncConnection[Any], roles: list[str]) -> dict[str, int] | None:
         """Statements per role since the first measurement of the current UTC day (needs pg_stat_statements)."""
