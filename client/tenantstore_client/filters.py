@@ -59,7 +59,7 @@ def _check_condition(field: str, condition: Any) -> None:
 
 
 def to_sql(filter: Filter, column: str = "metadata") -> sql.Composable:
-    """A boolean SQL expression; every value is a bound parameter, every field name a literal in a jsonb key."""
+    """A boolean SQL expression; every value and field name goes in as a quoted literal (never SQL text)."""
     parts: list[sql.Composable] = []
     for key, value in filter.items():
         if key == "$and":

@@ -65,8 +65,8 @@ class AsyncTenantStore(Protocol):
 
 def connect(secret: SecretLike, *, pool_size: int = 4, api_key: str | None = None,
             refresh_seconds: float = 5.0) -> TenantStore:
-    """The tenant's store, open (`with connect(...) as store:` closes it). `secret`: the mounted Secret's directory, its data as a mapping,
-    `Environment()`, or any SecretSource. `pool_size` bounds the connections (they count against the tenant's
+    """The tenant's store, open (`with connect(...) as store:` closes it). `secret`: the mounted Secret's
+    directory, its data as a mapping, `Environment()`, or any SecretSource. `pool_size` bounds the connections (they count against the tenant's
     maxConnections quota); `api_key` is Pinecone's when the Secret does not carry it."""
     reader = SecretReader(source_of(secret), refresh_seconds)
     store: TenantStore

@@ -12,7 +12,8 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from tenantstore import conditions, cost, credentials, destinations, export, migration, relational_moves, settings, tracing
+from tenantstore import (conditions, cost, credentials, destinations, export, migration, relational_moves, settings,
+                         tracing)
 from tenantstore.credentials import new_password
 from tenantstore.api import DATA_LOSS_ACKNOWLEDGED_ANNOTATION, TERMINAL_REASONS, ConditionType, Phase, Reason
 from tenantstore.backends import NAMESPACE_CREATED, RelationalPlacement, Step, VectorPlacement, VectorStore

@@ -9,6 +9,7 @@ from test_postgres_backends import provision, tenant, tenant_uri
 
 from tenantstore.backends.pgvector import PgvectorStore
 from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServer
+from tenantstore.errors import BackendUnavailable
 from tenantstore.models import RelationalIsolation, VectorIsolation
 
 
@@ -187,3 +188,14 @@ async def test_the_search_probe_times_the_tenants_own_query_and_is_not_its_daily
     with psycopg.connect(tenant_uri(server, relational_placement, "vprobe-pw"), autocommit=True) as conn:
         assert conn.execute(f"SELECT count(*) FROM {relational_placement.schema}.calls").fetchone()[0] == 0
     await teardown(server, store)
+
+
+async def test_a_refused_admin_password_is_told_apart_from_an_outage(admin_uri: str) -> None:
+    wrong = PostgresServer(admin_uri.replace(admin_uri.split(":")[2].split("@")[0], "not-the-password"), "tenants")
+    try:
+        with pytest.raises(BackendUnavailable, match="refused the admin login to database template1") as refused:
+            async with wrong.connect("template1"):
+                pass
+        assert "not-the-password" not in str(refused.value) and wrong.login_refused
+    finally:
+        await wrong.close()

@@ -183,6 +183,9 @@ class PostgresServer:
                 "password authentication failed", "no password supplied", "is not permitted to log in",
                 "permission denied for database"))):
             return StoreClassInvalid(f"the admin login of Postgres at {self.host}:{self.port} is refused: {message}")
+        if self.login_refused:  # in a tenant's own database: retried, as a rotation finishes by itself
+            return BackendUnavailable(f"Postgres at {self.host}:{self.port} refused the admin login to database "
+                                      f"{database} (a password rotated before the class's Secret?), retrying: {message}")
         return BackendUnavailable(f"Postgres at {self.host}:{self.port} is unreachable: {message}")
 
     async def _prepare(self, conn: psycopg.AsyncConnection[Any]) -> None:

@@ -111,7 +111,8 @@ def check_ours(role: str, existing: dict[str, Any], is_managed: Any) -> None:
 def drop_login_statements(role: str) -> list[sql.Composable]:
     """A login owns nothing; its only grant is CONNECT on a database, a shared object that DROP OWNED revokes
     from any database (its sessions are ended first)."""
-    return [*bookkeeping.lock_statements(bookkeeping.SHARED_ACL_LOCK), sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)),
+    return [*bookkeeping.lock_statements(bookkeeping.SHARED_ACL_LOCK),
+            sql.SQL("DROP OWNED BY {}").format(sql.Identifier(role)),
             sql.SQL("DROP ROLE IF EXISTS {}").format(sql.Identifier(role))]
 
 
