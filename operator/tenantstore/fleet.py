@@ -10,7 +10,7 @@ import dataclasses
 import datetime
 import logging
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from tenantstore import conditions, cost, credentials, insights
 from tenantstore.backends import Step, VectorPlacement
@@ -95,6 +95,18 @@ async def mark_writes_blocked(secrets: Secrets, body: Mapping[str, Any], spec: T
                                     f"{'true' if blocked else '(removed)'}") for name in marked]
 
 
+class Sample(NamedTuple):
+    """One tenant as this pass measured it."""
+
+    body: Mapping[str, Any]
+    spec: TenantStoreSpec
+    store: DesiredStore
+    placement: VectorPlacement
+    usage: Usage
+    holding: cost.Holding
+    queries: insights.QueryInsights | None
+
+
 async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, Any]], registry: BackendRegistry,
                         statuses: TenantStatuses, secrets: Secrets, now: str,
                         cost_interval: float = 900.0) -> list[Measured]:
@@ -112,7 +124,7 @@ async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, 
     relational = await backends.relational.measure([store for _, _, store, _ in parsed])
     vector = await backends.vector.measure([(store, placement) for _, _, store, placement in parsed])
 
-    measured = []
+    measured: list[Sample] = []
     for body, spec, store, placement in parsed:
         rel, vec = relational.get(store.tenant_id), vector.get(store.tenant_id)
         if rel is None or vec is None:
@@ -120,9 +132,9 @@ async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, 
         usage = Usage(documents=vec.documents, storage_bytes=rel.storage_bytes + vec.storage_bytes,
                       connections=rel.connections, daily_queries=rel.daily_queries,
                       relational_storage_bytes=rel.storage_bytes)
-        measured.append((body, spec, store, placement, usage, holding(store, placement, usage), rel.queries))
+        measured.append(Sample(body, spec, store, placement, usage, holding(store, placement, usage), rel.queries))
     pricing = store_class.pricing
-    shares = cost.allocate(pricing, [entry[5] for entry in measured]) if pricing else {}
+    shares = cost.allocate(pricing, [sample.holding for sample in measured]) if pricing else {}
     moment = cost.parse_time(now) or datetime.datetime.now(datetime.timezone.utc)
 
     results = []

@@ -7,6 +7,8 @@ import json
 import os
 import subprocess
 import sys
+import urllib.parse
+import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -132,3 +134,10 @@ def wait_for_export(kubectl: Kubectl, namespace: str, name: str, phase: str = "C
         body = kubectl.get("tenantstoreexport", name, namespace)
         return body if ((body or {}).get("status") or {}).get("phase") == phase else None
     return wait_for(f"TenantStoreExport {namespace}/{name} {phase}", probe, timeout)
+
+
+def get_json(url: str, **params: str) -> Any:
+    """GET a JSON answer from a server the test started on loopback (Prometheus's or Jaeger's HTTP API)."""
+    query = f"?{urllib.parse.urlencode(params)}" if params else ""
+    with urllib.request.urlopen(f"{url}{query}", timeout=5) as response:
+        return json.loads(response.read())

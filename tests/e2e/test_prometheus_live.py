@@ -3,7 +3,6 @@ shipped rules file: the per-tenant series exist with their documented labels, th
 tenant passes 80 % of its document quota, and a deleted tenant's series go stale."""
 from __future__ import annotations
 
-import json
 import shutil
 import subprocess
 import urllib.parse
@@ -14,7 +13,7 @@ from typing import Any
 
 import pytest
 import yaml
-from e2e_kit import insert_vector, tenant_secret, tenant_store, wait_for_condition, wait_until_gone
+from e2e_kit import get_json, insert_vector, tenant_secret, tenant_store, wait_for_condition, wait_until_gone
 
 from tenantstore_dev.environment import Kubectl, OperatorProcess, free_port, wait_for
 
@@ -26,9 +25,7 @@ class Prometheus:
         self.url = url
 
     def api(self, path: str, **params: str) -> Any:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        with urllib.request.urlopen(f"{self.url}/api/v1/{path}{query}", timeout=5) as response:
-            answer = json.loads(response.read())
+        answer = get_json(f"{self.url}/api/v1/{path}", **params)
         assert answer["status"] == "success", answer
         return answer["data"]
 

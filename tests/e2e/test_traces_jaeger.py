@@ -5,14 +5,12 @@ from __future__ import annotations
 
 import json
 import subprocess
-import urllib.parse
-import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 import yaml
-from e2e_kit import ISOLATED_PREFIX, SEEN_PASSWORDS, tenant_secret, tenant_store, wait_for_condition, wait_until_gone
+from e2e_kit import ISOLATED_PREFIX, SEEN_PASSWORDS, get_json, tenant_secret, tenant_store, wait_for_condition, wait_until_gone
 
 from tenantstore_dev.controlplane import ensure_jaeger
 from tenantstore_dev.environment import Kubectl, LocalEnvironment, OperatorProcess, free_port, wait_for
@@ -26,9 +24,7 @@ class Jaeger:
         self.query_url, self.otlp_url = query_url, otlp_url
 
     def api(self, path: str, **params: str) -> Any:
-        query = f"?{urllib.parse.urlencode(params)}" if params else ""
-        with urllib.request.urlopen(f"{self.query_url}/api/{path}{query}", timeout=5) as response:
-            return json.loads(response.read())
+        return get_json(f"{self.query_url}/api/{path}", **params)
 
     def traces(self, operation: str, tenant: str) -> list[dict[str, Any]]:
         """The traces whose root is `operation` on `tenant` (Jaeger's JSON: spans with tags and references)."""

@@ -770,11 +770,12 @@ class PostgresRelationalStore:
                                                        "FROM pg_database WHERE datname = ANY(%s)", list(databases))
             # A readWrite login's statements run as the tenant's role; a readOnly one's as the reader role.
             readers = {store.reader_role: store.role for store in stores if store.has_readers}
-            queries = await self._daily_queries(conn, roles + list(readers))
+            statistics = await extension_schema(conn, "pg_stat_statements")  # None: not installed
+            queries = await self._daily_queries(conn, statistics, roles + list(readers))
             if queries is not None:
                 for reader, owner in readers.items():
                     queries[owner] = int(queries.get(owner, 0)) + int(queries.pop(reader, 0))
-            statements = await self._statements(conn, {**{role: role for role in roles}, **readers})
+            statements = await self._statements(conn, statistics, {**{role: role for role in roles}, **readers})
             # A schema or database that is gone has no figure (not 0): the verification pass must still see what
             # went with it. A schema without tables is there, with 0 bytes.
             present = set(await self._rows_by(conn, "SELECT nspname AS key, 1 AS value FROM pg_namespace "
@@ -796,10 +797,9 @@ class PostgresRelationalStore:
         return {row["key"]: row["value"] for row in await cursor.fetchall()}
 
     @staticmethod
-    async def _statements(conn: psycopg.AsyncConnection[Any],
+    async def _statements(conn: psycopg.AsyncConnection[Any], schema: str | None,
                           owners: Mapping[str, str]) -> dict[str, list[insights.Statement]] | None:
-        """pg_stat_statements' rows of the given roles, by the tenant role each belongs to (None without it)."""
-        schema = await extension_schema(conn, "pg_stat_statements")
+        """pg_stat_statements' rows (in `schema`) of the given roles, by the tenant role each belongs to."""
         if not owners or schema is None:
             return None
         cursor = await conn.execute(sql.SQL("""
@@ -814,9 +814,10 @@ class PostgresRelationalStore:
                 stddev_ms=float(row["stddev_exec_time"]), rows=int(row["rows"])))
         return found
 
-    async def _daily_queries(self, conn: psycopg.AsyncConnection[Any], roles: list[str]) -> dict[str, int] | None:
-        """Statements per role since the first measurement of the current UTC day (needs pg_stat_statements)."""
-        schema = await extension_schema(conn, "pg_stat_statements")
+    async def _daily_queries(self, conn: psycopg.AsyncConnection[Any], schema: str | None,
+                             roles: list[str]) -> dict[str, int] | None:
+        """Statements per role since the first measurement of the current UTC day (pg_stat_statements in
+        `schema`)."""
         if not roles or schema is None:
             return None
         async with conn.transaction():
