@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install controlplane helm kstatus seaweedfs jaeger promtool image-tools image sync-crds sync-monitoring demo test test-unit clean bench bench-sweep bench-export bench-probe chaos
+.PHONY: install controlplane helm kstatus seaweedfs jaeger promtool image-tools image sync-crds sync-monitoring demo test test-unit clean bench bench-sweep bench-export bench-probe bench-shards chaos
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -94,6 +94,13 @@ bench-export: controlplane
 bench-probe: N = 1000
 bench-probe: install
 	$(BIN)/python -m bench.search_probe --n $(N)
+
+# Provisioning by several active replicas (`--shards`): N TenantStores (default 1000) by 1, then 3 replicas of
+# 12 shards (REPLICAS=1,2,4 to change). Prints a table; results in bench/results/sharding-N.json.
+bench-shards: N = 1000
+bench-shards: REPLICAS = 1,3
+bench-shards: controlplane
+	$(BIN)/python -m bench.sharding --n $(N) --replicas $(REPLICAS)
 
 # Chaos: N tenants of every tier provisioned and torn down while the operator is SIGKILLed (KILLS times, default
 # max(3, N/4)), Postgres goes away for a few seconds and the kube-apiserver restarts; SEED repeats a run.

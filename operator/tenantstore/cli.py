@@ -31,13 +31,13 @@ def run(args: argparse.Namespace) -> int:
         metrics.serve(args.metrics_port)  # a standby replica serves it too (its tenant series are empty)
     options = dict(clusterwide=not args.namespace, namespaces=args.namespace, standalone=True,
                    liveness_endpoint=args.liveness or None)
-    if not args.leader_elect:
+    if not args.leader_elect and not args.shards:
         kopf.run(**options)
         return 0
 
     import asyncio  # noqa: PLC0415
 
-    from tenantstore import leader, standby  # noqa: PLC0415
+    from tenantstore import leader, sharding, standby  # noqa: PLC0415
 
     config = leader.ElectionConfig(
         namespace=args.leader_elect_namespace or leader.default_namespace(), name=args.leader_elect_lease,
@@ -46,6 +46,12 @@ def run(args: argparse.Namespace) -> int:
     async def run_operator(stop: asyncio.Event) -> None:
         await kopf.operator(**options, stop_flag=stop)
 
+    if args.shards:
+        async def run_shards(view: sharding.ShardView, stop: asyncio.Event) -> None:
+            await run_operator(stop)  # the view is the module's for this run; the startup hook reads it
+
+        return asyncio.run(sharding.run_sharded(sharding.ShardingConfig(args.shards, config), run_shards,
+                                                args.liveness or None))
     return asyncio.run(standby.run_elected(config, run_operator, args.liveness or None))
 
 
@@ -109,12 +115,19 @@ def main(argv: list[str] | None = None) -> int:
     run_parser.add_argument("--metrics-port", type=int, default=9090,
                             help="port of the Prometheus /metrics endpoint, 0 to disable (default: %(default)s)")
     election = run_parser.add_argument_group(
-        "leader election", "active/standby replicas: only the holder of a coordination.k8s.io Lease reconciles")
+        "leader election and sharding",
+        "active/standby replicas (only the holder of a coordination.k8s.io Lease reconciles), or active replicas "
+        "that split the TenantStores into shards, each held through a Lease of its own")
     election.add_argument("--leader-elect", action="store_true", help="stand by until this replica holds the Lease")
+    election.add_argument("--shards", type=int, default=0,
+                          help="split the TenantStores (by tenantId) into this many shards over every replica "
+                               "started with the same value; the Leases are <lease name>-shard-<n> and "
+                               "<lease name>-member-<replica> (default 0: no sharding)")
     election.add_argument("--leader-elect-namespace", default="",
                           help="namespace of the Lease (default: $POD_NAMESPACE, the service account's "
                                "namespace, else tenantstore-system)")
-    election.add_argument("--leader-elect-lease", default="tenantstore-operator", help="name of the Lease")
+    election.add_argument("--leader-elect-lease", default="tenantstore-operator",
+                          help="name of the Lease (with --shards: the prefix of the Leases)")
     election.add_argument("--lease-duration", type=float, default=15.0,
                           help="seconds a standby waits after the last renewal before taking over")
     election.add_argument("--renew-deadline", type=float, default=10.0,

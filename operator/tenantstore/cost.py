@@ -122,18 +122,30 @@ class Holding:
     dedicated_database: bool
 
 
-def split(amount: float, weights: Mapping[str, int]) -> dict[str, float]:
-    """`amount` over the keys in proportion to their weights; equally when every weight is 0."""
+@dataclasses.dataclass(frozen=True)
+class Elsewhere:
+    """The storage bytes and tenant count of the class's tenants that an allocation does not hold (the other
+    shards', when a class's tenants are split over replicas): per shared index, and in the whole class."""
+
+    by_index: Mapping[str, tuple[int, int]] = dataclasses.field(default_factory=dict)
+    everyone: tuple[int, int] = (0, 0)
+
+
+def split(amount: float, weights: Mapping[str, int], elsewhere: tuple[int, int] = (0, 0)) -> dict[str, float]:
+    """The keys' part of `amount`, shared in proportion to their weights with `elsewhere` (its total weight and
+    count); equally when every weight is 0."""
     if not weights:
         return {}
-    total = sum(weights.values())
+    total = sum(weights.values()) + elsewhere[0]
     if total <= 0:
-        return {key: amount / len(weights) for key in weights}
+        return {key: amount / (len(weights) + elsewhere[1]) for key in weights}
     return {key: amount * weight / total for key, weight in weights.items()}
 
 
-def allocate(pricing: Pricing, holdings: Sequence[Holding]) -> dict[str, dict[str, float]]:
+def allocate(pricing: Pricing, holdings: Sequence[Holding],
+             elsewhere: Elsewhere | None = None) -> dict[str, dict[str, float]]:
     """tenant id -> fixed component -> its monthly amount."""
+    elsewhere = elsewhere or Elsewhere()
     shares: dict[str, dict[str, float]] = {h.tenant_id: dict.fromkeys(FIXED_COMPONENTS, 0.0) for h in holdings}
     by_index: dict[str, dict[str, int]] = {}
     for holding in holdings:
@@ -143,19 +155,37 @@ def allocate(pricing: Pricing, holdings: Sequence[Holding]) -> dict[str, dict[st
             shares[holding.tenant_id]["dedicatedIndex"] = pricing.dedicated_index
         if holding.dedicated_database:
             shares[holding.tenant_id]["dedicatedDatabase"] = pricing.dedicated_database
-    for tenants in by_index.values():
-        for tenant_id, amount in split(pricing.shared_index, tenants).items():
+    for index, tenants in by_index.items():
+        for tenant_id, amount in split(pricing.shared_index, tenants, elsewhere.by_index.get(index, (0, 0))).items():
             shares[tenant_id]["sharedIndex"] = amount
     everyone = {h.tenant_id: h.storage_bytes for h in holdings}
-    for tenant_id, amount in split(pricing.shared_infrastructure, everyone).items():
+    for tenant_id, amount in split(pricing.shared_infrastructure, everyone, elsewhere.everyone).items():
         shares[tenant_id]["sharedInfrastructure"] = amount
     return shares
 
 
-def class_fixed_monthly(pricing: Pricing, shared_indexes: int, holdings: Sequence[Holding]) -> float:
-    return (pricing.shared_index * shared_indexes + pricing.shared_infrastructure
-            + pricing.dedicated_index * sum(h.dedicated_index for h in holdings)
-            + pricing.dedicated_database * sum(h.dedicated_database for h in holdings))
+def weights(holdings: Sequence[Holding]) -> dict[str, Any]:
+    """What `Elsewhere` needs of these holdings, as a shard reports it: storage bytes and tenants, in all and
+    per shared index."""
+    by_index: dict[str, list[int]] = {}
+    for held in holdings:
+        if held.shared_index:
+            entry = by_index.setdefault(held.shared_index, [0, 0])
+            entry[0] += held.storage_bytes
+            entry[1] += 1
+    return {"storageBytes": sum(h.storage_bytes for h in holdings), "tenants": len(holdings), "byIndex": by_index}
+
+
+def elsewhere_of(reported: Sequence[Mapping[str, Any]]) -> Elsewhere:
+    """The sum of other shards' `weights`."""
+    by_index: dict[str, tuple[int, int]] = {}
+    total = count = 0
+    for part in reported:
+        total, count = total + int(part.get("storageBytes", 0)), count + int(part.get("tenants", 0))
+        for index, (size, tenants) in (part.get("byIndex") or {}).items():
+            before = by_index.get(index, (0, 0))
+            by_index[index] = (before[0] + int(size), before[1] + int(tenants))
+    return Elsewhere(by_index=by_index, everyone=(total, count))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -313,14 +343,38 @@ def unpriced(status: Mapping[str, Any]) -> Priced:
 def class_summary(pricing: Pricing, measured: Sequence[tuple[Holding, Mapping[str, Any] | None]],
                   shared_indexes: int, now: datetime.datetime) -> dict[str, Any]:
     """StoreClass status.cost: the class's costs, of which the tenants' figures are the allocated part."""
+    return summarize(pricing, [allocation(measured, now)], shared_indexes, now)
+
+
+def allocation(measured: Sequence[tuple[Holding, Mapping[str, Any] | None]], now: datetime.datetime) -> dict[str, Any]:
+    """Some tenants' part of their class's cost (one shard's, when a class's tenants are split over replicas)."""
     month = month_of(now)
     current = [figures for _, figures in measured if figures and figures.get("month") == month]
-    fixed_monthly = class_fixed_monthly(pricing, shared_indexes, [held for held, _ in measured])
-    unallocated = max(fixed_monthly - sum(float(f.get("fixedMonthly", 0)) for f in current), 0.0)
+    as_of = max((parse_time((f.get("meter") or {}).get("measuredAt")) or now for f in current), default=None)
+    return {"month": month, "tenants": len(current),
+            "dedicatedIndexes": sum(held.dedicated_index for held, _ in measured),
+            "dedicatedDatabases": sum(held.dedicated_database for held, _ in measured),
+            "allocatedFixedMonthly": sum(float(f.get("fixedMonthly", 0)) for f in current),
+            "monthToDate": sum(float(f["monthToDate"]) for f in current),
+            "projected": sum(float(f["projected"]) for f in current),
+            "asOf": format_time(as_of) if as_of is not None else None}
+
+
+def summarize(pricing: Pricing, parts: Sequence[Mapping[str, Any]], shared_indexes: int,
+              now: datetime.datetime) -> dict[str, Any]:
+    """The class's cost from its tenants' parts: what no tenant carries (empty shared indexes, the part of the
+    shared infrastructure not allocated) is the class's unallocated cost."""
+    month = month_of(now)
+    fixed_monthly = (pricing.shared_index * shared_indexes + pricing.shared_infrastructure
+                     + pricing.dedicated_index * sum(int(part["dedicatedIndexes"]) for part in parts)
+                     + pricing.dedicated_database * sum(int(part["dedicatedDatabases"]) for part in parts))
+    current = [part for part in parts if part.get("month") == month]
+    unallocated = max(fixed_monthly - sum(float(part["allocatedFixedMonthly"]) for part in current), 0.0)
     # As of the tenants' last cost update, so the class's figures move only when theirs do.
-    as_of = max((parse_time((f.get("meter") or {}).get("measuredAt")) or now for f in current), default=now)
+    as_of = max((parse_time(part.get("asOf")) for part in current if part.get("asOf")), default=now) or now
     return {"currency": pricing.currency, "month": month, "asOf": format_time(as_of),
-            "monthToDate": money(sum(float(f["monthToDate"]) for f in current) + unallocated * month_fraction(as_of)),
-            "projected": money(sum(float(f["projected"]) for f in current) + unallocated),
+            "monthToDate": money(sum(float(part["monthToDate"]) for part in current)
+                                 + unallocated * month_fraction(as_of)),
+            "projected": money(sum(float(part["projected"]) for part in current) + unallocated),
             "fixedMonthly": money(fixed_monthly), "unallocatedMonthly": money(unallocated),
-            "tenants": len(current)}
+            "tenants": sum(int(part["tenants"]) for part in current)}

@@ -109,7 +109,8 @@ class Sample(NamedTuple):
 
 async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, Any]], registry: BackendRegistry,
                         statuses: TenantStatuses, secrets: Secrets, now: str,
-                        cost_interval: float = 900.0) -> list[Measured]:
+                        cost_interval: float = 900.0, elsewhere: cost.Elsewhere | None = None) -> list[Measured]:
+    """`elsewhere`: the class's tenants measured by other replicas (sharding), with whom shared costs are split."""
     parsed = []
     for body in provisioned_tenants(tenants):
         try:
@@ -134,7 +135,7 @@ async def measure_class(store_class: StoreClass, tenants: Sequence[Mapping[str, 
                       relational_storage_bytes=rel.storage_bytes)
         measured.append(Sample(body, spec, store, placement, usage, holding(store, placement, usage), rel.queries))
     pricing = store_class.pricing
-    shares = cost.allocate(pricing, [sample.holding for sample in measured]) if pricing else {}
+    shares = cost.allocate(pricing, [sample.holding for sample in measured], elsewhere) if pricing else {}
     moment = cost.parse_time(now) or datetime.datetime.now(datetime.timezone.utc)
 
     results = []

@@ -17,14 +17,14 @@ from typing import Any, ParamSpec, TypeVar
 import kopf
 
 from tenantstore import (audit, conditions, cost, events, exports, fleet, kopf_fixes, kube, metrics, reconcile, redaction,
-                         retention, settings, slo, tracing, verify)
+                         retention, settings, shard_reports, sharding, slo, tracing, verify)
 from tenantstore.errors import IsolationBroken, ReconcileError
 from tenantstore.api import (CREDENTIAL_LABEL, DATA_LOSS_ACKNOWLEDGED_ANNOTATION, FINALIZER, GROUP, MANAGED_BY,
                              MANAGED_BY_LABEL, VERSION, ConditionType, ExportPhase, Phase, Reason)
 from tenantstore.models import DriftPolicy, InvalidResource, StoreClass
 from tenantstore.reconcile import ClaimRef, Outcome
 from tenantstore.registry import BackendRegistry
-from tenantstore.storeclass import check_store_class, pool_status
+from tenantstore.storeclass import blocked_by_vector_quota, check_store_class, pool_status
 
 logger = logging.getLogger(__name__)
 
@@ -60,6 +60,29 @@ def redacted_errors(handler: Callable[Params, Awaitable[Result]]) -> Callable[Pa
     return run
 
 
+def ends_with_its_timer(handler: Callable[..., Awaitable[None]]) -> Callable[..., Awaitable[None]]:
+    """A timer's pass is cancelled when Kopf stops the timer (the operator stopping, the class deleted), instead
+    of going on orphaned: with --shards a Kopf run ends whenever its shards change, and nothing of it may go on
+    working on tenants given back, nor read the backends closed by the run's cleanup as an outage."""
+    @functools.wraps(handler)
+    async def run(*args: Any, stopped: kopf.DaemonStopped | None = None, **kwargs: Any) -> None:
+        if stopped is None:  # called as a plain handler (create, update, resume), not as a timer
+            return await handler(*args, **kwargs)
+        work = asyncio.ensure_future(handler(*args, stopped=stopped, **kwargs))
+        stopping = asyncio.ensure_future(stopped.wait())
+        try:
+            await asyncio.wait({work, stopping}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            stopping.cancel()
+            if not work.done():
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+        if not work.cancelled():
+            work.result()
+    return run
+
+
 @kopf.on.startup()
 async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) -> None:
     settings.persistence.finalizer = FINALIZER
@@ -69,6 +92,8 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     settings.watching.server_timeout = 300
     # A deleted StoreClass waits for its running timers to finish; Kopf checks on them every minute by default.
     settings.background.cancellation_polling = 1.0
+    # How long a stopping operator waits for a timer's pass to end (they end at once: `ends_with_its_timer`).
+    settings.background.instant_exit_timeout = 10.0
     redaction.install_log_filter()  # again here, for operators not started by `tenantstore run`
     memo.api = await kube.api_client()
     memo.secrets = kube.Secrets(memo.api)
@@ -84,6 +109,9 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.canary_turns = collections.Counter()
     memo.probe_passes = {}  # StoreClass name -> slo.ProbePass (where its search probes go on from)
     memo.tenant_locks = collections.defaultdict(asyncio.Lock)  # one reconcile at a time per tenant (by uid)
+    # The shards this run holds (all of them without --shards): Kopf only shows it their objects.
+    memo.shards = sharding.current_view()
+    metrics.SERIES.forget_tenants()  # a previous run in this process may have held other shards
 
 
 @kopf.on.cleanup()
@@ -178,7 +206,7 @@ async def _reconcile(memo: kopf.Memo, body: Mapping[str, Any], classes: Mapping[
                      tenant_id_index: kopf.Index[str, ClaimRef], operation: str, check_credentials: bool) -> Outcome:
     uid = body["metadata"]["uid"]
     others = [ref for ref in tenant_id_index.get((body.get("spec") or {}).get("tenantId", ""), ()) if ref.uid != uid]
-    async with memo.reconciles:  # the wait for a turn is not part of the reconcile's span and duration
+    async with memo.reconciles, shard_logged(memo, body, "reconcile"):  # the wait is not part of the reconcile
         with tracing.lifecycle(operation, body) as span:
             outcome = await reconcile.reconcile_tenant(body, classes, others, memo.backends, memo.secrets,
                                                        report=status_reporter(memo, body), namespaces=memo.namespaces,
@@ -188,6 +216,22 @@ async def _reconcile(memo: kopf.Memo, body: Mapping[str, Any], classes: Mapping[
                 span.set_status(tracing.Status(tracing.StatusCode.ERROR, outcome.warning.reason))
             outcome.trace_id = audit.current_trace_id()
     return outcome
+
+
+@contextlib.asynccontextmanager
+async def shard_logged(memo: kopf.Memo, body: Mapping[str, Any], work: str) -> AsyncIterator[None]:
+    """With --shards: which replica worked on which tenant, and when (the record that no two did at once)."""
+    view: sharding.ShardView = memo.shards
+    if not view.sharded:
+        yield
+        return
+    what = f"{work} of {body['metadata'].get('namespace')}/{body['metadata']['name']}"
+    shard = view.shard_of_tenant(body)
+    logger.info("shard %d: %s began on %s", shard, what, view.identity)
+    try:
+        yield
+    finally:
+        logger.info("shard %d: %s ended on %s", shard, what, view.identity)
 
 
 @contextlib.asynccontextmanager
@@ -237,7 +281,7 @@ async def delete_tenantstore(body: kopf.Body, patch: kopf.Patch, memo: kopf.Memo
     if await final_export_pending(body, patch, memo):
         return
     try:
-        async with memo.tenant_locks[body["metadata"]["uid"]], memo.reconciles:
+        async with memo.tenant_locks[body["metadata"]["uid"]], memo.reconciles, shard_logged(memo, body, "teardown"):
             with tracing.lifecycle(tracing.DELETE, body):
                 outcome = await reconcile.teardown_tenant(body, latest_classes(store_class_index), memo.backends,
                                                           memo.secrets)
@@ -321,15 +365,19 @@ async def export_tenantstore(body: kopf.Body, status: kopf.Status, patch: kopf.P
 @kopf.on.create(*STORECLASSES)
 @kopf.on.update(*STORECLASSES)
 @kopf.timer(*STORECLASSES, interval=SETTINGS.storeclass_check_interval, initial_delay=SETTINGS.storeclass_check_interval)
+@ends_with_its_timer
 @redacted_errors
 async def check_storeclass(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
                            **_: Any) -> None:
     """Ready when the class's Postgres is reachable and meets the prerequisites (the README lists them)."""
+    if not memo.shards.coordinator:
+        return  # the class's own conditions have one writer: the holder of shard 0
     new_status = await check_store_class(body, status, memo.backends)
     patch.status.update(conditions.status_changes(status, new_status))
 
 
 @kopf.timer(*STORECLASSES, interval=SETTINGS.usage_interval, initial_delay=1.0, backoff=SETTINGS.usage_interval)
+@ends_with_its_timer
 @redacted_errors
 async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
                           stopped: kopf.DaemonStopped, store_class_index: kopf.Index[str, Any],
@@ -355,20 +403,33 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
             async with current_tenant(memo, tenant) as fresh:
                 if fresh is not None:
                     await record(memo, fresh, await reconcile_through(memo, fresh, classes, tenant_id_index, held=True))
+    view: sharding.ShardView = memo.shards
     try:
         now = conditions.now_rfc3339()
+        moment = cost.parse_time(now)
         measured = await fleet.measure_class(store_class, tenants, memo.backends, memo.statuses, memo.secrets, now,
-                                             SETTINGS.cost_interval)
-        pool, flipped = await pool_status(store_class, status, memo.backends, waiting)
-        if store_class.pricing is not None:
-            pool["cost"] = cost.class_summary(store_class.pricing, [(m.holding, m.cost) for m in measured if m.holding],
-                                              len(pool["sharedIndexes"]), cost.parse_time(now))
-        elif (status or {}).get("cost"):
-            pool["cost"] = None  # the class no longer has pricing: no figures left standing
+                                             SETTINGS.cost_interval,
+                                             shard_reports.elsewhere(view, status) if view.sharded else None)
+        priced = [(m.body, m.holding, m.cost) for m in measured if m.holding] if store_class.pricing else None
+        if view.sharded:
+            parts = shard_reports.usage_parts(view, waiting, priced, moment)
+            patch.status.update(shard_reports.status_changes(view, status, parts))
+            folded = shard_reports.current(view, status, parts)
+            blocked, cost_parts = shard_reports.quota_blocked(folded), shard_reports.cost_parts(folded)
+        else:
+            found = blocked_by_vector_quota(waiting)
+            blocked, cost_parts = (len(found), found), [cost.allocation([(h, c) for _, h, c in priced or ()], moment)]
+        flipped = []
+        if view.coordinator:  # the class's own figures: one writer
+            pool, flipped = await pool_status(store_class, status, memo.backends, blocked)
+            if store_class.pricing is not None:
+                pool["cost"] = cost.summarize(store_class.pricing, cost_parts, len(pool["sharedIndexes"]), moment)
+            elif (status or {}).get("cost"):
+                pool["cost"] = None  # the class no longer has pricing: no figures left standing
+            patch.status.update(conditions.status_changes(status, pool))
     except ReconcileError as error:
         events.warn(body, reason=error.reason, message=f"usage not measured: {error}")
         return
-    patch.status.update(conditions.status_changes(status, pool))
     for condition in flipped:
         (events.warn if condition.status else events.info)(body, reason=condition.reason, message=condition.message)
     for result in measured:
@@ -377,6 +438,7 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
 
 @kopf.timer(*STORECLASSES, interval=SETTINGS.verify_interval, initial_delay=SETTINGS.verify_interval / 2,
             backoff=SETTINGS.verify_interval)
+@ends_with_its_timer
 async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
                          stopped: kopf.DaemonStopped, store_class_index: kopf.Index[str, Any],
                          tenant_id_index: kopf.Index[str, ClaimRef],
@@ -417,10 +479,17 @@ async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, patch:
                 if fresh is not None:
                     await record(memo, fresh, await reconcile_through(memo, fresh, classes, tenant_id_index,
                                                                       held=True))
+    found = [str(tenant.isolation) for tenant in broken]
+    view: sharding.ShardView = memo.shards
+    if view.sharded:
+        parts = shard_reports.isolation_parts(view, [(t.body, str(t.isolation)) for t in broken])
+        patch.status.update(shard_reports.status_changes(view, status, parts))
+        if not view.coordinator:
+            return
+        found = shard_reports.isolation_broken(shard_reports.current(view, status, parts))
     isolation = conditions.Condition(
-        ConditionType.ISOLATION_BROKEN, bool(broken), Reason.ISOLATION_BROKEN if broken else Reason.ISOLATED,
-        "; ".join(str(t.isolation) for t in broken)
-        or "the isolation canary saw only the probing tenant's rows in every shared index")
+        ConditionType.ISOLATION_BROKEN, bool(found), Reason.ISOLATION_BROKEN if found else Reason.ISOLATED,
+        "; ".join(found) or "the isolation canary saw only the probing tenant's rows in every shared index")
     updates = [isolation]
     ready = conditions.find(status.get("conditions"), ConditionType.READY) or {}
     if ready.get("reason") in (Reason.BACKEND_UNAVAILABLE, Reason.STORE_CLASS_INVALID) \
@@ -485,8 +554,9 @@ async def report_outage(memo: kopf.Memo, body: Mapping[str, Any], status: Mappin
     """The class's backends do not answer: the class and its Ready tenants say so (tenants keep their phase)."""
     generation = body.get("metadata", {}).get("generation", 0)
     down = conditions.Condition(ConditionType.READY, False, outage.reason, str(outage))
-    patch.status.update(conditions.status_changes(status, {"conditions": conditions.merge_conditions(
-        status.get("conditions"), [down], generation)}))
+    if memo.shards.coordinator:  # the class's own conditions have one writer
+        patch.status.update(conditions.status_changes(status, {"conditions": conditions.merge_conditions(
+            status.get("conditions"), [down], generation)}))
     for seen in verify.verifiable(tenants):
         tenant = await read_again(memo, seen)  # as it is now: a reconcile may have changed it since the pass began
         ready = conditions.find(((tenant or {}).get("status") or {}).get("conditions"), ConditionType.READY) or {}
@@ -506,6 +576,7 @@ async def read_again(memo: kopf.Memo, seen: Mapping[str, Any]) -> dict[str, Any]
 
 @kopf.timer(*STORECLASSES, interval=SETTINGS.retention_interval, initial_delay=SETTINGS.retention_interval / 2,
             backoff=SETTINGS.retention_interval)
+@ends_with_its_timer
 @redacted_errors
 async def expire_vectors(name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped,
                          store_class_index: kopf.Index[str, Any], tenants_by_class: kopf.Index[str, dict[str, Any]],
@@ -539,6 +610,7 @@ def store_class_has_retention(store_class: StoreClass, tenants_by_class: kopf.In
 
 @kopf.timer(*STORECLASSES, interval=SETTINGS.probe_interval, initial_delay=SETTINGS.probe_interval / 2,
             backoff=SETTINGS.probe_interval)
+@ends_with_its_timer
 @redacted_errors
 async def probe_search_latency(name: str, memo: kopf.Memo, stopped: kopf.DaemonStopped,
                                store_class_index: kopf.Index[str, Any],

@@ -94,6 +94,12 @@ class LeaseLock:
     def holding(self) -> bool:
         return self._acquire_time is not None
 
+    def observe(self, version: str | None) -> None:
+        """The Lease's resourceVersion as read elsewhere (a listing): a record that stopped changing is then timed
+        from when it was first seen, not from this candidate's first attempt."""
+        if version is not None and version != self._observed_version:
+            self._observed_version, self._observed_at = version, time.monotonic()
+
     async def try_acquire_or_renew(self) -> bool:
         try:
             return await self._try_acquire_or_renew()

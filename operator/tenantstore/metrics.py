@@ -143,6 +143,14 @@ class TenantSeries(Collector):
             else:
                 self._tenants[key] = TenantSnapshot.from_body(body)
 
+    def forget_tenants(self) -> None:
+        """Drop every tenant's series (a new operator run observes its own tenants again)."""
+        with self._lock:
+            for gone in self._tenants.values():
+                with contextlib.suppress(KeyError):
+                    SEARCH_LATENCY.remove(*gone.labels)
+            self._tenants.clear()
+
     def observe_store_class(self, body: Mapping[str, Any], deleted: bool = False) -> None:
         name = body["metadata"]["name"]
         pool = [SharedIndexSnapshot(name, row.get("name", ""), int(row.get("tenants", 0)), int(row.get("capacity", 0)))

@@ -10,7 +10,8 @@ import contextlib
 import json
 import signal
 import urllib.parse
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
 
 import aiohttp.web
 
@@ -21,19 +22,22 @@ from tenantstore.leader import ElectionConfig, LeaseLock, RunOperator, acquire, 
 class StandbyHealth:
     """The liveness endpoint while standing by: 200 and who we are, so probes pass on the standby."""
 
-    def __init__(self, endpoint: str, identity: str):
+    def __init__(self, endpoint: str, identity: str, state: Mapping[str, Any] | None = None):
         parts = urllib.parse.urlsplit(endpoint)
         if parts.scheme != "http":
             raise ValueError(f"unsupported liveness endpoint {endpoint!r}: only http:// is served")
         self.host, self.port, self.path = parts.hostname or "localhost", parts.port or 80, parts.path or "/"
         self.identity = identity
+        self.state = dict(state) if state is not None else {"leader": False}
         self._runner: aiohttp.web.AppRunner | None = None
 
     async def _health(self, request: aiohttp.web.Request) -> aiohttp.web.Response:
-        return aiohttp.web.Response(text=json.dumps({"leader": False, "identity": self.identity}),
+        return aiohttp.web.Response(text=json.dumps({**self.state, "identity": self.identity}),
                                     content_type="application/json")
 
     async def start(self) -> None:
+        if self._runner is not None:
+            return
         app = aiohttp.web.Application()
         app.add_routes([aiohttp.web.get(self.path, self._health)])
         self._runner = aiohttp.web.AppRunner(app, handle_signals=False, shutdown_timeout=1.0)

@@ -37,8 +37,10 @@ async def check_store_class(body: Mapping[str, Any], status: Mapping[str, Any] |
 
 
 async def pool_status(store_class: StoreClass, status: Mapping[str, Any] | None, registry: BackendRegistry,
-                      tenants: Sequence[Mapping[str, Any]]) -> tuple[dict[str, Any], list[Condition]]:
-    """status.sharedIndexes, the near-capacity and vector-quota conditions; the conditions that flipped."""
+                      quota_blocked: tuple[int, Sequence[str]]) -> tuple[dict[str, Any], list[Condition]]:
+    """status.sharedIndexes, the near-capacity and vector-quota conditions; the conditions that flipped.
+
+    `quota_blocked`: how many tenants a vector plan limit blocks, and some of their names."""
     backends = await registry.for_class(store_class)
     pool = await backends.vector.shared_pool()
     capacity = store_class.shared_index_capacity
@@ -52,24 +54,28 @@ async def pool_status(store_class: StoreClass, status: Mapping[str, Any] | None,
         condition = Condition(ConditionType.SHARED_INDEXES_NEAR_CAPACITY, False, "BelowAlertThreshold",
                               f"every shared index is under {store_class.shared_index_alert_threshold:.0%} of capacity")
     current = (status or {}).get("conditions")
-    updates = [condition, vector_quota_condition(tenants)]
+    updates = [condition, vector_quota_condition(*quota_blocked)]
     flipped = [update for update in updates if flips(current, update)]
     merged = conditions.merge_conditions(current, updates, store_class.generation)
     return ({"sharedIndexes": [index.to_status(capacity) for index in pool], "conditions": merged,
              "tenants": sum(index.tenants for index in pool)}, flipped)
 
 
-def vector_quota_condition(tenants: Sequence[Mapping[str, Any]]) -> Condition:
+def blocked_by_vector_quota(tenants: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The tenants (namespace/name) that the vector service's plan limits keep from being provisioned."""
+    return sorted(f"{t['metadata'].get('namespace')}/{t['metadata']['name']}" for t in tenants
+                  if (conditions.find((t.get("status") or {}).get("conditions"), ConditionType.READY) or {}).get("reason")
+                  == VectorQuotaExceeded.reason)
+
+
+def vector_quota_condition(blocked: int, examples: Sequence[str]) -> Condition:
     """True while the vector service's plan limits keep some of the class's tenants from being provisioned."""
-    blocked = [f"{t['metadata'].get('namespace')}/{t['metadata']['name']}" for t in tenants
-               if (conditions.find((t.get("status") or {}).get("conditions"), ConditionType.READY) or {}).get("reason")
-               == VectorQuotaExceeded.reason]
     if not blocked:
         return Condition(ConditionType.VECTOR_QUOTA_EXCEEDED, False, "WithinPlanLimits",
                          "no tenant is waiting for a plan limit")
     return Condition(ConditionType.VECTOR_QUOTA_EXCEEDED, True, VectorQuotaExceeded.reason,
-                     f"the vector service refuses new indexes or namespaces (plan limit) for {len(blocked)} "
-                     f"tenant(s): {', '.join(sorted(blocked)[:5])}")
+                     f"the vector service refuses new indexes or namespaces (plan limit) for {blocked} "
+                     f"tenant(s): {', '.join(sorted(examples)[:5])}")
 
 
 def flips(current: Sequence[Mapping[str, Any]] | None, update: Condition) -> bool:

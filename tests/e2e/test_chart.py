@@ -137,6 +137,18 @@ def test_template_renders_hardened_objects(helm: Helm) -> None:
          "verbs": ["get", "update"]}]
 
 
+def test_template_with_shards_makes_every_replica_active(helm: Helm) -> None:
+    docs = helm.template("shards=8", "replicaCount=3", "leaderElection.enabled=false")
+    args = operator_container(docs)["args"]
+    assert "--shards=8" in args and "--leader-elect" not in args
+    assert {"--leader-elect-namespace=$(POD_NAMESPACE)", "--leader-elect-lease=tenantstore-operator",
+            "--lease-duration=15"} <= set(args)
+    assert only(docs, "Deployment")["spec"]["replicas"] == 3
+    # Member Leases are named after each replica, so no resourceNames; listing them is how replicas see each other.
+    assert only(docs, "Role")["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                                            "verbs": ["create", "delete", "get", "list", "update"]}]
+
+
 def test_template_with_every_option(helm: Helm) -> None:
     docs = helm.template(*ALL_OPTIONS)
     kinds = [doc["kind"] for doc in docs]
@@ -171,6 +183,7 @@ def test_template_with_every_option(helm: Helm) -> None:
     ("watchNamespaces[0]=Not_A_Namespace", "at '/watchNamespaces/0'"),
     ("metrics.port=70000", "at '/metrics/port': maximum"),
     ("leaderElection.enabled=false", "replicaCount > 1 needs leaderElection.enabled=true"),
+    ("shards=-1", "at '/shards': minimum"),
     ("leaderElection.renewDeadline=30", "leaseDuration > renewDeadline > retryPeriod"),
     ("health.port=9090", "health.port and metrics.port must differ"),
 ])

@@ -61,8 +61,8 @@ app.kubernetes.io/part-of: tenantstore
 
 {{/* Cross-field rules the JSON schema cannot word clearly: fail with a message that says what to change. */}}
 {{- define "tenantstore.validate" -}}
-{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) }}
-{{- fail "replicaCount > 1 needs leaderElection.enabled=true: two active replicas would reconcile the same TenantStores" }}
+{{- if and (gt (int .Values.replicaCount) 1) (not .Values.leaderElection.enabled) (not (gt (int .Values.shards) 0)) }}
+{{- fail "replicaCount > 1 needs leaderElection.enabled=true (active/standby) or shards > 0 (active replicas that split the TenantStores): two active replicas would otherwise reconcile the same TenantStores" }}
 {{- end }}
 {{- with .Values.leaderElection }}
 {{- if not (and (gt (float64 .leaseDuration) (float64 .renewDeadline)) (gt (float64 .renewDeadline) (float64 .retryPeriod))) }}

@@ -342,7 +342,9 @@ class PgvectorStore:
                     SELECT c.relname, pg_total_relation_size(c.oid) AS bytes FROM pg_class c
                       JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = ANY(%s)""",
                     (SHARED_SCHEMA, [partition_name(store) for store, _ in shared]))
-                sizes = {row["relname"]: int(row["bytes"]) for row in await cursor.fetchall()}
+                # NULL: dropped (a teardown) between the catalog read and the size: gone, so no figure.
+                sizes = {row["relname"]: int(row["bytes"]) for row in await cursor.fetchall()
+                         if row["bytes"] is not None}
                 for store, placement in shared:
                     # A partition that is gone has no figure (not 0): the verification pass must still see
                     # how many documents went with it.

@@ -763,7 +763,7 @@ class PostgresRelationalStore:
             for login, count in by_login.items():  # a tenant's connections are its credentials' too
                 connections[logins.get(login, login)] += int(count)
             schema_bytes = await self._rows_by(conn, """
-                SELECT n.nspname AS key, sum(pg_total_relation_size(c.oid)) AS value
+                SELECT n.nspname AS key, coalesce(sum(pg_total_relation_size(c.oid)), 0) AS value
                   FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                  WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'm') GROUP BY n.nspname""", list(schemas))
             database_bytes = await self._rows_by(conn, "SELECT datname AS key, pg_database_size(datname) AS value "

@@ -1,0 +1,104 @@
+"""A StoreClass's status when its tenants are split over shards (`tenantstore run --shards N`).
+
+Each replica measures and verifies only its own tenants, so none alone knows a class's tenant-wide figures.
+The holder of each shard writes that shard's part under the class's status.shards.<n> (a merge patch of its
+own key: replicas never overwrite one another's parts), and the coordinator (the holder of shard 0) folds
+every shard's part into the class's conditions and cost, as one replica would compute them from all tenants.
+A part is as fresh as its holder's last pass; a shard that changes hands is reported by its new holder's
+next pass.
+"""
+from __future__ import annotations
+
+import datetime
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from tenantstore import cost
+from tenantstore.sharding import ShardView
+from tenantstore.storeclass import blocked_by_vector_quota
+
+EXAMPLES = 5  # tenants named per part and per condition; the counts are whole
+
+
+def by_shard(view: ShardView, bodies: Iterable[Mapping[str, Any]]) -> dict[int, list[Mapping[str, Any]]]:
+    groups: dict[int, list[Mapping[str, Any]]] = {shard: [] for shard in view.owned}
+    for body in bodies:
+        groups.setdefault(view.shard_of_tenant(body), []).append(body)
+    return groups
+
+
+def usage_parts(view: ShardView, waiting: Sequence[Mapping[str, Any]],
+                costs: Sequence[tuple[Mapping[str, Any], cost.Holding, Mapping[str, Any] | None]] | None,
+                now: datetime.datetime) -> dict[int, dict[str, Any]]:
+    """Per held shard: its tenants, those a vector plan limit blocks, and (priced classes) its part of the cost."""
+    parts = {}
+    cost_groups: dict[int, list[tuple[cost.Holding, Mapping[str, Any] | None]]] = {shard: [] for shard in view.owned}
+    for body, holding, figures in costs or ():
+        cost_groups.setdefault(view.shard_of_tenant(body), []).append((holding, figures))
+    for shard, tenants in by_shard(view, waiting).items():
+        if shard not in view.owned:
+            continue
+        blocked = blocked_by_vector_quota(tenants)
+        parts[shard] = {"holder": view.identity, "tenants": len(tenants),
+                        "vectorQuotaBlocked": len(blocked), "vectorQuotaBlockedExamples": blocked[:EXAMPLES]}
+        if costs is not None:
+            group = cost_groups.get(shard, [])
+            parts[shard]["cost"] = cost.allocation(group, now)
+            parts[shard]["storage"] = cost.weights([holding for holding, _ in group])
+    return parts
+
+
+def elsewhere(view: ShardView, status: Mapping[str, Any] | None) -> cost.Elsewhere:
+    """The other shards' tenants, as last reported: with whom this replica's tenants share the class's costs."""
+    parts = current(view, status, {})
+    return cost.elsewhere_of([part["storage"] for shard, part in parts.items()
+                              if shard not in view.owned and isinstance(part.get("storage"), Mapping)])
+
+
+def isolation_parts(view: ShardView, broken: Sequence[tuple[Mapping[str, Any], str]]) -> dict[int, dict[str, Any]]:
+    """Per held shard: what its tenants' isolation canaries found broken (empty: nothing)."""
+    found: dict[int, list[str]] = {shard: [] for shard in view.owned}
+    for body, message in broken:
+        found.setdefault(view.shard_of_tenant(body), []).append(message)
+    return {shard: {"holder": view.identity, "isolationBroken": messages[:EXAMPLES]}
+            for shard, messages in found.items() if shard in view.owned}
+
+
+def current(view: ShardView, status: Mapping[str, Any] | None,
+            fresh: Mapping[int, Mapping[str, Any]]) -> dict[int, dict[str, Any]]:
+    """Every shard's part as the coordinator folds it: as reported, with this replica's fresh parts over its own."""
+    reported = ((status or {}).get("shards") or {})
+    parts = {int(key): dict(part) for key, part in reported.items()
+             if key.isdigit() and int(key) < view.shards and isinstance(part, Mapping)}
+    for shard, part in fresh.items():
+        parts[shard] = {**parts.get(shard, {}), **part}
+    return parts
+
+
+def status_changes(view: ShardView, status: Mapping[str, Any] | None,
+                   fresh: Mapping[int, Mapping[str, Any]]) -> dict[str, Any]:
+    """The merge patch of status.shards: the held shards' parts that changed, and (coordinator) the parts of
+    shards that no longer exist (fewer shards than before)."""
+    reported = ((status or {}).get("shards") or {})
+    changes: dict[str, Any] = {}
+    for shard, part in fresh.items():
+        before = reported.get(str(shard)) or {}
+        if any(before.get(key) != value for key, value in part.items()):
+            changes[str(shard)] = dict(part)
+    if view.coordinator:
+        changes.update({key: None for key in reported if not key.isdigit() or int(key) >= view.shards})
+    return {"shards": changes} if changes else {}
+
+
+def quota_blocked(parts: Mapping[int, Mapping[str, Any]]) -> tuple[int, list[str]]:
+    count = sum(int(part.get("vectorQuotaBlocked") or 0) for part in parts.values())
+    examples = sorted(name for part in parts.values() for name in part.get("vectorQuotaBlockedExamples") or ())
+    return count, examples[:EXAMPLES]
+
+
+def isolation_broken(parts: Mapping[int, Mapping[str, Any]]) -> list[str]:
+    return [message for _, part in sorted(parts.items()) for message in part.get("isolationBroken") or ()]
+
+
+def cost_parts(parts: Mapping[int, Mapping[str, Any]]) -> list[Mapping[str, Any]]:
+    return [part["cost"] for _, part in sorted(parts.items()) if isinstance(part.get("cost"), Mapping)]
