@@ -95,10 +95,10 @@ bench-probe: N = 1000
 bench-probe: install
 	$(BIN)/python -m bench.search_probe --n $(N)
 
-# Provisioning by several active replicas (`--shards`): N TenantStores (default 1000) by 1, then 3 replicas of
-# 12 shards (REPLICAS=1,2,4 to change). Prints a table; results in bench/results/sharding-N.json.
+# Provisioning by several active replicas (`--shards`): N TenantStores (default 1000) by one operator without
+# shards, then by 1 and 3 replicas of 12 shards (REPLICAS=0,2,4 to change). Results in bench/results/.
 bench-shards: N = 1000
-bench-shards: REPLICAS = 1,3
+bench-shards: REPLICAS = 0,1,3
 bench-shards: controlplane
 	$(BIN)/python -m bench.sharding --n $(N) --replicas $(REPLICAS)
 

@@ -4,7 +4,7 @@ their own, N TenantStores created at once (32 in flight, by bench/floor.py as th
 then deleted until nothing of them is left. Per run: all Ready, time-to-Ready percentiles, each replica's CPU,
 peak RSS and the tenants it reconciled, and the CPU of the API server, etcd and Postgres.
 
-    python -m bench.sharding --n 1000 --replicas 1,3 --shards 12
+    python -m bench.sharding --n 1000 --replicas 0,1,3 --shards 12   (0: one operator without --shards)
 
 Results in bench/results/sharding-N.json.
 """
@@ -32,8 +32,11 @@ RECONCILED = re.compile(r"shard \d+: reconcile of \S+ ended on (?P<replica>\S+)"
 
 def replica_args(namespace: str, shards: int) -> list[str]:
     # No verification pass during provisioning, as in bench/provisioning.py's first operator process.
+    quiet = ["--verify-interval", "86400"]
+    if not shards:  # the baseline: one operator, no sharding
+        return [*quiet, "--namespace", namespace]
     return ["--shards", str(shards), "--leader-elect-namespace", namespace, "--leader-elect-lease", LEASE,
-            "--lease-duration", "15", "--renew-deadline", "10", "--retry-period", "1", "--verify-interval", "86400"]
+            "--lease-duration", "15", "--renew-deadline", "10", "--retry-period", "1", *quiet]
 
 
 def held_leases(env: kit.BenchEnvironment, namespace: str) -> dict[str, str]:
@@ -48,13 +51,14 @@ async def one_run(env: kit.BenchEnvironment, n: int, replicas: int, args: argpar
     prefix = f"bs{replicas}"
     env.between_runs()
     env.namespace(namespace)
+    shards = args.shards if replicas else 0  # 0 replicas: the baseline, one operator without --shards
     processes = [env.local.operator(log_name=f"sharding-{replicas}-{index}.log",
-                                    extra_args=replica_args(namespace, args.shards)) for index in range(replicas)]
+                                    extra_args=replica_args(namespace, shards)) for index in range(max(replicas, 1))]
     for process in processes:
         process.start()
-    # Every shard held, by every replica (when there are shards enough), before the clock starts.
-    wait_for("every shard held", lambda: len(found := held_leases(env, namespace)) == args.shards and all(
-        found.values()) and len(set(found.values())) == min(replicas, args.shards), timeout=120)
+    if shards:  # every shard held, by every replica (when there are shards enough), before the clock starts
+        wait_for("every shard held", lambda: len(found := held_leases(env, namespace)) == shards and all(
+            found.values()) and len(set(found.values())) == min(replicas, shards), timeout=120)
     samplers = [kit.ProcessSampler(process.process.pid).start() for process in processes if process.process]
     system = kit.SystemCpu(env)
     watcher = kit.TenantWatcher(env.server, env.ssl_context(), namespace)
@@ -93,14 +97,14 @@ async def one_run(env: kit.BenchEnvironment, n: int, replicas: int, args: argpar
         for sampler in samplers:
             sampler.stop()
         env.delete_namespace(namespace)
-    by_shard = collections.Counter(shard_of(tenant["tenantId"], args.shards) for tenant in tenants)
+    by_shard = collections.Counter(shard_of(tenant["tenantId"], shards) for tenant in tenants) if shards else {}
     return {
-        "replicas": replicas, "shards": args.shards, "n": n,
+        "replicas": replicas, "shards": shards, "n": n,
         "provision": {"all_ready_seconds": round(all_ready, 3), "time_to_ready": kit.percentiles(times),
                       "replica_cpu_seconds": provision_cpu, "machine_cpu_seconds": provision_system},
         "replica_peak_rss_mb": [round(s.peak() / 2**20, 1) for s in samplers],
         "tenants_reconciled_per_replica": sorted(reconciled.values(), reverse=True),
-        "tenants_per_shard": [by_shard[shard] for shard in range(args.shards)],
+        "tenants_per_shard": [by_shard[shard] for shard in range(shards)],
         "delete": {"all_gone_seconds": round(all_gone, 3), "residue_total": sum(residue.values())},
     }
 
@@ -136,7 +140,8 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="python -m bench.sharding", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=1000, help="TenantStores per run (default %(default)s)")
-    parser.add_argument("--replicas", default="1,3", help="replica counts, one run each (default %(default)s)")
+    parser.add_argument("--replicas", default="0,1,3", help="replica counts, one run each; 0 is the baseline: one "
+                                                            "operator without --shards (default %(default)s)")
     parser.add_argument("--shards", type=int, default=12, help="--shards of every replica (default %(default)s)")
     parser.add_argument("--concurrency", type=int, default=32, help="the user's requests in flight")
     parser.add_argument("--phase-timeout", type=float, default=900.0, help="seconds per phase at most")
