@@ -340,12 +340,6 @@ def unpriced(status: Mapping[str, Any]) -> Priced:
                                   "the StoreClass has no spec.pricing: costs are not computed"))
 
 
-def class_summary(pricing: Pricing, measured: Sequence[tuple[Holding, Mapping[str, Any] | None]],
-                  shared_indexes: int, now: datetime.datetime) -> dict[str, Any]:
-    """StoreClass status.cost: the class's costs, of which the tenants' figures are the allocated part."""
-    return summarize(pricing, [allocation(measured, now)], shared_indexes, now)
-
-
 def allocation(measured: Sequence[tuple[Holding, Mapping[str, Any] | None]], now: datetime.datetime) -> dict[str, Any]:
     """Some tenants' part of their class's cost (one shard's, when a class's tenants are split over replicas)."""
     month = month_of(now)

@@ -24,7 +24,7 @@ from tenantstore.api import (CREDENTIAL_LABEL, DATA_LOSS_ACKNOWLEDGED_ANNOTATION
 from tenantstore.models import DriftPolicy, InvalidResource, StoreClass
 from tenantstore.reconcile import ClaimRef, Outcome
 from tenantstore.registry import BackendRegistry
-from tenantstore.storeclass import blocked_by_vector_quota, check_store_class, pool_status
+from tenantstore.storeclass import check_store_class, pool_status
 
 logger = logging.getLogger(__name__)
 
@@ -411,19 +411,14 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
                                              SETTINGS.cost_interval,
                                              shard_reports.elsewhere(view, status) if view.sharded else None)
         priced = [(m.body, m.holding, m.cost) for m in measured if m.holding] if store_class.pricing else None
-        if view.sharded:
-            parts = shard_reports.usage_parts(view, waiting, priced, moment)
-            patch.status.update(shard_reports.status_changes(view, status, parts))
-            folded = shard_reports.current(view, status, parts)
-            blocked, cost_parts = shard_reports.quota_blocked(folded), shard_reports.cost_parts(folded)
-        else:
-            found = blocked_by_vector_quota(waiting)
-            blocked, cost_parts = (len(found), found), [cost.allocation([(h, c) for _, h, c in priced or ()], moment)]
+        usage = shard_reports.class_usage(view, status, waiting, priced, moment)
+        patch.status.update(usage.shards_patch)
         flipped = []
         if view.coordinator:  # the class's own figures: one writer
-            pool, flipped = await pool_status(store_class, status, memo.backends, blocked)
+            pool, flipped = await pool_status(store_class, status, memo.backends, usage.quota_blocked)
             if store_class.pricing is not None:
-                pool["cost"] = cost.summarize(store_class.pricing, cost_parts, len(pool["sharedIndexes"]), moment)
+                pool["cost"] = cost.summarize(store_class.pricing, usage.cost_parts, len(pool["sharedIndexes"]),
+                                              moment)
             elif (status or {}).get("cost"):
                 pool["cost"] = None  # the class no longer has pricing: no figures left standing
             patch.status.update(conditions.status_changes(status, pool))
@@ -479,14 +474,11 @@ async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, patch:
                 if fresh is not None:
                     await record(memo, fresh, await reconcile_through(memo, fresh, classes, tenant_id_index,
                                                                       held=True))
-    found = [str(tenant.isolation) for tenant in broken]
-    view: sharding.ShardView = memo.shards
-    if view.sharded:
-        parts = shard_reports.isolation_parts(view, [(t.body, str(t.isolation)) for t in broken])
-        patch.status.update(shard_reports.status_changes(view, status, parts))
-        if not view.coordinator:
-            return
-        found = shard_reports.isolation_broken(shard_reports.current(view, status, parts))
+    shards_patch, found = shard_reports.class_isolation(memo.shards, status,
+                                                        [(tenant.body, str(tenant.isolation)) for tenant in broken])
+    patch.status.update(shards_patch)
+    if not memo.shards.coordinator:
+        return  # the class's own conditions have one writer: the holder of shard 0
     isolation = conditions.Condition(
         ConditionType.ISOLATION_BROKEN, bool(found), Reason.ISOLATION_BROKEN if found else Reason.ISOLATED,
         "; ".join(found) or "the isolation canary saw only the probing tenant's rows in every shared index")

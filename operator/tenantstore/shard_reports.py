@@ -11,11 +11,42 @@ from __future__ import annotations
 
 import datetime
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any
+from typing import Any, NamedTuple
 
 from tenantstore import cost
 from tenantstore.sharding import ShardView
 from tenantstore.storeclass import blocked_by_vector_quota
+
+Priced = Sequence[tuple[Mapping[str, Any], cost.Holding, Mapping[str, Any] | None]]  # (tenant, holding, status.cost)
+
+
+class ClassUsage(NamedTuple):
+    """What a usage pass tells of its class: the status.shards changes to write, the tenants a vector plan limit
+    blocks (count, some names) and the parts of the class's cost, tenant-wide once folded."""
+
+    shards_patch: dict[str, Any]
+    quota_blocked: tuple[int, list[str]]
+    cost_parts: list[Mapping[str, Any]]
+
+
+def class_usage(view: ShardView, status: Mapping[str, Any] | None, waiting: Sequence[Mapping[str, Any]],
+                priced: Priced | None, now: datetime.datetime) -> ClassUsage:
+    """`waiting`: this replica's tenants of the class; `priced`: their costs (None for a class without pricing)."""
+    if not view.sharded:
+        blocked = blocked_by_vector_quota(waiting)
+        return ClassUsage({}, (len(blocked), blocked), [cost.allocation([(h, c) for _, h, c in priced or ()], now)])
+    parts = usage_parts(view, waiting, priced, now)
+    folded = current(view, status, parts)
+    return ClassUsage(status_changes(view, status, parts), quota_blocked(folded), cost_parts(folded))
+
+
+def class_isolation(view: ShardView, status: Mapping[str, Any] | None,
+                    broken: Sequence[tuple[Mapping[str, Any], str]]) -> tuple[dict[str, Any], list[str]]:
+    """The status.shards changes to write, and what the class's isolation canaries found broken, tenant-wide."""
+    if not view.sharded:
+        return {}, [message for _, message in broken]
+    parts = isolation_parts(view, broken)
+    return status_changes(view, status, parts), isolation_broken(current(view, status, parts))
 
 EXAMPLES = 5  # tenants named per part and per condition; the counts are whole
 
@@ -27,8 +58,7 @@ def by_shard(view: ShardView, bodies: Iterable[Mapping[str, Any]]) -> dict[int, 
     return groups
 
 
-def usage_parts(view: ShardView, waiting: Sequence[Mapping[str, Any]],
-                costs: Sequence[tuple[Mapping[str, Any], cost.Holding, Mapping[str, Any] | None]] | None,
+def usage_parts(view: ShardView, waiting: Sequence[Mapping[str, Any]], costs: Priced | None,
                 now: datetime.datetime) -> dict[int, dict[str, Any]]:
     """Per held shard: its tenants, those a vector plan limit blocks, and (priced classes) its part of the cost."""
     parts = {}

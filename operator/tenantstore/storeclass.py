@@ -63,9 +63,10 @@ async def pool_status(store_class: StoreClass, status: Mapping[str, Any] | None,
 
 def blocked_by_vector_quota(tenants: Sequence[Mapping[str, Any]]) -> list[str]:
     """The tenants (namespace/name) that the vector service's plan limits keep from being provisioned."""
+    def reason(tenant: Mapping[str, Any]) -> str | None:
+        return (conditions.find((tenant.get("status") or {}).get("conditions"), ConditionType.READY) or {}).get("reason")
     return sorted(f"{t['metadata'].get('namespace')}/{t['metadata']['name']}" for t in tenants
-                  if (conditions.find((t.get("status") or {}).get("conditions"), ConditionType.READY) or {}).get("reason")
-                  == VectorQuotaExceeded.reason)
+                  if reason(t) == VectorQuotaExceeded.reason)
 
 
 def vector_quota_condition(blocked: int, examples: Sequence[str]) -> Condition:

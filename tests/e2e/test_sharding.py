@@ -63,7 +63,8 @@ def work_spans(log: str) -> list[Span]:
             continue
         key = (found["tenant"], found["replica"], found["work"])
         if found["edge"] == "began":
-            open_spans[key] = Span(found["tenant"], int(found["shard"]), found["replica"], parse_time(found["at"]), None)
+            open_spans[key] = Span(found["tenant"], int(found["shard"]), found["replica"], parse_time(found["at"]),
+                                   None)
         elif key in open_spans:
             span = open_spans.pop(key)
             span.ended = parse_time(found["at"])
@@ -95,7 +96,8 @@ def tenant_stores(kubectl: Kubectl) -> dict[str, dict]:
 
 
 def ready(body: dict) -> bool:
-    return any(c["type"] == "Ready" and c["status"] == "True" for c in (body.get("status") or {}).get("conditions") or ())
+    conditions = (body.get("status") or {}).get("conditions") or ()
+    return any(c["type"] == "Ready" and c["status"] == "True" for c in conditions)
 
 
 def postgres_objects(env: LocalEnvironment) -> dict[str, set[str]]:

@@ -69,7 +69,7 @@ def test_the_tenants_figures_and_the_unallocated_part_add_up_to_the_class() -> N
                             Usage(documents=documents, storage_bytes=held.storage_bytes, daily_queries=500), now, 0)
         figures.append(priced.status)
     # Two shared indexes in the class's pool, one of them empty: its 100 a month is nobody's.
-    summary = cost.class_summary(PRICING, list(zip(HOLDINGS, figures)), shared_indexes=2, now=now)
+    summary = cost.summarize(PRICING, [cost.allocation(list(zip(HOLDINGS, figures)), now)], shared_indexes=2, now=now)
     assert summary["fixedMonthly"] == 2 * 100 + 500 + 200 + 100
     assert summary["unallocatedMonthly"] == 100
     fraction = cost.month_fraction(now)
