@@ -24,7 +24,7 @@ from tenantstore.api import (CREDENTIAL_LABEL, DATA_LOSS_ACKNOWLEDGED_ANNOTATION
 from tenantstore.models import DriftPolicy, InvalidResource, StoreClass
 from tenantstore.reconcile import ClaimRef, Outcome
 from tenantstore.registry import BackendRegistry
-from tenantstore.storeclass import check_store_class, pool_status
+from tenantstore.storeclass import pool_figures, readiness, readiness_status
 
 logger = logging.getLogger(__name__)
 
@@ -100,6 +100,7 @@ async def startup(settings: kopf.OperatorSettings, memo: kopf.Memo, **_: Any) ->
     memo.namespaces = kube.Namespaces(memo.api)
     memo.statuses = kube.TenantStatuses(memo.api)
     memo.exports = kube.TenantStatuses(memo.api, "tenantstoreexports")
+    memo.class_statuses = kube.StoreClassStatuses(memo.api)
     memo.backends = BackendRegistry(memo.secrets)
     memo.audit = audit.AuditTrail(memo.backends)
     events.audit_to(memo.audit)
@@ -367,19 +368,19 @@ async def export_tenantstore(body: kopf.Body, status: kopf.Status, patch: kopf.P
 @kopf.timer(*STORECLASSES, interval=SETTINGS.storeclass_check_interval, initial_delay=SETTINGS.storeclass_check_interval)
 @ends_with_its_timer
 @redacted_errors
-async def check_storeclass(body: kopf.Body, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
-                           **_: Any) -> None:
+async def check_storeclass(body: kopf.Body, name: str, status: kopf.Status, memo: kopf.Memo, **_: Any) -> None:
     """Ready when the class's Postgres is reachable and meets the prerequisites (the README lists them)."""
     if not memo.shards.coordinator:
         return  # the class's own conditions have one writer: the holder of shard 0
-    new_status = await check_store_class(body, status, memo.backends)
-    patch.status.update(conditions.status_changes(status, new_status))
+    ready = await readiness(body, memo.backends)
+    await memo.class_statuses.update(
+        name, lambda now: conditions.status_changes(now, readiness_status(body, now, ready)), seen=status)
 
 
 @kopf.timer(*STORECLASSES, interval=SETTINGS.usage_interval, initial_delay=1.0, backoff=SETTINGS.usage_interval)
 @ends_with_its_timer
 @redacted_errors
-async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
+async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, memo: kopf.Memo,
                           stopped: kopf.DaemonStopped, store_class_index: kopf.Index[str, Any],
                           tenant_id_index: kopf.Index[str, ClaimRef],
                           tenants_by_class: kopf.Index[str, dict[str, Any]], **_: Any) -> None:
@@ -412,16 +413,21 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
                                              shard_reports.elsewhere(view, status) if view.sharded else None)
         priced = [(m.body, m.holding, m.cost) for m in measured if m.holding] if store_class.pricing else None
         usage = shard_reports.class_usage(view, status, waiting, priced, moment)
-        patch.status.update(usage.shards_patch)
-        flipped = []
-        if view.coordinator:  # the class's own figures: one writer
-            pool, flipped = await pool_status(store_class, status, memo.backends, usage.quota_blocked)
+        # The class's own figures have one writer, the coordinator; shard parts are each their holder's.
+        figures = await pool_figures(store_class, memo.backends, usage.quota_blocked) if view.coordinator else None
+        flipped: list[conditions.Condition] = []
+
+        def class_status(now: Mapping[str, Any]) -> dict[str, Any]:
+            if figures is None:
+                return usage.shards_patch
+            pool, flipped[:] = figures.status(store_class, now)
             if store_class.pricing is not None:
-                pool["cost"] = cost.summarize(store_class.pricing, usage.cost_parts, len(pool["sharedIndexes"]),
+                pool["cost"] = cost.summarize(store_class.pricing, usage.cost_parts, len(figures.shared_indexes),
                                               moment)
-            elif (status or {}).get("cost"):
+            elif now.get("cost"):
                 pool["cost"] = None  # the class no longer has pricing: no figures left standing
-            patch.status.update(conditions.status_changes(status, pool))
+            return {**usage.shards_patch, **conditions.status_changes(now, pool)}
+        await memo.class_statuses.update(name, class_status, seen=status)
     except ReconcileError as error:
         events.warn(body, reason=error.reason, message=f"usage not measured: {error}")
         return
@@ -434,7 +440,7 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, patch
 @kopf.timer(*STORECLASSES, interval=SETTINGS.verify_interval, initial_delay=SETTINGS.verify_interval / 2,
             backoff=SETTINGS.verify_interval)
 @ends_with_its_timer
-async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, patch: kopf.Patch, memo: kopf.Memo,
+async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, memo: kopf.Memo,
                          stopped: kopf.DaemonStopped, store_class_index: kopf.Index[str, Any],
                          tenant_id_index: kopf.Index[str, ClaimRef],
                          tenants_by_class: kopf.Index[str, dict[str, Any]],
@@ -460,7 +466,7 @@ async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, patch:
     if checked.outage is not None:
         # A refused admin password is the class's own problem: its tenants' stores still serve their logins.
         tenants = [] if checked.admin_login_refused else list(tenants_by_class.get(name, ()))
-        await report_outage(memo, body, status, patch, store_class, tenants, checked.outage)
+        await report_outage(memo, body, store_class, tenants, checked.outage)
         return
     broken = []
     for tenant in checked.checked:
@@ -476,20 +482,22 @@ async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, patch:
                                                                       held=True))
     shards_patch, found = shard_reports.class_isolation(memo.shards, status,
                                                         [(tenant.body, str(tenant.isolation)) for tenant in broken])
-    patch.status.update(shards_patch)
-    if not memo.shards.coordinator:
-        return  # the class's own conditions have one writer: the holder of shard 0
     isolation = conditions.Condition(
         ConditionType.ISOLATION_BROKEN, bool(found), Reason.ISOLATION_BROKEN if found else Reason.ISOLATED,
         "; ".join(found) or "the isolation canary saw only the probing tenant's rows in every shared index")
-    updates = [isolation]
-    ready = conditions.find(status.get("conditions"), ConditionType.READY) or {}
-    if ready.get("reason") in (Reason.BACKEND_UNAVAILABLE, Reason.STORE_CLASS_INVALID) \
-            and checked.reached_backends:  # back: say so now
-        updates.append(conditions.Condition(ConditionType.READY, True, Reason.BACKENDS_REACHABLE,
-                                            "the class's backends answered the verification pass"))
-    patch.status.update(conditions.status_changes(status, {"conditions": conditions.merge_conditions(
-        status.get("conditions"), updates, body.get("metadata", {}).get("generation", 0))}))
+
+    def class_status(now: Mapping[str, Any]) -> dict[str, Any]:
+        if not memo.shards.coordinator:
+            return shards_patch  # the class's own conditions have one writer: the holder of shard 0
+        updates = [isolation]
+        ready = conditions.find(now.get("conditions"), ConditionType.READY) or {}
+        if ready.get("reason") in (Reason.BACKEND_UNAVAILABLE, Reason.STORE_CLASS_INVALID) \
+                and checked.reached_backends:  # back: say so now
+            updates.append(conditions.Condition(ConditionType.READY, True, Reason.BACKENDS_REACHABLE,
+                                                "the class's backends answered the verification pass"))
+        return {**shards_patch, **conditions.status_changes(now, {"conditions": conditions.merge_conditions(
+            now.get("conditions"), updates, body.get("metadata", {}).get("generation", 0))})}
+    await memo.class_statuses.update(name, class_status, seen=status)
 
 
 async def act_on_drift(memo: kopf.Memo, store_class: StoreClass, tenant: verify.Checked, classes: Mapping[str, Any],
@@ -541,14 +549,15 @@ async def report_broken_isolation(memo: kopf.Memo, store_class: StoreClass, tena
             return
 
 
-async def report_outage(memo: kopf.Memo, body: Mapping[str, Any], status: Mapping[str, Any], patch: kopf.Patch,
-                        store_class: StoreClass, tenants: list[Mapping[str, Any]], outage: ReconcileError) -> None:
+async def report_outage(memo: kopf.Memo, body: Mapping[str, Any], store_class: StoreClass,
+                        tenants: list[Mapping[str, Any]], outage: ReconcileError) -> None:
     """The class's backends do not answer: the class and its Ready tenants say so (tenants keep their phase)."""
     generation = body.get("metadata", {}).get("generation", 0)
     down = conditions.Condition(ConditionType.READY, False, outage.reason, str(outage))
     if memo.shards.coordinator:  # the class's own conditions have one writer
-        patch.status.update(conditions.status_changes(status, {"conditions": conditions.merge_conditions(
-            status.get("conditions"), [down], generation)}))
+        await memo.class_statuses.update(store_class.name, lambda now: conditions.status_changes(now, {
+            "conditions": conditions.merge_conditions(now.get("conditions"), [down], generation)}),
+            seen=body.get("status") or {})
     for seen in verify.verifiable(tenants):
         tenant = await read_again(memo, seen)  # as it is now: a reconcile may have changed it since the pass began
         ready = conditions.find(((tenant or {}).get("status") or {}).get("conditions"), ConditionType.READY) or {}

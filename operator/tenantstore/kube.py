@@ -10,9 +10,10 @@ import base64
 import enum
 import hashlib
 import json
+import logging
 import os
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from kubernetes_asyncio import client, config
@@ -23,6 +24,8 @@ from tenantstore.errors import BackendUnavailable, SecretConflict, StoreClassInv
 from tenantstore.api import (API_VERSION, CREDENTIAL_LABEL, DATA_DIGEST_ANNOTATION, GROUP, MANAGED_BY, MANAGED_BY_LABEL,
                              TENANT_ID_LABEL, VERSION, WRITES_BLOCKED_ANNOTATION, WRITES_BLOCKED_KEY)
 from tenantstore.models import SecretKeyRef
+
+logger = logging.getLogger(__name__)
 
 # A StoreClass's Secrets (admin URI, Pinecone key) are read at most this often: every reconcile used to read
 # the admin Secret, a third of the operator's Secret reads. A rotated value is picked up within this time.
@@ -240,6 +243,55 @@ class Namespaces:
         except ApiException as error:
             raise BackendUnavailable(f"cannot read the labels of Namespace {name}: {error.reason}") from error
         return dict(namespace.metadata.labels or {})
+
+
+class StoreClassStatuses:
+    """A StoreClass's status, written over the version it was computed from and computed again on a conflict.
+
+    Its handler and timers (the class check, the usage and the verification passes) each write some of one
+    conditions list, and a merge patch replaces a list whole: written from a snapshot, one would drop a condition
+    another has just written (and the next pass would announce it again)."""
+
+    ATTEMPTS = 5
+
+    def __init__(self, api: client.ApiClient):
+        self.custom = client.CustomObjectsApi(api)
+
+    async def read(self, name: str) -> dict[str, Any] | None:
+        # A listing by name: the operator may list and watch StoreClasses, not get them one by one.
+        listed = await self.custom.list_cluster_custom_object(GROUP, VERSION, "storeclasses",
+                                                              field_selector=f"metadata.name={name}")
+        return next(iter(listed.get("items") or ()), None)
+
+    async def update(self, name: str, changes: Callable[[Mapping[str, Any]], Mapping[str, Any]],
+                     seen: Mapping[str, Any] | None = None) -> bool:
+        """Write `changes(status as it is now)`; False if the class is gone or kept changing under the write.
+
+        `seen`: the status as the caller last saw it; when that needs no change, nothing is read or written (a
+        pass that changes nothing costs no request)."""
+        if seen is not None and not changes(seen):
+            return True
+        for _ in range(self.ATTEMPTS):
+            body = await self.read(name)
+            if body is None:
+                return False
+            found = changes(body.get("status") or {})
+            if not found:
+                return True
+            try:
+                await self.custom.patch_cluster_custom_object_status(
+                    GROUP, VERSION, "storeclasses", name,
+                    {"metadata": {"resourceVersion": body["metadata"]["resourceVersion"]}, "status": dict(found)},
+                    _content_type="application/merge-patch+json")
+                return True
+            except ApiException as error:
+                if error.status == 404:
+                    return False
+                if error.status != 409:
+                    raise
+        logger.warning("StoreClass %s changed under %d status writes in a row: the next pass writes it",
+                       name, self.ATTEMPTS)
+        return False
 
 
 class TenantStatuses:

@@ -1,6 +1,7 @@
 """A StoreClass's health: can tenants be made with it? (Ready condition, kstatus style.)"""
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
@@ -12,35 +13,48 @@ from tenantstore.models import InvalidResource, StoreClass
 from tenantstore.registry import BackendRegistry
 
 
-async def check_store_class(body: Mapping[str, Any], status: Mapping[str, Any] | None,
-                            registry: BackendRegistry) -> dict[str, Any]:
-    generation = body.get("metadata", {}).get("generation", 0)
+async def readiness(body: Mapping[str, Any], registry: BackendRegistry) -> Condition:
+    """Ready when the class's Postgres is reachable and meets the prerequisites (the README lists them)."""
     try:
         store_class = StoreClass.from_body(body)
         backends = await registry.for_class(store_class)
         problems = await registry.preflight(store_class, backends, max_age=0)  # fresh: this is the class's check
     except ReconcileError as error:
-        ready = Condition(ConditionType.READY, False, error.reason, str(error))
+        return Condition(ConditionType.READY, False, error.reason, str(error))
     except InvalidResource as error:
-        ready = Condition(ConditionType.READY, False, Reason.INVALID_SPEC, str(error))
-    else:
-        if problems:
-            ready = Condition(ConditionType.READY, False, problems[0].reason, "; ".join(p.message for p in problems))
-        else:
-            ready = Condition(ConditionType.READY, True, Reason.BACKENDS_REACHABLE,
-                              f"Postgres {backends.server.host}:{backends.server.port} and the "
-                              f"{store_class.vector_backend} backend meet the prerequisites")
-    return {
-        "observedGeneration": generation,
-        "conditions": conditions.merge_conditions((status or {}).get("conditions"), [ready], generation),
-    }
+        return Condition(ConditionType.READY, False, Reason.INVALID_SPEC, str(error))
+    if problems:
+        return Condition(ConditionType.READY, False, problems[0].reason, "; ".join(p.message for p in problems))
+    return Condition(ConditionType.READY, True, Reason.BACKENDS_REACHABLE,
+                     f"Postgres {backends.server.host}:{backends.server.port} and the "
+                     f"{store_class.vector_backend} backend meet the prerequisites")
 
 
-async def pool_status(store_class: StoreClass, status: Mapping[str, Any] | None, registry: BackendRegistry,
-                      quota_blocked: tuple[int, Sequence[str]]) -> tuple[dict[str, Any], list[Condition]]:
-    """status.sharedIndexes, the near-capacity and vector-quota conditions; the conditions that flipped.
+def readiness_status(body: Mapping[str, Any], status: Mapping[str, Any], ready: Condition) -> dict[str, Any]:
+    generation = body.get("metadata", {}).get("generation", 0)
+    return {"observedGeneration": generation,
+            "conditions": conditions.merge_conditions(status.get("conditions"), [ready], generation)}
 
-    `quota_blocked`: how many tenants a vector plan limit blocks, and some of their names."""
+
+@dataclasses.dataclass(frozen=True)
+class PoolFigures:
+    """The class's shared indexes as Postgres or Pinecone has them, and the conditions they make."""
+
+    shared_indexes: list[dict[str, Any]]
+    updates: list[Condition]  # near capacity, vector quota
+
+    def status(self, store_class: StoreClass, status: Mapping[str, Any]) -> tuple[dict[str, Any], list[Condition]]:
+        """status.sharedIndexes, tenants and conditions merged into `status`; the conditions that flipped."""
+        current = status.get("conditions")
+        flipped = [update for update in self.updates if flips(current, update)]
+        merged = conditions.merge_conditions(current, self.updates, store_class.generation)
+        return ({"sharedIndexes": self.shared_indexes, "conditions": merged,
+                 "tenants": sum(index["tenants"] for index in self.shared_indexes)}, flipped)
+
+
+async def pool_figures(store_class: StoreClass, registry: BackendRegistry,
+                       quota_blocked: tuple[int, Sequence[str]]) -> PoolFigures:
+    """`quota_blocked`: how many tenants a vector plan limit blocks, and some of their names."""
     backends = await registry.for_class(store_class)
     pool = await backends.vector.shared_pool()
     capacity = store_class.shared_index_capacity
@@ -53,18 +67,15 @@ async def pool_status(store_class: StoreClass, status: Mapping[str, Any] | None,
     else:
         condition = Condition(ConditionType.SHARED_INDEXES_NEAR_CAPACITY, False, "BelowAlertThreshold",
                               f"every shared index is under {store_class.shared_index_alert_threshold:.0%} of capacity")
-    current = (status or {}).get("conditions")
-    updates = [condition, vector_quota_condition(*quota_blocked)]
-    flipped = [update for update in updates if flips(current, update)]
-    merged = conditions.merge_conditions(current, updates, store_class.generation)
-    return ({"sharedIndexes": [index.to_status(capacity) for index in pool], "conditions": merged,
-             "tenants": sum(index.tenants for index in pool)}, flipped)
+    return PoolFigures([index.to_status(capacity) for index in pool],
+                       [condition, vector_quota_condition(*quota_blocked)])
 
 
 def blocked_by_vector_quota(tenants: Sequence[Mapping[str, Any]]) -> list[str]:
     """The tenants (namespace/name) that the vector service's plan limits keep from being provisioned."""
     def reason(tenant: Mapping[str, Any]) -> str | None:
-        return (conditions.find((tenant.get("status") or {}).get("conditions"), ConditionType.READY) or {}).get("reason")
+        ready = conditions.find((tenant.get("status") or {}).get("conditions"), ConditionType.READY) or {}
+        return ready.get("reason")
     return sorted(f"{t['metadata'].get('namespace')}/{t['metadata']['name']}" for t in tenants
                   if reason(t) == VectorQuotaExceeded.reason)
 
