@@ -9,6 +9,11 @@ from typing import Any
 
 
 def run(args: argparse.Namespace) -> int:
+    if args.shards < 0 or (args.leader_elect and args.shards):
+        print("--shards must be 0 (no sharding) or more, and --leader-elect and --shards exclude each other: with "
+              "--shards every replica is active on its shards", file=sys.stderr)
+        return 2
+
     import kopf  # noqa: PLC0415 (keep `tenantstore --help` light)
 
     from tenantstore import settings  # noqa: PLC0415

@@ -374,7 +374,7 @@ async def check_storeclass(body: kopf.Body, name: str, status: kopf.Status, memo
         return  # the class's own conditions have one writer: the holder of shard 0
     ready = await readiness(body, memo.backends)
     await memo.class_statuses.update(
-        name, lambda now: conditions.status_changes(now, readiness_status(body, now, ready)), seen=status)
+        name, lambda current: conditions.status_changes(current, readiness_status(body, current, ready)), seen=status)
 
 
 @kopf.timer(*STORECLASSES, interval=SETTINGS.usage_interval, initial_delay=1.0, backoff=SETTINGS.usage_interval)
@@ -417,17 +417,18 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, memo:
         figures = await pool_figures(store_class, memo.backends, usage.quota_blocked) if view.coordinator else None
         flipped: list[conditions.Condition] = []
 
-        def class_status(now: Mapping[str, Any]) -> dict[str, Any]:
+        def class_status(current: Mapping[str, Any]) -> dict[str, Any]:
             if figures is None:
                 return usage.shards_patch
-            pool, flipped[:] = figures.status(store_class, now)
+            pool, flipped[:] = figures.status(store_class, current)
             if store_class.pricing is not None:
                 pool["cost"] = cost.summarize(store_class.pricing, usage.cost_parts, len(figures.shared_indexes),
                                               moment)
-            elif now.get("cost"):
+            elif current.get("cost"):
                 pool["cost"] = None  # the class no longer has pricing: no figures left standing
-            return {**usage.shards_patch, **conditions.status_changes(now, pool)}
-        await memo.class_statuses.update(name, class_status, seen=status)
+            return {**usage.shards_patch, **conditions.status_changes(current, pool)}
+        if not await memo.class_statuses.update(name, class_status, seen=status):
+            flipped.clear()  # not written: nothing to announce
     except ReconcileError as error:
         events.warn(body, reason=error.reason, message=f"usage not measured: {error}")
         return
@@ -486,17 +487,17 @@ async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, memo: 
         ConditionType.ISOLATION_BROKEN, bool(found), Reason.ISOLATION_BROKEN if found else Reason.ISOLATED,
         "; ".join(found) or "the isolation canary saw only the probing tenant's rows in every shared index")
 
-    def class_status(now: Mapping[str, Any]) -> dict[str, Any]:
+    def class_status(current: Mapping[str, Any]) -> dict[str, Any]:
         if not memo.shards.coordinator:
             return shards_patch  # the class's own conditions have one writer: the holder of shard 0
         updates = [isolation]
-        ready = conditions.find(now.get("conditions"), ConditionType.READY) or {}
+        ready = conditions.find(current.get("conditions"), ConditionType.READY) or {}
         if ready.get("reason") in (Reason.BACKEND_UNAVAILABLE, Reason.STORE_CLASS_INVALID) \
                 and checked.reached_backends:  # back: say so now
             updates.append(conditions.Condition(ConditionType.READY, True, Reason.BACKENDS_REACHABLE,
                                                 "the class's backends answered the verification pass"))
-        return {**shards_patch, **conditions.status_changes(now, {"conditions": conditions.merge_conditions(
-            now.get("conditions"), updates, body.get("metadata", {}).get("generation", 0))})}
+        return {**shards_patch, **conditions.status_changes(current, {"conditions": conditions.merge_conditions(
+            current.get("conditions"), updates, body.get("metadata", {}).get("generation", 0))})}
     await memo.class_statuses.update(name, class_status, seen=status)
 
 
@@ -555,8 +556,8 @@ async def report_outage(memo: kopf.Memo, body: Mapping[str, Any], store_class: S
     generation = body.get("metadata", {}).get("generation", 0)
     down = conditions.Condition(ConditionType.READY, False, outage.reason, str(outage))
     if memo.shards.coordinator:  # the class's own conditions have one writer
-        await memo.class_statuses.update(store_class.name, lambda now: conditions.status_changes(now, {
-            "conditions": conditions.merge_conditions(now.get("conditions"), [down], generation)}),
+        await memo.class_statuses.update(store_class.name, lambda current: conditions.status_changes(current, {
+            "conditions": conditions.merge_conditions(current.get("conditions"), [down], generation)}),
             seen=body.get("status") or {})
     for seen in verify.verifiable(tenants):
         tenant = await read_again(memo, seen)  # as it is now: a reconcile may have changed it since the pass began

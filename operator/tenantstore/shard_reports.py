@@ -18,6 +18,7 @@ from tenantstore.sharding import ShardView
 from tenantstore.storeclass import blocked_by_vector_quota
 
 Priced = Sequence[tuple[Mapping[str, Any], cost.Holding, Mapping[str, Any] | None]]  # (tenant, holding, status.cost)
+EXAMPLES = 5  # tenants named per part and per condition; the counts are whole
 
 
 class ClassUsage(NamedTuple):
@@ -48,8 +49,6 @@ def class_isolation(view: ShardView, status: Mapping[str, Any] | None,
     parts = isolation_parts(view, broken)
     return status_changes(view, status, parts), isolation_broken(current(view, status, parts))
 
-EXAMPLES = 5  # tenants named per part and per condition; the counts are whole
-
 
 def by_shard(view: ShardView, bodies: Iterable[Mapping[str, Any]]) -> dict[int, list[Mapping[str, Any]]]:
     groups: dict[int, list[Mapping[str, Any]]] = {shard: [] for shard in view.owned}
@@ -71,10 +70,10 @@ def usage_parts(view: ShardView, waiting: Sequence[Mapping[str, Any]], costs: Pr
         blocked = blocked_by_vector_quota(tenants)
         parts[shard] = {"holder": view.identity, "tenants": len(tenants),
                         "vectorQuotaBlocked": len(blocked), "vectorQuotaBlockedExamples": blocked[:EXAMPLES]}
-        if costs is not None:
-            group = cost_groups.get(shard, [])
-            parts[shard]["cost"] = cost.allocation(group, now)
-            parts[shard]["storage"] = cost.weights([holding for holding, _ in group])
+        group = cost_groups.get(shard, [])
+        # None (a class without pricing) removes what a priced one reported.
+        parts[shard]["cost"] = cost.allocation(group, now) if costs is not None else None
+        parts[shard]["storage"] = cost.weights([holding for holding, _ in group]) if costs is not None else None
     return parts
 
 

@@ -4,7 +4,7 @@ Each TenantStore belongs to one of N shards, by a stable hash of its tenantId (i
 claiming the same tenantId land in the same shard, so the claim check still sees both). Each shard is held
 through a coordination.k8s.io Lease of its own, with leader election's rules (`leader.LeaseLock`), and every
 replica announces itself with a member Lease it renews. Every replica computes the same assignment of shards
-to the live members (rendezvous hashing: a member joining or leaving moves only its share), gives back the
+to the live members (`assign`: balanced, and a member joining or leaving moves about its share), gives back the
 shards it should no longer hold and takes the ones it should, and runs Kopf for exactly the shards it holds.
 
 Why Kopf is restarted when the held shards change: Kopf cannot stop handling some objects while it runs (a

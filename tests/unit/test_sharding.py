@@ -156,3 +156,12 @@ def test_isolation_found_broken_in_any_shard_is_the_class_s() -> None:
         view_b, [(tenant(broken), f"{broken} read another tenant's row")]))["shards"]
     _, found = shard_reports.class_isolation(view_a, status, [])  # the coordinator, with nothing broken itself
     assert found == [f"{broken} read another tenant's row"]
+
+
+@pytest.mark.parametrize("args", [["--leader-elect", "--shards", "3"], ["--shards", "-1"]])
+def test_run_refuses_sharding_with_leader_election_or_a_negative_count(args: list[str],
+                                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    from tenantstore import cli
+
+    assert cli.main(["run", "--liveness", "", "--metrics-port", "0", *args]) == 2
+    assert "--leader-elect and --shards exclude each other" in capsys.readouterr().err
