@@ -59,6 +59,11 @@ class BackendUnavailable(ReconcileError):
     retry_after = 5.0
 
 
+class SessionEnded(BackendUnavailable):
+    """The server ended an operator session (pg_terminate_backend, a failover): it answered, so it may well
+    take the next one."""
+
+
 class AuditTrailUnavailable(ReconcileError):
     """The class's audit trail cannot be written (its rows stay queued); a teardown waits for its receipt."""
 

@@ -18,7 +18,7 @@ from typing import Any
 from tenantstore import conditions, cost
 from tenantstore.api import DRIFT_REASONS, ConditionType, Phase, Reason
 from tenantstore.backends import Drift, VectorPlacement
-from tenantstore.errors import BackendUnavailable, ReconcileError
+from tenantstore.errors import BackendUnavailable, ReconcileError, SessionEnded
 from tenantstore.models import DesiredStore, InvalidResource, StoreClass, TenantStoreSpec
 from tenantstore.reconcile import DATA_LOSS, store_as_provisioned
 from tenantstore.registry import Backends, BackendRegistry
@@ -115,8 +115,11 @@ async def check_class(store_class: StoreClass, tenants: Sequence[Mapping[str, An
             break
         except ReconcileError as error:
             refused = backends is not None and backends.server.login_refused
-            if refused and attempt == 1:
-                continue  # the class's Secret may hold a rotated password by now: it is read again
+            if attempt == 1 and (refused or isinstance(error, SessionEnded)):
+                # Once more: the class's Secret may hold a rotated password by now (it is read again), or the
+                # server ended the pass's sessions (a terminated backend, a failover) without being down. Neither
+                # is an outage to tell the tenants of unless it happens again on fresh connections.
+                continue
             return ClassPass(checked=[], outage=error, admin_login_refused=refused)
     checked = []
     for body, _, store, _ in parsed:

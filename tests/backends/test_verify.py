@@ -9,7 +9,8 @@ from test_postgres_backends import provision, tenant, tenant_uri
 
 from tenantstore.backends.pgvector import PgvectorStore
 from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServer
-from tenantstore.errors import BackendUnavailable
+from tenantstore.errors import BackendUnavailable, SessionEnded
+from tenantstore_dev.postgres import EmbeddedPostgres
 from tenantstore.models import RelationalIsolation, VectorIsolation
 
 
@@ -199,3 +200,18 @@ async def test_a_refused_admin_password_is_told_apart_from_an_outage(admin_uri: 
         assert "not-the-password" not in str(refused.value) and wrong.login_refused
     finally:
         await wrong.close()
+
+
+
+async def test_a_session_the_server_ends_is_told_apart_from_an_outage(server: PostgresServer,
+                                                                      postgres: EmbeddedPostgres) -> None:
+    """pg_terminate_backend (or a failover) ends a session: the server answered, so a pass may try again."""
+    with pytest.raises(SessionEnded, match="ended the operator's session"):
+        async with server.connect() as conn:
+            pid = (await (await conn.execute("SELECT pg_backend_pid() AS pid")).fetchone())["pid"]
+            with psycopg.connect(postgres.superuser_uri(), autocommit=True) as superuser:
+                superuser.execute("SELECT pg_terminate_backend(%s)", (pid,))
+            await conn.execute("SELECT 1")
+    assert not server.login_refused
+    async with server.connect() as conn:  # and a fresh session works
+        assert (await (await conn.execute("SELECT 1 AS one")).fetchone())["one"] == 1

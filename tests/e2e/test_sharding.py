@@ -172,8 +172,9 @@ def test_replicas_split_the_tenants_survive_a_death_and_rebalance(env: LocalEnvi
              lambda: set(leases(kubectl).values()) == survivors, timeout=LEASE_DURATION * 3 + 10)
     taken_over = time.time() - killed_at
     # The survivors must wait for the leases to lapse (the last renewal came up to a retry period before the
-    # kill), and then take them at once (plus the test's polling of the Leases on a loaded machine).
-    assert LEASE_DURATION - 1 <= taken_over <= LEASE_DURATION + 4, taken_over
+    # kill), never less; then they take them at once, unless a Kopf run of theirs is stopping (a second or two,
+    # more on a machine busy with the whole suite: 12.5 s once), plus the test's polling of the Leases.
+    assert LEASE_DURATION - 1 <= taken_over <= 3 * LEASE_DURATION, taken_over
     wait_for(f"all {TENANTS} TenantStores Ready",
              lambda: sum(map(ready, tenant_stores(kubectl).values())) == TENANTS, timeout=300)
     all_ready = time.time() - created_at

@@ -34,7 +34,7 @@ from psycopg.rows import dict_row
 from tenantstore import insights
 from tenantstore.backends import Drift, IoLogin, LoginPlan, RelationalPlacement, RelationalUsage, Step, bookkeeping
 from tenantstore.backends import postgres_credentials as credentials
-from tenantstore.errors import BackendUnavailable, ReconcileError, StoreClassInvalid, TenantIdConflict
+from tenantstore.errors import BackendUnavailable, ReconcileError, SessionEnded, StoreClassInvalid, TenantIdConflict
 from tenantstore.models import CredentialRole, DesiredStore, RelationalIsolation
 from tenantstore.redaction import redact
 
@@ -176,6 +176,8 @@ class PostgresServer:
 
     def _refusal(self, error: psycopg.OperationalError, database: str) -> ReconcileError:
         message = self.scrub(first_line(error))
+        if isinstance(error, psycopg.errors.AdminShutdown):
+            return SessionEnded(f"Postgres at {self.host}:{self.port} ended the operator's session: {message}")
         # The server answered and said no to the class's own settings: fixing them is up to a person.
         if "password authentication failed" in message:
             self.login_refused = True  # the class's Secret may hold a rotated password by now: re-read it

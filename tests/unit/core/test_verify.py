@@ -11,7 +11,7 @@ import pytest
 from tenantstore import verify
 from tenantstore.api import DATA_LOSS_ACKNOWLEDGED_ANNOTATION
 from tenantstore.backends import Drift
-from tenantstore.errors import BackendUnavailable, StoreClassInvalid
+from tenantstore.errors import BackendUnavailable, SessionEnded, StoreClassInvalid
 from tenantstore.reconcile import DATA_LOSS
 
 from .world import (World, annotated, condition, deleting, merge_patch, ready, reasons, stalled, store_class,
@@ -171,6 +171,19 @@ async def test_a_refusal_that_lasts_is_the_class_s_alone(world: World) -> None:
     found = await world.verify(STANDARD, [body])
 
     assert found.outage is not None and found.admin_login_refused and found.checked == []
+
+
+async def test_a_session_the_server_ended_is_tried_again_before_anything_is_reported(world: World) -> None:
+    """pg_terminate_backend or a failover mid-pass: the server answered, so the pass tries once more on fresh
+    connections instead of telling every tenant of an outage."""
+    body = await world.provision(tenant_body())
+    world.registry.calls.clear()
+    world.relational.fail("verify", SessionEnded("Postgres ended the operator's session"), times=1)
+
+    found = await world.verify(STANDARD, [body])
+
+    assert found.outage is None and [c.body["metadata"]["name"] for c in found.checked] == ["acme"]
+    assert world.registry.called("for_class") == 2
 
 
 async def test_an_outage_is_not_tried_again_within_the_pass(world: World) -> None:
