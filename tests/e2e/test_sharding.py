@@ -26,16 +26,19 @@ LEASES = "tenantstore-e2e-shards"
 SHARDS = 6
 TENANTS = 300
 LEASE_DURATION = 6.0
-# Short timings keep the test quick; the ordering (duration > deadline > retry) is what production uses too.
-REPLICA_ARGS = ["--shards", str(SHARDS), "--leader-elect-namespace", NAMESPACE, "--leader-elect-lease", LEASES,
-                "--lease-duration", str(LEASE_DURATION), "--renew-deadline", "4", "--retry-period", "0.5",
-                "--namespace", NAMESPACE, "--verify-interval", "5", "--usage-interval", "5"]
 ROLE_PREFIX = "tenant_iso_sh_"
 
 # "[2026-12-01 10:30:00,123] tenantstore.handle [INFO    ] shard 3: reconcile of ns/t-0001 began on replica_x"
 WORK = re.compile(r"^\[(?P<at>[\d-]+ [\d:,]+)\] .*shard (?P<shard>\d+): (?P<work>reconcile|teardown) of "
                   rf"{NAMESPACE}/(?P<tenant>\S+) (?P<edge>began|ended) on (?P<replica>\S+)(?: \[tenant=.*\])?$")
 RUNS = re.compile(r"^\[(?P<at>[\d-]+ [\d:,]+)\] .* (?P<replica>\S+) runs shards \[(?P<shards>[\d, ]*)\] of \d+$")
+
+
+def replica_args(shards: int) -> list[str]:
+    # Short timings keep the test quick; the ordering (duration > deadline > retry) is what production uses too.
+    return ["--shards", str(shards), "--leader-elect-namespace", NAMESPACE, "--leader-elect-lease", LEASES,
+            "--lease-duration", str(LEASE_DURATION), "--renew-deadline", "4", "--retry-period", "0.5",
+            "--namespace", NAMESPACE, "--verify-interval", "5", "--usage-interval", "5"]
 
 
 def tenant_id(name: str) -> str:
@@ -127,9 +130,7 @@ def replicas(env: LocalEnvironment, kubectl: Kubectl, default_class: str) -> Ite
 
 def start(env: LocalEnvironment, started: dict[str, OperatorProcess], name: str,
           shards: int = SHARDS) -> OperatorProcess:
-    args = [str(shards) if arg == str(SHARDS) and previous == "--shards" else arg
-            for previous, arg in zip(["", *REPLICA_ARGS], REPLICA_ARGS)]
-    process = env.operator(f"shards-{name}.log", args)
+    process = env.operator(f"shards-{name}.log", replica_args(shards))
     process.start()  # returns once the liveness endpoint answers (the replica itself, before it holds a shard)
     started[name] = process
     return process
