@@ -410,7 +410,7 @@ async def measure_tenants(body: kopf.Body, name: str, status: kopf.Status, memo:
         moment = cost.parse_time(now)
         measured = await fleet.measure_class(store_class, tenants, memo.backends, memo.statuses, memo.secrets, now,
                                              SETTINGS.cost_interval,
-                                             shard_reports.elsewhere(view, status) if view.sharded else None)
+                                             shard_reports.elsewhere(view, status))
         priced = [(m.body, m.holding, m.cost) for m in measured if m.holding] if store_class.pricing else None
         usage = shard_reports.class_usage(view, status, waiting, priced, moment)
         # The class's own figures have one writer, the coordinator; shard parts are each their holder's.

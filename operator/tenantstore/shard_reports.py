@@ -77,8 +77,11 @@ def usage_parts(view: ShardView, waiting: Sequence[Mapping[str, Any]], costs: Pr
     return parts
 
 
-def elsewhere(view: ShardView, status: Mapping[str, Any] | None) -> cost.Elsewhere:
-    """The other shards' tenants, as last reported: with whom this replica's tenants share the class's costs."""
+def elsewhere(view: ShardView, status: Mapping[str, Any] | None) -> cost.Elsewhere | None:
+    """The other shards' tenants, as last reported: with whom this replica's tenants share the class's costs
+    (None without sharding: there are no others)."""
+    if not view.sharded:
+        return None
     parts = current(view, status, {})
     return cost.elsewhere_of([part["storage"] for shard, part in parts.items()
                               if shard not in view.owned and isinstance(part.get("storage"), Mapping)])
