@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install controlplane helm kstatus seaweedfs jaeger promtool image-tools image sync-crds sync-monitoring demo test test-unit clean bench bench-sweep bench-export bench-probe bench-shards chaos
+.PHONY: install controlplane helm kstatus seaweedfs jaeger promtool image-tools image sync-crds sync-monitoring demo test test-unit clean bench bench-sweep bench-export bench-probe bench-query bench-shards chaos
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -94,6 +94,12 @@ bench-export: controlplane
 bench-probe: N = 1000
 bench-probe: install
 	$(BIN)/python -m bench.search_probe --n $(N)
+
+# What isolation costs per query: N tenants (default 100) in one shared index, 10 with dedicated tables and the
+# global index, 10,000 384-dimensional vectors each; a tenant's query through its own role against the superuser's.
+bench-query: N = 100
+bench-query: install
+	$(BIN)/python -m bench.query --n $(N)
 
 # Provisioning by several active replicas (`--shards`): N TenantStores (default 1000) by one operator without
 # shards, then by 1 and 3 replicas of 12 shards (REPLICAS=0,2,4 to change). Results in bench/results/.

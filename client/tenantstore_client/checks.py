@@ -4,6 +4,7 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable, Mapping, Sequence
 
+from tenantstore_client import scopes
 from tenantstore_client.errors import InvalidRequest, ReadOnlyCredential, WritesBlocked
 from tenantstore_client.secret import Coordinates
 from tenantstore_client.types import Vector
@@ -76,6 +77,9 @@ def metadata(fields: Mapping[str, object], vector: str) -> None:
         if key == WRITTEN_AT:
             raise InvalidRequest(f"vector {vector!r}: metadata field {WRITTEN_AT!r} is the library's own "
                                  f"(the time retention counts from)")
+        if key in scopes.RESERVED:
+            raise InvalidRequest(f"vector {vector!r}: metadata field {key!r} is the library's own (pass scope= "
+                                 f"to write in a user's or project's scope)")
         scalar = isinstance(value, (str, int, float, bool))
         strings = isinstance(value, list) and all(isinstance(item, str) for item in value)
         if not (scalar or strings):

@@ -19,9 +19,12 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import AsyncConnectionPool, ConnectionPool
 
 from tenantstore_client import checks, filters
+from tenantstore_client import scopes as scoping
 from tenantstore_client.closing import AsyncClosedOnExit, ClosedOnExit
 from tenantstore_client.errors import InvalidRequest, ReadOnlyCredential, WritesBlocked
-from tenantstore_client.secret import Coordinates, SecretReader
+from tenantstore_client.scopes import Scopes
+from tenantstore_client.secret import Coordinates, GlobalReader, SecretReader
+from tenantstore_client.telemetry import SEARCH, UPDATE, operation
 from tenantstore_client.types import Filter, Match, Vector
 
 DISTANCE = {"cosine": "<=>", "euclidean": "<->", "dotproduct": "<#>"}
@@ -57,9 +60,9 @@ class Statements:
                        "written_at = EXCLUDED.written_at").format(self.table)
 
     @staticmethod
-    def upsert_rows(records: Sequence[Vector]) -> list[tuple[str, str, Jsonb]]:
-        return [(record.id, json.dumps([float(v) for v in record.values]), Jsonb(dict(record.metadata)))
-                for record in records]
+    def upsert_rows(records: Sequence[Vector], scope: str | None, tenant_id: str) -> list[tuple[str, str, Jsonb]]:
+        return [(record.id, json.dumps([float(v) for v in record.values]),
+                 Jsonb(scoping.stamped(record.metadata, scope, tenant_id))) for record in records]
 
     def query(self, vector: Sequence[float], top_k: int, filter: Filter | None,
               include_values: bool) -> tuple[sql.Composable, list[Any]]:
@@ -75,22 +78,23 @@ class Statements:
         return sql.SQL("SELECT id, embedding::text AS embedding, metadata FROM {} WHERE id = ANY(%s)").format(
             self.table)
 
-    def delete(self, filter: Filter | None) -> sql.Composable:
-        if filter is not None:
-            return sql.SQL("DELETE FROM {} WHERE {}").format(self.table, filters.to_sql(filter))
-        return sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(self.table)
+    def delete(self, by_ids: bool, filter: Filter | None) -> sql.Composable:
+        conditions = ([sql.SQL("id = ANY(%s)")] if by_ids else []) + ([filters.to_sql(filter)] if filter else [])
+        return sql.SQL("DELETE FROM {} WHERE {}").format(self.table, sql.SQL(" AND ").join(conditions))
 
     def count(self) -> sql.Composable:
         return sql.SQL("SELECT count(*) AS vectors FROM {}").format(self.table)
 
     def matches(self, rows: Iterable[dict[str, Any]]) -> list[Match]:
-        return [Match(id=row["id"], score=score(self.metric, row["distance"]), metadata=row["metadata"] or {},
+        return [Match(id=row["id"], score=score(self.metric, row["distance"]),
+                      metadata=scoping.visible(row["metadata"]), scope=scoping.scope_of(row["metadata"]),
                       values=json.loads(row["embedding"]) if "embedding" in row else None) for row in rows]
 
     @staticmethod
-    def fetched(rows: Iterable[dict[str, Any]]) -> dict[str, Vector]:
-        return {row["id"]: Vector(id=row["id"], values=json.loads(row["embedding"]), metadata=row["metadata"] or {})
-                for row in rows}
+    def fetched(rows: Iterable[dict[str, Any]], scopes: Sequence[str], tenant_id: str) -> dict[str, Vector]:
+        return {row["id"]: Vector(id=row["id"], values=json.loads(row["embedding"]),
+                                  metadata=scoping.visible(row["metadata"]))
+                for row in rows if scoping.in_scopes(row["metadata"], scopes, tenant_id)}
 
 
 # With a filter the ANN index scan goes on until it has top_k rows that pass, in exact distance order.
@@ -117,12 +121,14 @@ def refusals_explained(coordinates: Coordinates, upsert: bool) -> Iterator[None]
 
 
 class AsyncPgvectorStore(AsyncClosedOnExit):
-    def __init__(self, reader: SecretReader, pool_size: int = 4):
+    def __init__(self, reader: SecretReader | GlobalReader, pool_size: int = 4):
         self.reader = reader
+        self.pool_size = pool_size
         self.pool: AsyncConnectionPool[psycopg.AsyncConnection[dict[str, Any]]] = AsyncConnectionPool(
             self._conninfo, min_size=0, max_size=pool_size, open=False, kwargs={"autocommit": True,
                                                                                   "row_factory": dict_row},
             check=AsyncConnectionPool.check_connection)
+        self._global: AsyncPgvectorStore | None = None
 
     async def _conninfo(self) -> str:
         return (await self._coordinates()).uri
@@ -136,47 +142,69 @@ class AsyncPgvectorStore(AsyncClosedOnExit):
         await self.pool.open()
 
     async def close(self) -> None:
+        if self._global is not None:
+            await self._global.close()
         await self.pool.close()
 
-    async def upsert(self, vectors: Iterable[Vector]) -> int:
+    async def upsert(self, vectors: Iterable[Vector], scope: str | None = None) -> int:
         coordinates = await self._coordinates()
-        checks.may_write(coordinates)
-        records = checks.vectors(vectors, coordinates)
-        if not records:
-            return 0
-        statements = Statements(coordinates)
-        with refusals_explained(coordinates, upsert=True):
-            async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-                await cursor.executemany(statements.upsert(), statements.upsert_rows(records))
+        scoped = scoping.listed(scope)
+        with operation(UPDATE, coordinates, scoped) as span:
+            checks.may_write(coordinates)
+            records = checks.vectors(vectors, coordinates)
+            if records:
+                statements = Statements(coordinates)
+                rows = statements.upsert_rows(records, scope, coordinates.tenant_id)
+                with refusals_explained(coordinates, upsert=True):
+                    async with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+                        await cursor.executemany(statements.upsert(), rows)
+            span.wrote(len(records))
         return len(records)
 
     async def query(self, vector: Sequence[float], top_k: int = 10, filter: Filter | None = None,
-                    include_values: bool = False) -> list[Match]:
+                    include_values: bool = False, scope: Scopes = None) -> list[Match]:
         coordinates = await self._coordinates()
-        floats = checks.values(vector, coordinates, "query vector")
-        checks.top_k(top_k)
-        filters.check(filter)
-        statements = Statements(coordinates)
-        statement, params = statements.query(floats, top_k, filter, include_values)
-        async with self.pool.connection() as conn, conn.transaction():
-            if filter:
-                await conn.execute(ITERATIVE_SCAN)
-            rows = await (await conn.execute(statement, params)).fetchall()
+        scoped = scoping.listed(scope)
+        with operation(SEARCH, coordinates, scoped) as span:
+            floats = checks.values(vector, coordinates, "query vector")
+            checks.top_k(top_k)
+            filters.check(filter)
+            where = scoping.confined(filter, scoped, coordinates.tenant_id)
+            statements = Statements(coordinates)
+            statement, params = statements.query(floats, top_k, where, include_values)
+            async with self.pool.connection() as conn, conn.transaction():
+                if where:
+                    await conn.execute(ITERATIVE_SCAN)
+                rows = await (await conn.execute(statement, params)).fetchall()
+            span.found(len(rows))
         return statements.matches(rows)
 
-    async def fetch(self, ids: Iterable[str]) -> dict[str, Vector]:
-        wanted = checks.ids(ids)
-        statements = Statements(await self._coordinates())
-        async with self.pool.connection() as conn:
-            return statements.fetched(await (await conn.execute(statements.fetch(), [wanted])).fetchall())
+    async def query_global(self, vector: Sequence[float], top_k: int = 10, filter: Filter | None = None,
+                           include_values: bool = False) -> list[Match]:
+        if self._global is None:
+            self._global = AsyncPgvectorStore(GlobalReader(self.reader), max(1, self.pool_size // 2))
+            await self._global.open()
+        return await self._global.query(vector, top_k, filter, include_values)
 
-    async def delete(self, ids: Iterable[str] | None = None, filter: Filter | None = None) -> None:
+    async def fetch(self, ids: Iterable[str], scope: Scopes = None) -> dict[str, Vector]:
+        wanted = checks.ids(ids)
         coordinates = await self._coordinates()
-        checks.may_change(coordinates)
-        params = _delete_params(ids, filter)
-        with refusals_explained(coordinates, upsert=False):
-            async with self.pool.connection() as conn:
-                await conn.execute(Statements(coordinates).delete(filter), params)
+        statements = Statements(coordinates)
+        async with self.pool.connection() as conn:
+            rows = await (await conn.execute(statements.fetch(), [wanted])).fetchall()
+        return statements.fetched(rows, scoping.listed(scope), coordinates.tenant_id)
+
+    async def delete(self, ids: Iterable[str] | None = None, filter: Filter | None = None,
+                     scope: Scopes = None) -> None:
+        coordinates = await self._coordinates()
+        scoped = scoping.listed(scope)
+        with operation(UPDATE, coordinates, scoped):
+            checks.may_change(coordinates)
+            params = _delete_params(ids, filter)
+            where = scoping.confined(filter, scoped, coordinates.tenant_id)
+            with refusals_explained(coordinates, upsert=False):
+                async with self.pool.connection() as conn:
+                    await conn.execute(Statements(coordinates).delete(ids is not None, where), params)
 
     async def count(self) -> int:
         statements = Statements(await self._coordinates())
@@ -186,57 +214,80 @@ class AsyncPgvectorStore(AsyncClosedOnExit):
 
 
 class PgvectorStore(ClosedOnExit):
-    def __init__(self, reader: SecretReader, pool_size: int = 4):
+    def __init__(self, reader: SecretReader | GlobalReader, pool_size: int = 4):
         self.reader = reader
+        self.pool_size = pool_size
         self.pool: ConnectionPool[psycopg.Connection[dict[str, Any]]] = ConnectionPool(
             lambda: reader.current().uri, min_size=0, max_size=pool_size, open=False,
             kwargs={"autocommit": True, "row_factory": dict_row}, check=ConnectionPool.check_connection)
+        self._global: PgvectorStore | None = None
 
     def open(self) -> None:
         self.pool.open()
 
     def close(self) -> None:
+        if self._global is not None:
+            self._global.close()
         self.pool.close()
 
-    def upsert(self, vectors: Iterable[Vector]) -> int:
+    def upsert(self, vectors: Iterable[Vector], scope: str | None = None) -> int:
         coordinates = self.reader.current()
-        checks.may_write(coordinates)
-        records = checks.vectors(vectors, coordinates)
-        if not records:
-            return 0
-        statements = Statements(coordinates)
-        with refusals_explained(coordinates, upsert=True):
-            with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
-                cursor.executemany(statements.upsert(), statements.upsert_rows(records))
+        scoped = scoping.listed(scope)
+        with operation(UPDATE, coordinates, scoped) as span:
+            checks.may_write(coordinates)
+            records = checks.vectors(vectors, coordinates)
+            if records:
+                statements = Statements(coordinates)
+                rows = statements.upsert_rows(records, scope, coordinates.tenant_id)
+                with refusals_explained(coordinates, upsert=True):
+                    with self.pool.connection() as conn, conn.transaction(), conn.cursor() as cursor:
+                        cursor.executemany(statements.upsert(), rows)
+            span.wrote(len(records))
         return len(records)
 
     def query(self, vector: Sequence[float], top_k: int = 10, filter: Filter | None = None,
-              include_values: bool = False) -> list[Match]:
+              include_values: bool = False, scope: Scopes = None) -> list[Match]:
         coordinates = self.reader.current()
-        floats = checks.values(vector, coordinates, "query vector")
-        checks.top_k(top_k)
-        filters.check(filter)
-        statements = Statements(coordinates)
-        statement, params = statements.query(floats, top_k, filter, include_values)
-        with self.pool.connection() as conn, conn.transaction():
-            if filter:
-                conn.execute(ITERATIVE_SCAN)
-            rows = conn.execute(statement, params).fetchall()
+        scoped = scoping.listed(scope)
+        with operation(SEARCH, coordinates, scoped) as span:
+            floats = checks.values(vector, coordinates, "query vector")
+            checks.top_k(top_k)
+            filters.check(filter)
+            where = scoping.confined(filter, scoped, coordinates.tenant_id)
+            statements = Statements(coordinates)
+            statement, params = statements.query(floats, top_k, where, include_values)
+            with self.pool.connection() as conn, conn.transaction():
+                if where:
+                    conn.execute(ITERATIVE_SCAN)
+                rows = conn.execute(statement, params).fetchall()
+            span.found(len(rows))
         return statements.matches(rows)
 
-    def fetch(self, ids: Iterable[str]) -> dict[str, Vector]:
-        wanted = checks.ids(ids)
-        statements = Statements(self.reader.current())
-        with self.pool.connection() as conn:
-            return statements.fetched(conn.execute(statements.fetch(), [wanted]).fetchall())
+    def query_global(self, vector: Sequence[float], top_k: int = 10, filter: Filter | None = None,
+                     include_values: bool = False) -> list[Match]:
+        if self._global is None:
+            self._global = PgvectorStore(GlobalReader(self.reader), max(1, self.pool_size // 2))
+            self._global.open()
+        return self._global.query(vector, top_k, filter, include_values)
 
-    def delete(self, ids: Iterable[str] | None = None, filter: Filter | None = None) -> None:
+    def fetch(self, ids: Iterable[str], scope: Scopes = None) -> dict[str, Vector]:
+        wanted = checks.ids(ids)
         coordinates = self.reader.current()
-        checks.may_change(coordinates)
-        params = _delete_params(ids, filter)
-        with refusals_explained(coordinates, upsert=False):
-            with self.pool.connection() as conn:
-                conn.execute(Statements(coordinates).delete(filter), params)
+        statements = Statements(coordinates)
+        with self.pool.connection() as conn:
+            rows = conn.execute(statements.fetch(), [wanted]).fetchall()
+        return statements.fetched(rows, scoping.listed(scope), coordinates.tenant_id)
+
+    def delete(self, ids: Iterable[str] | None = None, filter: Filter | None = None, scope: Scopes = None) -> None:
+        coordinates = self.reader.current()
+        scoped = scoping.listed(scope)
+        with operation(UPDATE, coordinates, scoped):
+            checks.may_change(coordinates)
+            params = _delete_params(ids, filter)
+            where = scoping.confined(filter, scoped, coordinates.tenant_id)
+            with refusals_explained(coordinates, upsert=False):
+                with self.pool.connection() as conn:
+                    conn.execute(Statements(coordinates).delete(ids is not None, where), params)
 
     def count(self) -> int:
         statements = Statements(self.reader.current())

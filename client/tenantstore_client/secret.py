@@ -67,8 +67,9 @@ class StaticSecret:
         return self.data
 
 
-KNOWN_KEYS = ("uri", "user", "password", "vectorBackend", "vectorIndex", "vectorNamespace", "vectorTable",
-              "vectorHost", "vectorMetric", "vectorDimension", "vectorAccess", "writesBlocked", "pineconeApiKey")
+KNOWN_KEYS = ("tenantId", "uri", "user", "password", "vectorBackend", "vectorIndex", "vectorNamespace", "vectorTable",
+              "vectorHost", "vectorMetric", "vectorDimension", "vectorAccess", "vectorStore", "vectorScope", "writesBlocked",
+              "pineconeApiKey", "globalStore", "globalTable", "globalUri", "globalHost", "globalNamespace")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -85,6 +86,28 @@ class Coordinates:
     namespace: str = ""        # the tenant's namespace ("" for a dedicated index)
     host: str = ""             # Pinecone: the index host
     api_key: str = ""          # Pinecone: only when the class exposes it
+    tenant_id: str = ""        # stamped on every vector written: the defense-in-depth filter of scoped queries
+    store_name: str = ""       # what spans call the store (the tenant id, or a global index's name)
+    scope: str = "tenant"      # what the store is: a tenant's ("tenant") or a class's global index ("global")
+    global_store: str = ""     # the class's global index, when the class has one of this shape
+    global_table: str = ""     # pgvector: its "schema.table"...
+    global_uri: str = ""       # ...and a login to the database that holds it (the tenant's own role)
+    global_host: str = ""      # Pinecone: its index host...
+    global_namespace: str = ""  # ...and reserved namespace
+
+    @property
+    def has_global(self) -> bool:
+        return bool(self.global_table or self.global_host)
+
+    def global_view(self) -> Coordinates:
+        """The class's global index, as a read-only store of its own (the tenant can search it, never change it)."""
+        if not self.has_global:
+            raise ConfigurationError("the Secret names no global index (the StoreClass has no spec.globalStore "
+                                     "index of this tenant's dimension and metric)")
+        return dataclasses.replace(self, read_only=True, writes_blocked=False, uri=self.global_uri,
+                                   table=self.global_table, namespace=self.global_namespace,
+                                   host=self.global_host or self.host, tenant_id="", store_name=self.global_store,
+                                   scope="global")
 
     @classmethod
     def from_secret(cls, data: Mapping[str, str]) -> Coordinates:
@@ -105,7 +128,12 @@ class Coordinates:
                    writes_blocked=data.get(WRITES_BLOCKED) == "true",
                    uri=data.get("uri", ""), table=data.get("vectorTable", ""),
                    namespace=data.get("vectorNamespace", ""), host=data.get("vectorHost", ""),
-                   api_key=data.get("pineconeApiKey", ""))
+                   api_key=data.get("pineconeApiKey", ""), tenant_id=data.get("tenantId", ""),
+                   store_name=data.get("vectorStore") or data.get("tenantId") or data.get("vectorNamespace")
+                   or data.get("vectorTable") or data.get("vectorIndex", ""),
+                   scope=data.get("vectorScope") or "tenant", global_store=data.get("globalStore", ""), global_table=data.get("globalTable", ""),
+                   global_uri=data.get("globalUri", ""), global_host=data.get("globalHost", ""),
+                   global_namespace=data.get("globalNamespace", ""))
 
 
 class SecretReader:
@@ -133,6 +161,28 @@ class SecretReader:
     def refresh(self) -> Coordinates:
         self._coordinates, self._read_at = Coordinates.from_secret(self.source.read()), time.monotonic()
         return self._coordinates
+
+
+class GlobalReader:
+    """A SecretReader's view of the class's global index: the same Secret, re-read the same way."""
+
+    def __init__(self, reader: SecretReader):
+        self.reader = reader
+        reader.last_read.global_view()  # ConfigurationError now, not at the first search
+
+    @property
+    def stale(self) -> bool:
+        return self.reader.stale
+
+    def current(self) -> Coordinates:
+        return self.reader.current().global_view()
+
+    @property
+    def last_read(self) -> Coordinates:
+        return self.reader.last_read.global_view()
+
+    def refresh(self) -> Coordinates:
+        return self.reader.refresh().global_view()
 
 
 def source_of(secret: SecretSource | Mapping[str, str] | str | os.PathLike[str]) -> SecretSource:

@@ -6,6 +6,7 @@ import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Protocol
 
+from tenantstore_client.scopes import Scopes
 from tenantstore_client.secret import Backend, SecretReader, SecretSource, source_of
 from tenantstore_client.types import Filter, Match, Vector
 
@@ -13,19 +14,27 @@ SecretLike = SecretSource | Mapping[str, str] | str | os.PathLike[str]
 
 
 class TenantStore(Protocol):
-    """A tenant's vectors. Every call is confined to the tenant's namespace or table, which the Secret names."""
+    """A tenant's vectors. Every call is confined to the tenant's namespace or table, which the Secret names.
 
-    def upsert(self, vectors: Iterable[Vector]) -> int:
+    `scope` (`scopes.user("alice")` is "user_alice", `scopes.project("q4")` "project_q4") confines a call further,
+    to one user's or project's vectors inside the tenant's store; a query or fetch may name several. An unscoped
+    call works on the whole of the tenant's store, every scope included."""
+
+    def upsert(self, vectors: Iterable[Vector], scope: str | None = None) -> int:
         """Insert or replace vectors by id; the number written. ReadOnlyCredential, WritesBlocked."""
 
     def query(self, vector: Sequence[float], top_k: int = 10, filter: Filter | None = None,
-              include_values: bool = False) -> list[Match]:
+              include_values: bool = False, scope: Scopes = None) -> list[Match]:
         """The `top_k` nearest neighbours that pass `filter`, closest first."""
 
-    def fetch(self, ids: Iterable[str]) -> dict[str, Vector]:
-        """The vectors with these ids that exist."""
+    def query_global(self, vector: Sequence[float], top_k: int = 10, filter: Filter | None = None,
+                     include_values: bool = False) -> list[Match]:
+        """The same search in the StoreClass's global index (read-only); ConfigurationError if it has none."""
 
-    def delete(self, ids: Iterable[str] | None = None, filter: Filter | None = None) -> None:
+    def fetch(self, ids: Iterable[str], scope: Scopes = None) -> dict[str, Vector]:
+        """The vectors with these ids that exist (in the scopes, when named)."""
+
+    def delete(self, ids: Iterable[str] | None = None, filter: Filter | None = None, scope: Scopes = None) -> None:
         """Delete by ids or by a metadata filter (allowed while writes are blocked). ReadOnlyCredential."""
 
     def count(self) -> int:
@@ -43,14 +52,18 @@ class TenantStore(Protocol):
 class AsyncTenantStore(Protocol):
     """TenantStore for asyncio: the same methods, awaited."""
 
-    async def upsert(self, vectors: Iterable[Vector]) -> int: ...
+    async def upsert(self, vectors: Iterable[Vector], scope: str | None = None) -> int: ...
 
     async def query(self, vector: Sequence[float], top_k: int = 10, filter: Filter | None = None,
-                    include_values: bool = False) -> list[Match]: ...
+                    include_values: bool = False, scope: Scopes = None) -> list[Match]: ...
 
-    async def fetch(self, ids: Iterable[str]) -> dict[str, Vector]: ...
+    async def query_global(self, vector: Sequence[float], top_k: int = 10, filter: Filter | None = None,
+                           include_values: bool = False) -> list[Match]: ...
 
-    async def delete(self, ids: Iterable[str] | None = None, filter: Filter | None = None) -> None: ...
+    async def fetch(self, ids: Iterable[str], scope: Scopes = None) -> dict[str, Vector]: ...
+
+    async def delete(self, ids: Iterable[str] | None = None, filter: Filter | None = None,
+                     scope: Scopes = None) -> None: ...
 
     async def count(self) -> int: ...
 

@@ -28,3 +28,4 @@ class Match:
     score: float
     values: Sequence[float] | None = None
     metadata: Metadata = dataclasses.field(default_factory=dict)
+    scope: str | None = None  # the scope it was written in (None: the tenant's store at large)

@@ -58,6 +58,7 @@ class ConditionType(enum.StrEnum):
     ISOLATION_BROKEN = "IsolationBroken"  # TenantStore (via Ready's reason) and StoreClass
     SHARED_INDEXES_NEAR_CAPACITY = "SharedIndexesNearCapacity"  # StoreClass
     VECTOR_QUOTA_EXCEEDED = "VectorQuotaExceeded"  # StoreClass
+    GLOBAL_STORE_READY = "GlobalStoreReady"  # StoreClass with spec.globalStore
 
 
 class Reason(enum.StrEnum):
@@ -71,6 +72,7 @@ class Reason(enum.StrEnum):
     STORE_CLASS_NOT_FOUND = "StoreClassNotFound"
     STORE_CLASS_INVALID = "StoreClassInvalid"
     STORE_CLASS_NOT_READY = "StoreClassNotReady"
+    GLOBAL_STORE_NOT_READY = "GlobalStoreNotReady"  # the class's global index is not made yet
     STORE_CLASS_NOT_ALLOWED = "StoreClassNotAllowed"
     TENANT_ID_CONFLICT = "TenantIdConflict"
     SECRET_CONFLICT = "SecretConflict"

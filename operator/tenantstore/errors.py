@@ -26,6 +26,13 @@ class StoreClassInvalid(ReconcileError):
     retry_after = 15.0
 
 
+class GlobalStoreNotReady(ReconcileError):
+    """The class's global index for the tenant's shape is not made yet: the Secret would lack its coordinates."""
+
+    reason = Reason.GLOBAL_STORE_NOT_READY
+    retry_after = 5.0
+
+
 class StoreClassNotReady(ReconcileError):
     """The class's Postgres or vector service misses a prerequisite (its Ready condition names it); nothing is
     made for a new tenant until it is fixed."""

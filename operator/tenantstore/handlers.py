@@ -24,7 +24,7 @@ from tenantstore.api import (CREDENTIAL_LABEL, DATA_LOSS_ACKNOWLEDGED_ANNOTATION
 from tenantstore.models import DriftPolicy, InvalidResource, StoreClass
 from tenantstore.reconcile import ClaimRef, Outcome
 from tenantstore.registry import BackendRegistry
-from tenantstore.storeclass import pool_figures, readiness, readiness_status
+from tenantstore.storeclass import global_store, pool_figures, readiness, readiness_status
 
 logger = logging.getLogger(__name__)
 
@@ -373,8 +373,15 @@ async def check_storeclass(body: kopf.Body, name: str, status: kopf.Status, memo
     if not memo.shards.coordinator:
         return  # the class's own conditions have one writer: the holder of shard 0
     ready = await readiness(body, memo.backends)
+    try:
+        made = await global_store(body, ready, memo.backends, memo.secrets)
+    except InvalidResource:
+        made = None  # the Ready condition already says what is wrong with the spec
     await memo.class_statuses.update(
-        name, lambda current: conditions.status_changes(current, readiness_status(body, current, ready)), seen=status)
+        name, lambda current: conditions.status_changes(current, readiness_status(body, current, ready, made)),
+        seen=status)
+    for step in made.steps if made else ():
+        events.info(body, reason=step.reason, message=step.message)
 
 
 @kopf.timer(*STORECLASSES, interval=SETTINGS.usage_interval, initial_delay=1.0, backoff=SETTINGS.usage_interval)

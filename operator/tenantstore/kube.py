@@ -222,6 +222,31 @@ class Secrets:
                                  f"managed for this TenantStore; set spec.secretName to another name")
 
 
+    async def apply_owned_secret(self, namespace: str, name: str, owner: Mapping[str, Any],
+                                 labels: Mapping[str, str], data: Mapping[str, str]) -> bool:
+        """Create or correct a Secret that `owner` (any kind) controls; False when it already says this.
+        SecretConflict when the name holds a Secret the operator did not make for that owner."""
+        encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
+        secret = await self.read(namespace, name)
+        if secret is None:
+            await self.core.create_namespaced_secret(namespace, {
+                "metadata": {"name": name, "labels": {**labels, MANAGED_BY_LABEL: MANAGED_BY},
+                             "ownerReferences": [owner]}, "type": "Opaque", "data": encoded})
+            return True
+        if not any(ref.uid == owner["uid"] for ref in secret.metadata.owner_references or ()):
+            raise SecretConflict(f"Secret {namespace}/{name} exists and was not made by the operator for "
+                                 f"{owner['kind']} {owner['name']}; remove or rename it")
+        current_labels = secret.metadata.labels or {}
+        if secret.data == encoded and all(current_labels.get(key) == value for key, value in labels.items()):
+            return False
+        await self.core.replace_namespaced_secret(name, namespace, {
+            "metadata": {"name": name, "resourceVersion": secret.metadata.resource_version,
+                         "labels": {**current_labels, **labels, MANAGED_BY_LABEL: MANAGED_BY},
+                         "annotations": secret.metadata.annotations or {}, "ownerReferences": [owner]},
+            "type": secret.type or "Opaque", "data": encoded})
+        return True
+
+
 class NamespaceLabels(Protocol):
     async def labels(self, name: str) -> Mapping[str, str]:
         """The labels of a Namespace; BackendUnavailable when they cannot be read."""

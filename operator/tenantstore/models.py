@@ -9,6 +9,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import enum
+import hashlib
 import re
 from collections.abc import Mapping, Sequence
 from decimal import Decimal
@@ -411,6 +412,48 @@ class AllowedNamespaces:
 
 
 @dataclasses.dataclass(frozen=True)
+class GlobalIndex:
+    """One entry of spec.globalStore.indexes: the class's read-only global knowledge for one (dimension, metric).
+    Every tenant of the class with vectors of that shape may search it; only the platform's writer Secret writes."""
+
+    class_name: str
+    dimension: int
+    metric: Metric
+
+    @property
+    def key(self) -> str:
+        # Names must stay unique per class and fit Postgres's 63 bytes whatever the class is called.
+        return hashlib.sha256(f"{self.class_name}/{self.dimension}/{self.metric.value}".encode()).hexdigest()[:12]
+
+    @property
+    def store_name(self) -> str:
+        """What spans and the Secret call it."""
+        return f"{self.class_name}-global-{self.dimension}-{self.metric.value}"
+
+    @property
+    def writer_secret(self) -> str:
+        return self.store_name
+
+    @property
+    def writer_role(self) -> str:
+        return f"tsglobal_{self.key}_w"
+
+    @property
+    def reader_role(self) -> str:
+        return f"tsglobal_{self.key}_r"
+
+    @classmethod
+    def list_from(cls, class_name: str, raw: Mapping[str, Any] | None) -> tuple[GlobalIndex, ...]:
+        entries = (raw or {}).get("indexes") or []
+        indexes = tuple(cls(class_name, int(entry["dimension"]), Metric(entry.get("metric") or "cosine"))
+                        for entry in entries)
+        shapes = [(index.dimension, index.metric) for index in indexes]
+        if len(set(shapes)) != len(shapes):
+            raise InvalidResource("spec.globalStore.indexes: one global index per dimension and metric")
+        return indexes
+
+
+@dataclasses.dataclass(frozen=True)
 class StoreClass:
     name: str
     generation: int
@@ -429,6 +472,12 @@ class StoreClass:
     audit_retention: datetime.timedelta = DEFAULT_AUDIT_RETENTION
     pricing: Pricing | None = None  # None: costs are not computed for this class
     slo: SearchSlo | None = None  # None: no search-latency probes
+    global_indexes: tuple[GlobalIndex, ...] = ()
+    global_writer_namespace: str = ""  # where the writer Secrets go ("": the operator's own namespace)
+
+    def global_index_for(self, dimension: int, metric: Metric) -> GlobalIndex | None:
+        return next((index for index in self.global_indexes
+                     if index.dimension == dimension and index.metric is metric), None)
 
     @classmethod
     def from_body(cls, body: Mapping[str, Any]) -> StoreClass:
@@ -456,6 +505,8 @@ class StoreClass:
             audit_retention=parse_duration((spec.get("audit") or {}).get("retention") or DEFAULT_AUDIT_RETENTION_TEXT),
             pricing=Pricing.from_dict(spec.get("pricing")),
             slo=SearchSlo.from_dict(spec.get("slo")),
+            global_indexes=GlobalIndex.list_from(meta["name"], spec.get("globalStore")),
+            global_writer_namespace=(spec.get("globalStore") or {}).get("writerSecretNamespace") or "",
         )
 
 

@@ -12,14 +12,15 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from tenantstore import (conditions, cost, credentials, destinations, export, migration, relational_moves, settings,
-                         tracing)
+from tenantstore import (conditions, cost, credentials, destinations, export, globalstore, migration,
+                         relational_moves, settings, tracing)
 from tenantstore.credentials import new_password
 from tenantstore.api import DATA_LOSS_ACKNOWLEDGED_ANNOTATION, TERMINAL_REASONS, ConditionType, Phase, Reason
-from tenantstore.backends import NAMESPACE_CREATED, RelationalPlacement, Step, VectorPlacement, VectorStore
+from tenantstore.backends import (NAMESPACE_CREATED, GlobalPlacement, RelationalPlacement, Step, VectorPlacement,
+                                  VectorStore)
 from tenantstore.conditions import Condition
-from tenantstore.errors import (BackendUnavailable, IsolationBroken, ReconcileError, RestoreFailed, SecretConflict,
-                                StoreClassInvalid, StoreClassNotAllowed, StoreClassNotFound, StoreClassNotReady,
+from tenantstore.errors import (BackendUnavailable, GlobalStoreNotReady, IsolationBroken, ReconcileError,
+                                RestoreFailed, SecretConflict, StoreClassInvalid, StoreClassNotAllowed, StoreClassNotFound, StoreClassNotReady,
                                 TenantIdConflict, RelationalMigrationUnsupported, VectorQuotaExceeded)
 from tenantstore.kube import NOT_READ, NamespaceLabels, SecretDeletion, Secrets, password_in
 from tenantstore.models import (DeletionPolicy, DesiredStore, InvalidResource, RelationalIsolation,
@@ -32,6 +33,7 @@ logger = logging.getLogger(__name__)
 PHASE_BY_REASON = {
     StoreClassNotFound.reason: Phase.PENDING,
     StoreClassNotReady.reason: Phase.PENDING,
+    GlobalStoreNotReady.reason: Phase.PENDING,
     VectorQuotaExceeded.reason: Phase.PENDING,
     BackendUnavailable.reason: Phase.PROVISIONING,
     StoreClassInvalid.reason: Phase.FAILED,
@@ -156,10 +158,12 @@ def check_claim(tenant_id: str, me: ClaimRef, claims: Sequence[ClaimRef]) -> Non
 
 
 def secret_data(spec: TenantStoreSpec, relational: RelationalPlacement, vector: VectorPlacement,
-                password: str, extras: Mapping[str, str] | None = None) -> dict[str, str]:
+                password: str, extras: Mapping[str, str] | None = None,
+                global_placement: GlobalPlacement | None = None, owner: bool = True) -> dict[str, str]:
+    """`owner`: the Secret of the tenant's own login (not a scoped credential's)."""
     uri = f"postgresql://{relational.role}:{password}@{relational.host}:{relational.port}/{relational.database}"
     data = {
-        "uri": uri, "host": relational.host, "port": str(relational.port), "database": relational.database,
+        "tenantId": spec.tenant_id, "uri": uri, "host": relational.host, "port": str(relational.port), "database": relational.database,
         "schema": relational.schema, "user": relational.role, "password": password,
         "vectorBackend": vector.backend, "vectorIndex": vector.index, "vectorNamespace": vector.namespace,
         # What a client needs to query without asking the backend: the distance and the vectors' length.
@@ -169,10 +173,25 @@ def secret_data(spec: TenantStoreSpec, relational: RelationalPlacement, vector: 
         data["vectorTable"] = vector.table
     if vector.host:
         data["vectorHost"] = vector.host
+    data.update(globalstore.reader_keys(global_placement, relational, password, owner))
     data.update(extras or {})
     return data
 
 
+
+
+async def readable_global_index(vector: VectorStore, store: DesiredStore, store_class: StoreClass
+                                ) -> tuple[GlobalPlacement | None, list[Step]]:
+    """The class's global index of the tenant's shape, readable by the tenant (None when the class has none)."""
+    index = store_class.global_index_for(store.dimension, store.metric)
+    if index is None:
+        return None, []
+    with tracing.backend_call(vector.backend, "grant_global"):
+        placement, steps = await vector.grant_global(store, index)
+    if placement is None:
+        raise GlobalStoreNotReady(f"StoreClass {store_class.name} has not made its global index {index.store_name} "
+                                  f"yet (its GlobalStoreReady condition says why)")
+    return placement, steps
 
 
 async def no_report(changes: dict[str, Any]) -> None:
@@ -260,6 +279,8 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
                                                           writes_blocked=writes_blocked))
         tracing.annotate({"gen_ai.memory.namespace": vector.namespace or vector.index})
         steps += vector_steps
+        global_placement, global_steps = await readable_global_index(backends.vector, store, store_class)
+        steps += global_steps
         if move is not None and store.has_readers:  # the moved vectors' new home: readers may read it too
             steps += (await backends.vector.ensure(store))[1]
         if any(step.reason == NAMESPACE_CREATED for step in vector_steps):
@@ -276,7 +297,7 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         with tracing.backend_call("kubernetes", "apply_secret"):
             written = await secrets.apply_tenant_secret(meta["namespace"], spec.secret_name, body,
                                                         secret_data(spec, relational, vector, password,
-                                                                    backends.secret_extras),
+                                                                    backends.secret_extras, global_placement),
                                                         writes_blocked=writes_blocked,
                                                         current=current_secret if move is None else NOT_READ)
         if written:
@@ -285,7 +306,8 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
             with tracing.backend_call("kubernetes", "apply_credential_secrets"):
                 steps += await credentials.apply_secrets(
                     store, body, logins, lambda login, placement, secret_password: secret_data(
-                        spec, login, placement, secret_password, backends.secret_extras),
+                        spec, login, placement, secret_password, backends.secret_extras, global_placement,
+                        owner=False),
                     relational, vector, writes_blocked, secrets)
         if relational_move is not None:
             # The Secret names the target: record the switch before the source goes.
@@ -376,10 +398,11 @@ async def run_move(vectors: VectorStore, store: DesiredStore, move: migration.Mo
 
 async def probe_isolation(vectors: VectorStore, store: DesiredStore, placement: VectorPlacement) -> list[Step]:
     """Once, when a tenant joins a shared index: look through its eyes and make sure it sees only its own rows."""
-    with tracing.child_span(tracing.SEARCH, {
+    with tracing.child_span(tracing.span_name(tracing.SEARCH, store.tenant_store), {
             "gen_ai.operation.name": tracing.SEARCH, "gen_ai.provider.name": vectors.backend,
-            "gen_ai.memory.store.id": store.tenant_id, "gen_ai.memory.namespace": placement.namespace,
-            "gen_ai.memory.scope": "tenant", "gen_ai.memory.type": "long_term", "tenancy.tenant_id": store.tenant_id}):
+            "gen_ai.memory.store.id": store.tenant_id, "gen_ai.memory.store.name": store.tenant_store,
+            "gen_ai.memory.namespace": placement.namespace, "gen_ai.memory.scope": "tenant",
+            "gen_ai.memory.type": "long_term", "tenancy.tenant_id": store.tenant_id}, kind=tracing.SpanKind.CLIENT):
         problem = await vectors.probe_isolation(store, placement)
     if problem:
         raise IsolationBroken(problem)

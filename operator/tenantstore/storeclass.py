@@ -5,10 +5,12 @@ import dataclasses
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from tenantstore import conditions
+from tenantstore import conditions, globalstore
 from tenantstore.api import ConditionType, Reason
 from tenantstore.conditions import Condition
 from tenantstore.errors import ReconcileError, VectorQuotaExceeded
+from tenantstore.globalstore import GlobalOutcome
+from tenantstore.kube import Secrets
 from tenantstore.models import InvalidResource, StoreClass
 from tenantstore.registry import BackendRegistry
 
@@ -30,10 +32,36 @@ async def readiness(body: Mapping[str, Any], registry: BackendRegistry) -> Condi
                      f"{store_class.vector_backend} backend meet the prerequisites")
 
 
-def readiness_status(body: Mapping[str, Any], status: Mapping[str, Any], ready: Condition) -> dict[str, Any]:
+def readiness_status(body: Mapping[str, Any], status: Mapping[str, Any], ready: Condition,
+                     global_store: GlobalOutcome | None = None) -> dict[str, Any]:
     generation = body.get("metadata", {}).get("generation", 0)
-    return {"observedGeneration": generation,
-            "conditions": conditions.merge_conditions(status.get("conditions"), [ready], generation)}
+    updates = [ready, *([global_store.condition] if global_store else [])]
+    wanted: dict[str, Any] = {"observedGeneration": generation,
+                              "conditions": conditions.merge_conditions(status.get("conditions"), updates, generation)}
+    if global_store is not None:
+        wanted["globalStore"] = {"indexes": global_store.indexes} if global_store.indexes else None
+    return wanted
+
+
+async def global_store(body: Mapping[str, Any], ready: Condition, registry: BackendRegistry,
+                       secrets: Secrets) -> GlobalOutcome | None:
+    """The class's global indexes made and kept as made (once the class is Ready); None for a class that has
+    never declared any. Indexes a spec edit removes are kept, data and all: the condition says so."""
+    store_class = StoreClass.from_body(body)
+    recorded = (body.get("status") or {}).get("globalStore")
+    if not store_class.global_indexes:
+        if not recorded:
+            return None
+        return GlobalOutcome(Condition(ConditionType.GLOBAL_STORE_READY, False, "NoGlobalIndexes",
+                                       "spec.globalStore lists no index: tenants' Secrets no longer name one; the "
+                                       "global indexes made before are kept, with their data and writer logins"),
+                             [], [])
+    if not ready.status:
+        return GlobalOutcome(Condition(ConditionType.GLOBAL_STORE_READY, False, ready.reason,
+                                       f"waiting for the class to be Ready: {ready.message}"),
+                             list((recorded or {}).get("indexes") or []), [])
+    backends = await registry.for_class(store_class)
+    return await globalstore.converge(store_class, body, backends.vector, secrets)
 
 
 @dataclasses.dataclass(frozen=True)

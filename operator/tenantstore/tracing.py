@@ -17,7 +17,7 @@ from opentelemetry import trace
 from opentelemetry.sdk.resources import Resource
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor, SpanProcessor
-from opentelemetry.trace import Span, Status, StatusCode
+from opentelemetry.trace import Span, SpanKind, Status, StatusCode
 
 from tenantstore import metrics
 from tenantstore.redaction import describe_exception, redact
@@ -66,8 +66,11 @@ def lifecycle(operation: str, body: Mapping[str, Any]) -> Iterator[Span]:
     token = _tenant.set((body.get("spec") or {}).get("tenantId", ""))
     started = time.monotonic()
     result = "success"
-    with TRACER.start_as_current_span(operation, attributes=memory_attributes(operation, body),
-                                      record_exception=False, set_status_on_exception=False) as span:
+    attributes = memory_attributes(operation, body)
+    # The GenAI convention's name and kind: "{gen_ai.operation.name} {gen_ai.memory.store.name}", CLIENT.
+    with TRACER.start_as_current_span(span_name(operation, attributes["gen_ai.memory.store.name"]),
+                                      kind=SpanKind.CLIENT, attributes=attributes, record_exception=False,
+                                      set_status_on_exception=False) as span:
         try:
             yield span
         except BaseException as error:
@@ -80,6 +83,10 @@ def lifecycle(operation: str, body: Mapping[str, Any]) -> Iterator[Span]:
             _tenant.reset(token)
 
 
+def span_name(operation: str, store: str) -> str:
+    return f"{operation} {store}" if store.strip("/") else operation
+
+
 def record_error(span: Span, error: BaseException) -> None:
     """The SDK's exception event with its message and stack trace redacted (they quote drivers' errors)."""
     span.record_exception(error, attributes={"exception.message": redact(str(error)),
@@ -87,9 +94,9 @@ def record_error(span: Span, error: BaseException) -> None:
 
 
 @contextlib.contextmanager
-def child_span(name: str, attributes: Mapping[str, str]) -> Iterator[Span]:
+def child_span(name: str, attributes: Mapping[str, str], kind: SpanKind = SpanKind.INTERNAL) -> Iterator[Span]:
     """A child span that records an escaping exception redacted (the SDK's own recording would not be)."""
-    with TRACER.start_as_current_span(name, attributes=dict(attributes), record_exception=False,
+    with TRACER.start_as_current_span(name, kind=kind, attributes=dict(attributes), record_exception=False,
                                       set_status_on_exception=False) as current:
         try:
             yield current

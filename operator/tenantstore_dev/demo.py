@@ -14,7 +14,9 @@ from pathlib import Path
 
 import tenantstore_client
 
+from tenantstore_dev import story
 from tenantstore_dev.environment import REPO_ROOT, LocalEnvironment, OperatorProcess
+from tenantstore_dev.span_sink import SpanSink
 
 EXAMPLES = REPO_ROOT / "manifests" / "examples"
 
@@ -64,12 +66,14 @@ def run_demo(keep_running: bool = True) -> int:
         shutil.rmtree(workdir)  # a fresh cluster and database every time: the demo shows provisioning
     env = LocalEnvironment(workdir)
     operator: OperatorProcess | None = None
+    sink = SpanSink().start()  # the operator's spans, for the story's printout
     try:
         say("starting the control plane (the first run builds it from source: about 10 minutes) and Postgres")
         env.start()
         assert env.kubectl is not None
         say(f"control plane at {env.control_plane.server}; Postgres at 127.0.0.1:{env.postgres.port}")
-        operator = env.operator()
+        operator = env.operator(extra_env={"OTEL_EXPORTER_OTLP_ENDPOINT": sink.endpoint,
+                                           "OTEL_BSP_SCHEDULE_DELAY": "200"})
         operator.start()
         say(f"operator running (pid {operator.process.pid}, log {operator.log_path})")
         for example in ("storeclass-pgvector.yaml", "namespace-customers.yaml", "tenantstores.yaml"):
@@ -79,6 +83,8 @@ def run_demo(keep_running: bool = True) -> int:
         env.kubectl("wait", "--for=condition=Ready", "tenantstores", "--all", "-n", "customers", "--timeout=180s")
         say(f"all Ready in {time.monotonic() - started:.1f}s")
         report(env)
+        say("the story of one AI-assistant SaaS, with the span of each step")
+        story.tell(env.kubectl, "customers", "standard", sink, 384, ("acme", "globex"), "initech")
         print(f"\nPoint kubectl at the cluster:  export KUBECONFIG={env.control_plane.kubeconfig}\n"
               f"Operator log: {operator.log_path}\n", flush=True)
         if keep_running:
@@ -94,4 +100,5 @@ def run_demo(keep_running: bool = True) -> int:
         if operator is not None:
             operator.stop()
         env.stop()
+        sink.stop()
     return 0

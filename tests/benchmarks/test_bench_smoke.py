@@ -79,3 +79,20 @@ def test_the_search_probe_benchmark_reports_its_figures(tmp_path: Path) -> None:
     assert figures["tenant_query_latency_seconds"]["p50"] is not None
     assert set(figures["overhead_at_rate"]) == {"1", "2", "10"}
     assert "search-probe: n=12 probes=12 failed=0" in result.stdout
+
+
+def test_the_query_benchmark_reports_the_isolation_overhead(tmp_path: Path) -> None:
+    """bench/query.py, small (its own embedded Postgres): every kind (shared index, dedicated table, global index)
+    measured in a fresh and a pooled session, tenant against floor; no timing is checked."""
+    command = [sys.executable, "-m", "bench.query", "--n", "3", "--dedicated", "1", "--vectors", "50",
+               "--global-vectors", "50", "--samples", "10", "--out", str(tmp_path)]
+    result = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, f"benchmark failed:\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}"
+    figures = json.loads((tmp_path / "query-3.json").read_text())
+    assert len(figures["kinds"]) == 3
+    for modes in figures["kinds"].values():
+        assert set(modes) == {"fresh", "pooled"}
+        for figure in modes.values():
+            for side in ("tenant_ms", "floor_ms", "overhead_ms", "ratio"):
+                assert set(figure[side]) == {"p50", "p95", "p99"} and figure[side]["p95"] is not None
+    assert result.stdout.count("query: ") == 6

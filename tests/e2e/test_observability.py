@@ -99,17 +99,19 @@ async def test_a_reconcile_is_one_span_with_a_child_per_backend_call(env: LocalE
         kubectl("delete", "tenantstore", "traced", "-n", namespace)  # no operator watches here: no finalizer
 
     spans = exporter.get_finished_spans()
-    root = next(span for span in spans if span.name == "create_memory_store")
-    assert root.parent is None
+    root = next(span for span in spans if span.name == f"create_memory_store {namespace}/traced")
+    assert root.parent is None and root.kind.name == "CLIENT"  # the GenAI convention's name and kind
     for key, value in {"gen_ai.operation.name": "create_memory_store", "gen_ai.provider.name": "pgvector",
                        "gen_ai.memory.store.id": "traced", "gen_ai.memory.namespace": "traced",
                        "gen_ai.memory.type": "long_term", "tenancy.tier": "free"}.items():
         assert root.attributes[key] == value, key
     children = {span.name: span for span in spans if span.parent and span.parent.span_id == root.context.span_id}
-    assert {"kubernetes read_secret", "postgres ensure", "pgvector ensure", "search_memory",
+    probe = f"search_memory {namespace}/traced"
+    assert {"kubernetes read_secret", "postgres ensure", "pgvector ensure", probe,
             "kubernetes apply_secret"} <= set(children)
-    assert children["search_memory"].attributes["gen_ai.operation.name"] == "search_memory"
-    delete = next(span for span in spans if span.name == "delete_memory_store")
+    assert children[probe].attributes["gen_ai.operation.name"] == "search_memory"
+    assert children[probe].kind.name == "CLIENT"
+    delete = next(span for span in spans if span.name == f"delete_memory_store {namespace}/traced")
     assert {span.name for span in spans if span.parent and span.parent.span_id == delete.context.span_id} >= {
         "pgvector teardown", "postgres teardown"}
     for span in spans:
@@ -126,7 +128,7 @@ def test_a_failing_operation_records_the_error_on_its_span() -> None:
             with tracing.backend_call("postgres", "ensure"):
                 raise RuntimeError("backend exploded")
     spans = {span.name: span for span in exporter.get_finished_spans()}
-    root, child = spans["update_memory"], spans["postgres ensure"]
+    root, child = spans["update_memory nowhere/lost"], spans["postgres ensure"]
     assert child.parent.span_id == root.context.span_id
     assert root.status.status_code.name == "ERROR"
     assert [event.name for event in root.events] == ["exception"]

@@ -104,10 +104,12 @@ def test_jaeger_receives_one_trace_per_operation_with_a_span_per_backend_call(
     kubectl.apply(tenant_store("traced", NAMESPACE, "jaeger-traced", tier="pro"))
     wait_for_condition(kubectl, NAMESPACE, "traced", "Ready", "True")
     tenant_secret(kubectl, NAMESPACE, "traced-store")  # its password joins those no span may carry
-    [created] = wait_for("the creation's trace in Jaeger", lambda: jaeger.traces("create_memory_store",
-                                                                                  "jaeger-traced"), timeout=60)
+    created_name, deleted_name = f"create_memory_store {NAMESPACE}/traced", f"delete_memory_store {NAMESPACE}/traced"
+    [created] = wait_for("the creation's trace in Jaeger", lambda: jaeger.traces(created_name, "jaeger-traced"),
+                         timeout=60)
     [root] = roots(created)  # one operation, one trace, one root
-    assert root["operationName"] == "create_memory_store"
+    assert root["operationName"] == created_name
+    assert tags(root).get("span.kind") == "client"
     assert {key: tags(root).get(key) for key in ("gen_ai.operation.name", "gen_ai.memory.store.id",
                                                  "gen_ai.memory.store.name", "gen_ai.memory.type",
                                                  "gen_ai.provider.name", "gen_ai.memory.namespace",
@@ -115,17 +117,17 @@ def test_jaeger_receives_one_trace_per_operation_with_a_span_per_backend_call(
         "gen_ai.operation.name": "create_memory_store", "gen_ai.memory.store.id": "jaeger-traced",
         "gen_ai.memory.store.name": f"{NAMESPACE}/traced", "gen_ai.memory.type": "long_term",
         "gen_ai.provider.name": "pgvector", "gen_ai.memory.namespace": "jaeger-traced", "tenancy.tier": "pro"}
-    assert {"kubernetes read_secret", "postgres ensure", "pgvector ensure", "search_memory",
+    assert {"kubernetes read_secret", "postgres ensure", "pgvector ensure", f"search_memory {NAMESPACE}/traced",
             "kubernetes apply_secret"} <= children(created, root)
     assert all(span["traceID"] == root["traceID"] for span in created["spans"])
     assert created["processes"][root["processID"]]["serviceName"] == SERVICE
 
     kubectl("delete", "tenantstore", "traced", "-n", NAMESPACE)
     wait_until_gone(kubectl, "tenantstore", "traced", NAMESPACE)
-    deleted = wait_for("the deletion's trace in Jaeger", lambda: jaeger.traces("delete_memory_store",
-                                                                                "jaeger-traced"), timeout=60)
+    deleted = wait_for("the deletion's trace in Jaeger", lambda: jaeger.traces(deleted_name, "jaeger-traced"),
+                       timeout=60)
     for trace in deleted:  # a retried deletion is one trace per attempt, never one trace for both
-        assert len(roots(trace)) == 1 and roots(trace)[0]["operationName"] == "delete_memory_store"
+        assert len(roots(trace)) == 1 and roots(trace)[0]["operationName"] == deleted_name
     assert any({"pgvector teardown", "postgres teardown"} <= children(trace, roots(trace)[0]) for trace in deleted)
     assert not {span["traceID"] for trace in deleted for span in trace["spans"]} & {root["traceID"]}
 

@@ -15,7 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any, Protocol
 
 from tenantstore.insights import QueryInsights
-from tenantstore.models import DesiredStore, SecretKeyRef
+from tenantstore.models import DesiredStore, GlobalIndex, SecretKeyRef
 
 
 # The step of a tenant joining a shared index: reconcile then looks through the tenant's eyes (isolation probe).
@@ -67,6 +67,22 @@ class VectorPlacement:
         if not raw or not raw.get("backend") or not raw.get("index"):
             return None
         return cls(**{field.name: raw.get(field.name, "") for field in dataclasses.fields(cls)})
+
+
+@dataclasses.dataclass(frozen=True)
+class GlobalPlacement:
+    """Where a class's global index is: what tenant Secrets (read) and the writer Secret (write) point at."""
+
+    backend: str
+    name: str  # GlobalIndex.store_name, as Secrets and spans call it
+    table: str = ""  # pgvector: "schema.table"
+    database: str = ""  # pgvector: the database that holds it
+    namespace: str = ""  # Pinecone: the reserved namespace
+    host: str = ""  # Pinecone: the shared index's host
+    index: str = ""  # Pinecone: the shared index's name
+
+    def to_status(self) -> dict[str, Any]:
+        return {key: value for key, value in dataclasses.asdict(self).items() if value}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -247,7 +263,20 @@ class VectorMeasurement(Protocol):
         run it (pgvector: as its role; Pinecone: in its namespace). Not one of the tenant's daily queries."""
 
 
-class VectorStore(VectorLifecycle, VectorData, VectorRetention, VectorMeasurement, Protocol):
+class GlobalStores(Protocol):
+    """A StoreClass's global indexes (spec.globalStore): read by every tenant of the class, written by the platform."""
+
+    async def ensure_global(self, index: GlobalIndex, writer_password: str, password_is_new: bool
+                            ) -> tuple[GlobalPlacement, dict[str, str], list[Step]]:
+        """Make the global index and its writer credential as made; the writer Secret's data with it."""
+
+    async def grant_global(self, store: DesiredStore, index: GlobalIndex
+                           ) -> tuple[GlobalPlacement | None, list[Step]]:
+        """Let the tenant read, and only read, the class's global index of its vectors' shape; where that index
+        is (None until the class has made it)."""
+
+
+class VectorStore(VectorLifecycle, VectorData, VectorRetention, VectorMeasurement, GlobalStores, Protocol):
     """Everything the operator asks of a vector backend."""
 
 

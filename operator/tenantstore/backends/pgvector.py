@@ -23,12 +23,14 @@ import psycopg
 from psycopg import sql
 
 from tenantstore import insights, pool
-from tenantstore.backends import (NAMESPACE_CREATED, Drift, SecretValue, SharedIndex, Step, VectorPlacement,
-                                  VectorRecord, VectorUsage, bookkeeping, register_vector_backend)
+from tenantstore.backends import (NAMESPACE_CREATED, Drift, GlobalPlacement, SecretValue, SharedIndex, Step,
+                                  VectorPlacement, VectorRecord, VectorUsage, bookkeeping, pgvector_global,
+                                  register_vector_backend)
 from tenantstore.backends.postgres import (DATABASE_STATE, PostgresServer, execute_at_once, extension_schema,
                                            fetch_one, reopened_database)
 from tenantstore.errors import BackendUnavailable, ObjectReplaced
-from tenantstore.models import DesiredStore, Metric, VectorIsolation, dedicated_index_name, shared_index_name
+from tenantstore.models import (DesiredStore, GlobalIndex, Metric, VectorIsolation, dedicated_index_name,
+                                shared_index_name)
 
 SHARED_SCHEMA = "tenantstore_vectors"
 DEDICATED_TABLE = "vectors"
@@ -192,14 +194,14 @@ class PgvectorStore:
                 PRIMARY KEY (namespace, id)
             ) PARTITION BY LIST (namespace)""").format(qualified, vector_type))
         await execute_at_once(conn, forced_row_security(qualified))
-        await self._create_ann_index(conn, qualified, store)
+        await self._create_ann_index(conn, qualified, store.dimension, store.metric)
 
     async def _create_ann_index(self, conn: psycopg.AsyncConnection[Any], table: sql.Identifier,
-                                store: DesiredStore) -> None:
-        if store.dimension <= HNSW_MAX_DIMENSIONS:
+                                dimension: int, metric: Metric) -> None:
+        if dimension <= HNSW_MAX_DIMENSIONS:
             schema = await extension_schema(conn, "vector")
             await conn.execute(sql.SQL("CREATE INDEX ON {} USING hnsw (embedding {})").format(
-                table, sql.Identifier(schema or "public", OPERATOR_CLASSES[store.metric])))
+                table, sql.Identifier(schema or "public", OPERATOR_CLASSES[metric])))
 
     async def _ensure_namespace_access(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore,
                                        table: str) -> list[Step]:
@@ -283,15 +285,8 @@ class PgvectorStore:
         async with self.server.connect(store.database) as conn:
             if await dedicated_table_kind(conn, store) is None:
                 async with conn.transaction():
-                    qualified = sql.Identifier(store.schema, DEDICATED_TABLE)
-                    await conn.execute(sql.SQL("""
-                        CREATE TABLE {} (
-                            id text PRIMARY KEY,
-                            embedding {} NOT NULL,
-                            metadata jsonb NOT NULL DEFAULT '{{}}',
-                            written_at timestamptz NOT NULL DEFAULT now()
-                        )""").format(qualified, await vector_type_of(conn, store.dimension)))
-                    await self._create_ann_index(conn, qualified, store)
+                    await self._create_vector_table(conn, sql.Identifier(store.schema, DEDICATED_TABLE),
+                                                    store.dimension, store.metric)
                 steps.append(Step("DedicatedIndexCreated", f"dedicated vector table {store.database}."
                                                            f"{store.schema}.{DEDICATED_TABLE} created"))
             async with self._dedicated_table(conn, store):
@@ -314,6 +309,42 @@ class PgvectorStore:
                 raise ObjectReplaced(f"{store.database}.{store.schema}.{DEDICATED_TABLE} is no longer the vector table "
                                      f"the operator made (the tenant replaced it); the operator will not use it")
             yield qualified
+
+    # --- the class's global index (pgvector_global) ---
+
+    async def ensure_global(self, index: GlobalIndex, writer_password: str, password_is_new: bool
+                            ) -> tuple[GlobalPlacement, dict[str, str], list[Step]]:
+        placement, steps = await pgvector_global.ensure(self.server, index, writer_password, password_is_new,
+                                                        self._create_global_table)
+        writer = {"uri": f"postgresql://{index.writer_role}:{writer_password}@{self.server.host}:{self.server.port}/"
+                         f"{placement.database}",
+                  "user": index.writer_role, "password": writer_password, "vectorBackend": self.backend,
+                  "vectorTable": placement.table, "vectorStore": placement.name,
+                  "vectorDimension": str(index.dimension), "vectorMetric": index.metric.value,
+                  "vectorAccess": "readWrite", "vectorScope": "global"}
+        return placement, writer, steps
+
+    async def _create_global_table(self, conn: psycopg.AsyncConnection[Any], table: sql.Identifier,
+                                   index: GlobalIndex) -> None:
+        if not await fetch_one(conn, "SELECT 1 FROM pg_namespace WHERE nspname = %s", SHARED_SCHEMA):
+            await conn.execute(sql.SQL("CREATE SCHEMA {}").format(sql.Identifier(SHARED_SCHEMA)))
+        await self._create_vector_table(conn, table, index.dimension, index.metric)
+
+    async def _create_vector_table(self, conn: psycopg.AsyncConnection[Any], table: sql.Identifier, dimension: int,
+                                   metric: Metric) -> None:
+        """A table of one store's vectors (a dedicated index, a global index) with its ANN index."""
+        await conn.execute(sql.SQL("""
+            CREATE TABLE {} (
+                id text PRIMARY KEY,
+                embedding {} NOT NULL,
+                metadata jsonb NOT NULL DEFAULT '{{}}',
+                written_at timestamptz NOT NULL DEFAULT now()
+            )""").format(table, await vector_type_of(conn, dimension)))
+        await self._create_ann_index(conn, table, dimension, metric)
+
+    async def grant_global(self, store: DesiredStore, index: GlobalIndex
+                           ) -> tuple[GlobalPlacement | None, list[Step]]:
+        return await pgvector_global.grant(self.server, store, index)
 
     # --- data (admin access through the operator's own row-level-security policy) ---
 
@@ -406,14 +437,18 @@ class PgvectorStore:
         async with self.server.connect() as conn:
             async with conn.transaction():
                 # Any privilege on any other relation of the shared schema (its shared table, a neighbour's
-                # partition) is a way past its namespace.
+                # partition) is a way past its namespace; reading a class's global index is the one exception.
                 shared = await fetch_one(conn, """
                     SELECT string_agg(c.relname, ', ' ORDER BY c.relname) AS reachable
                       FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
                      WHERE n.nspname = %s AND c.relname <> %s AND c.relkind IN ('r', 'p', 'v', 'm')
                        AND has_table_privilege(%s, c.oid,
-                                               'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')""",
-                                         SHARED_SCHEMA, partition_name(store), store.role)
+                                               'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
+                       AND NOT (starts_with(c.relname, %s) AND c.relkind = 'r' AND c.relowner = current_user::regrole
+                                AND NOT has_table_privilege(%s, c.oid,
+                                                            'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER'))""",
+                                         SHARED_SCHEMA, partition_name(store), store.role,
+                                         pgvector_global.GLOBAL_TABLE_PREFIX, store.role)
                 # Through the tenant's eyes: the operator's tables only, no tenant object on this path.
                 await conn.execute(operator_set_role(store.role))
                 row = await fetch_one(conn, sql.SQL("SELECT count(*) AS {} FROM {} WHERE namespace <> {}").format(

@@ -36,13 +36,13 @@ from pinecone import (ApiError, AsyncPinecone, ConflictError, ForbiddenError, No
                       PineconeError, PineconeTimeoutError, RateLimitError, RetryConfig, ServiceError, UnauthorizedError)
 
 from tenantstore import pool
-from tenantstore.backends import (NAMESPACE_CREATED, Drift, SecretValue, SharedIndex, Step, VectorPlacement,
-                                  VectorRecord, VectorUsage, register_vector_backend)
+from tenantstore.backends import (NAMESPACE_CREATED, Drift, GlobalPlacement, SecretValue, SharedIndex, Step,
+                                  VectorPlacement, VectorRecord, VectorUsage, register_vector_backend)
 from tenantstore.backends.postgres import PostgresServer
 from tenantstore.errors import (BackendUnavailable, ReconcileError, StoreClassInvalid, TenantIdConflict,
                                 VectorQuotaExceeded)
-from tenantstore.models import (DesiredStore, InvalidResource, SecretKeyRef, VectorIsolation, dedicated_index_name,
-                                shared_index_name)
+from tenantstore.models import (DesiredStore, GlobalIndex, InvalidResource, SecretKeyRef, VectorIsolation,
+                                dedicated_index_name, shared_index_name)
 
 if TYPE_CHECKING:
     from pinecone.async_client.async_index import AsyncIndex
@@ -53,6 +53,8 @@ T = TypeVar("T")
 SHARED_INDEX = re.compile(r"^shared-(?P<dimension>\d+)-(?P<metric>cosine|euclidean|dotproduct)-(?P<number>\d+)$")
 MANAGED_BY = {"managed-by": "tenantstore"}
 DEFAULT_NAMESPACE = "__default__"
+# The class's global knowledge in the first shared index of its shape; tenant ids cannot hold '_', so no tenant's.
+GLOBAL_NAMESPACE = "_global"
 # The reserved schema field of a classic index, served by the vectors API (upsert, query, fetch, list).
 VALUES_FIELD = "_values"
 LIST_PAGE_MAX = 100  # list vector ids / list namespaces page size limit
@@ -92,6 +94,7 @@ class PineconeClient:
 
     def __init__(self, api_key: str, host: str = "", policy: RetryPolicy | None = None):
         self.policy = policy or RetryPolicy()
+        self.api_key = api_key  # what the class's global-index writer Secret carries
         # The SDK's own control-plane retries are off so that `call` alone decides (and bounds) them.
         self.control = AsyncPinecone(api_key=api_key, host=host or None, retry_config=RetryConfig(max_retries=0))
         self._indexes: dict[str, AsyncIndex] = {}
@@ -287,7 +290,7 @@ class PineconeBackend:
 register_vector_backend("pinecone", PineconeBackend)
 
 
-def index_schema(store: DesiredStore) -> dict[str, Any]:
+def index_schema(store: DesiredStore | GlobalIndex) -> dict[str, Any]:
     return {"fields": {VALUES_FIELD: {"type": "dense_vector", "dimension": store.dimension,
                                       "metric": store.metric.value}}}
 
@@ -338,7 +341,7 @@ class PineconeStore:
         except NotFoundError:
             return None
 
-    async def _create_index(self, name: str, store: DesiredStore, tags: dict[str, str]) -> bool:
+    async def _create_index(self, name: str, store: DesiredStore | GlobalIndex, tags: dict[str, str]) -> bool:
         """Create a serverless index (deletion protection on); False when the name is already taken."""
         try:
             await self.client.call(
@@ -381,7 +384,7 @@ class PineconeStore:
 
     # --- namespace isolation: a namespace of a shared index ---
 
-    async def _pool(self, store: DesiredStore) -> list[tuple[int, Any]]:
+    async def _pool(self, store: DesiredStore | GlobalIndex) -> list[tuple[int, Any]]:
         """The shared indexes of the tenant's (dimension, metric): (number, model), oldest first."""
         pool = [(int(match["number"]), model) for model in await self._list_indexes()
                 if (match := SHARED_INDEX.match(model.name))
@@ -402,7 +405,7 @@ class PineconeStore:
                 return found
 
     async def _tenants_in(self, host: str) -> set[str]:
-        return {name for name in await self._namespaces(host) if name not in (DEFAULT_NAMESPACE, "")}
+        return {name for name in await self._namespaces(host) if name not in (DEFAULT_NAMESPACE, GLOBAL_NAMESPACE, "")}
 
     async def _ensure_namespace(self, store: DesiredStore) -> tuple[VectorPlacement, list[Step]]:
         async with self.server.connect() as conn, pool.locked(conn, self.backend, store.dimension, store.metric.value):
@@ -420,6 +423,49 @@ class PineconeStore:
             raise VectorQuotaExceeded(f"Pinecone refused to create namespace {namespace} in shared index "
                                       f"{model.name}: {error.message} (a plan limit: lower "
                                       f"spec.vector.sharedIndex.capacity or upgrade the Pinecone plan)") from error
+
+    # --- the class's global index: a reserved namespace of the first shared index of its shape ---
+
+    async def ensure_global(self, index: GlobalIndex, writer_password: str, password_is_new: bool
+                            ) -> tuple[GlobalPlacement, dict[str, str], list[Step]]:
+        """Pinecone keys are per project: the writer Secret carries the class's key, and tenants' read-only access
+        to the namespace is kept by the client library (it has no call that writes there)."""
+        del writer_password, password_is_new
+        steps: list[Step] = []
+        with pinecone_errors(f"placing the global index {index.store_name}"):
+            async with self.server.connect() as conn, pool.locked(conn, self.backend, index.dimension,
+                                                                  index.metric.value):
+                shared = await self._pool(index)
+                if shared:
+                    model = shared[0][1] if shared[0][1].status.ready else await self._wait_ready(shared[0][1].name)
+                else:
+                    name = shared_index_name(index.dimension, index.metric, 0)
+                    await self._create_index(name, index, {**MANAGED_BY, "pool": f"{index.dimension}-"
+                                                                                  f"{index.metric.value}"})
+                    model = await self._wait_ready(name)
+                if GLOBAL_NAMESPACE not in await self._namespaces(model.host, prefix=GLOBAL_NAMESPACE):
+                    await self._create_namespace(model, GLOBAL_NAMESPACE)
+                    steps.append(Step("GlobalIndexCreated", f"global index {index.store_name} created as namespace "
+                                                            f"{GLOBAL_NAMESPACE} of shared index {model.name}"))
+        placement = GlobalPlacement(backend=self.backend, name=index.store_name, namespace=GLOBAL_NAMESPACE,
+                                    host=model.host, index=model.name)
+        writer = {"vectorBackend": self.backend, "vectorHost": model.host, "vectorIndex": model.name,
+                  "vectorNamespace": GLOBAL_NAMESPACE, "vectorStore": index.store_name,
+                  "vectorDimension": str(index.dimension), "vectorMetric": index.metric.value,
+                  "vectorAccess": "readWrite", "vectorScope": "global", "pineconeApiKey": self.client.api_key}
+        return placement, writer, steps
+
+    async def grant_global(self, store: DesiredStore, index: GlobalIndex
+                           ) -> tuple[GlobalPlacement | None, list[Step]]:
+        # Nothing in Pinecone to grant (a project's key reads every namespace): only where the index is.
+        with pinecone_errors(f"finding the global index {index.store_name}"):
+            shared = await self._pool(index)
+            if not shared or GLOBAL_NAMESPACE not in await self._namespaces(shared[0][1].host,
+                                                                            prefix=GLOBAL_NAMESPACE):
+                return None, []
+        model = shared[0][1]
+        return GlobalPlacement(backend=self.backend, name=index.store_name, namespace=GLOBAL_NAMESPACE,
+                               host=model.host, index=model.name), []
 
     def _shared_placement(self, store: DesiredStore, model: Any) -> VectorPlacement:
         return VectorPlacement(backend=self.backend, index=model.name, namespace=store.tenant_id, host=model.host)

@@ -56,7 +56,8 @@ async def test_the_secret_holds_the_coordinates_and_the_password_the_role_logs_i
     password = world.relational.roles["tenant_acme"].password
     assert len(password) >= 24
     assert secret.data == {
-        "uri": f"postgresql://tenant_acme:{password}@db.test:5432/tenants", "host": "db.test", "port": "5432",
+        "tenantId": "acme", "uri": f"postgresql://tenant_acme:{password}@db.test:5432/tenants", "host": "db.test",
+        "port": "5432",
         "database": "tenants", "schema": "tenant_acme", "user": "tenant_acme", "password": password,
         "vectorBackend": "pgvector", "vectorIndex": "shared-384-cosine-1", "vectorNamespace": "acme",
         "vectorTable": "tenantstore_vectors.tenant_acme", "vectorMetric": "cosine", "vectorDimension": "384"}
