@@ -187,8 +187,10 @@ async def test_grants_and_policies_someone_added_are_taken_back(pg: PostgresServ
         table = psycopg.sql.Identifier(*platform.placement.table.split("."))
         async with pg.connect() as conn:
             for statement in ("GRANT INSERT ON {} TO PUBLIC", "CREATE POLICY anyone ON {} FOR ALL TO PUBLIC USING (true)",
-                              "ALTER TABLE {} NO FORCE ROW LEVEL SECURITY"):
-                await conn.execute(psycopg.sql.SQL(statement).format(table))
+                              "ALTER TABLE {} NO FORCE ROW LEVEL SECURITY", "GRANT TRUNCATE ON {} TO {}",
+                              "GRANT UPDATE ON {} TO {}"):
+                await conn.execute(psycopg.sql.SQL(statement).format(table, psycopg.sql.Identifier(
+                    platform.index.writer_role if "TRUNCATE" in statement else platform.index.reader_role)))
         assert await platform.make_global(password_is_new=False) == ["GlobalIndexRepaired"]
         async with pg.connect() as conn:
             row = await (await conn.execute(
@@ -196,6 +198,14 @@ async def test_grants_and_policies_someone_added_are_taken_back(pg: PostgresServ
                 "(SELECT count(*) FROM pg_policy WHERE polrelid = c.oid AND polname = 'anyone') AS extra "
                 "FROM pg_class c WHERE oid = to_regclass(%s)", (platform.placement.table,))).fetchone()
         assert row == {"forced": True, "public_insert": False, "extra": 0}
+        async with pg.connect() as conn:  # the writer and the reader keep exactly what they were given
+            held = await (await conn.execute(
+                "SELECT privilege_type, grantee::regrole::text AS grantee FROM pg_class c, aclexplode(c.relacl) "
+                "WHERE c.oid = to_regclass(%s) AND grantee <> c.relowner ORDER BY 2, 1",
+                (platform.placement.table,))).fetchall()
+        assert [(r["grantee"], r["privilege_type"]) for r in held] == [
+            (platform.index.reader_role, "SELECT"),
+            *((platform.index.writer_role, p) for p in ("DELETE", "INSERT", "SELECT", "UPDATE"))]
         assert await platform.make_global(password_is_new=False) == []
     finally:
         await platform.close()

@@ -131,7 +131,7 @@ async def _access_repairs(conn: psycopg.AsyncConnection[Any], database: str, ind
                has_schema_privilege(%(writer)s, %(schema)s, 'USAGE') AS writer_usage,
                has_database_privilege(%(reader)s, %(database)s, 'CONNECT') AS reader_connect,
                has_database_privilege(%(writer)s, %(database)s, 'CONNECT') AS writer_connect,
-               current_user AS admin
+               current_user::regrole::text AS admin
           FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
          WHERE n.nspname = %(schema)s AND c.relname = %(table)s""",
         {"reader": index.reader_role, "writer": index.writer_role, "schema": GLOBAL_SCHEMA, "table": table,
@@ -163,13 +163,14 @@ async def _access_repairs(conn: psycopg.AsyncConnection[Any], database: str, ind
             writer, qualified, writer))
     wanted_grants = {f"{index.reader_role}:SELECT", *(f"{index.writer_role}:{p}" for p in WRITER_PRIVILEGES)}
     grants = set(row["grants"])
-    for grantee in sorted({grant.rsplit(":", 1)[0] for grant in grants - wanted_grants}):
+    # Anyone holding more than made loses all of it; the reader and the writer then get theirs back.
+    revoked = sorted({grant.rsplit(":", 1)[0] for grant in grants - wanted_grants})
+    for grantee in revoked:
         statements.append(sql.SQL("REVOKE ALL ON {} FROM {}").format(
             qualified, sql.SQL("PUBLIC") if grantee == "public" else sql.Identifier(grantee.strip('"'))))
-    if f"{index.reader_role}:SELECT" not in grants or any(g.startswith(f"{index.reader_role}:") and g not in
-                                                         wanted_grants for g in grants):
+    if index.reader_role in revoked or f"{index.reader_role}:SELECT" not in grants:
         statements.append(sql.SQL("GRANT SELECT ON {} TO {}").format(qualified, reader))
-    if not all(f"{index.writer_role}:{p}" in grants for p in WRITER_PRIVILEGES):
+    if index.writer_role in revoked or not all(f"{index.writer_role}:{p}" in grants for p in WRITER_PRIVILEGES):
         statements.append(sql.SQL("GRANT {} ON {} TO {}").format(
             sql.SQL(", ").join(sql.SQL(p) for p in WRITER_PRIVILEGES), qualified, writer))
     for role, usage, connect in ((reader, row["reader_usage"], row["reader_connect"]),
