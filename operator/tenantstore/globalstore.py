@@ -19,7 +19,7 @@ from tenantstore.backends import GlobalPlacement, RelationalPlacement, Step, Vec
 from tenantstore.conditions import Condition
 from tenantstore.errors import ReconcileError
 from tenantstore.kube import Secrets
-from tenantstore.models import StoreClass
+from tenantstore.models import DriftPolicy, StoreClass
 
 STORECLASS_LABEL = "tenancy.dev/storeclass"
 GLOBAL_INDEX_LABEL = "tenancy.dev/global-index"
@@ -52,8 +52,9 @@ async def converge(store_class: StoreClass, body: Mapping[str, Any], vector: Vec
         for index in store_class.global_indexes:
             existing = await secrets.data(namespace, index.writer_secret)
             password = (existing or {}).get("password") or ""
-            placement, writer, made = await vector.ensure_global(index, password or token.token_urlsafe(24),
-                                                                 password_is_new=not password)
+            placement, writer, made = await vector.ensure_global(
+                index, password or token.token_urlsafe(24), password_is_new=not password,
+                repair=store_class.drift_policy is DriftPolicy.REPAIR)
             if await secrets.apply_owned_secret(namespace, index.writer_secret, owner,
                                                 {STORECLASS_LABEL: store_class.name, GLOBAL_INDEX_LABEL: index.key},
                                                 writer):

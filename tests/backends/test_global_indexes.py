@@ -22,6 +22,7 @@ from vector_kit import FAST_RETRIES, PASSWORD, SETTINGS, tenant
 
 from tenantstore.backends import GlobalPlacement, VectorStore
 from tenantstore.backends.pgvector import PgvectorStore
+from tenantstore.backends.pgvector_global import GlobalIndexDrifted
 from tenantstore.backends.pinecone import GLOBAL_NAMESPACE, PineconeClient, PineconeStore
 from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServer
 from tenantstore.models import DesiredStore, GlobalIndex, Metric, RelationalIsolation, TenantStoreSpec, \
@@ -290,5 +291,24 @@ async def test_the_isolation_probe_allows_reading_the_global_index_and_nothing_m
                 psycopg.sql.Identifier(*secret["globalTable"].split(".")), psycopg.sql.Identifier(store.role)))
         problem = await platform.vectors.probe_isolation(store, placement)
         assert problem is not None and secret["globalTable"].split(".")[1] in problem
+    finally:
+        await platform.close()
+
+
+async def test_with_drift_policy_report_a_changed_grant_is_reported_not_taken_back(pg: PostgresServer) -> None:
+    platform = Platform("pgvector", pg, PgvectorStore(pg), None)
+    try:
+        await platform.make_global()
+        assert platform.placement is not None
+        table = psycopg.sql.Identifier(*platform.placement.table.split("."))
+        async with pg.connect() as conn:
+            await conn.execute(psycopg.sql.SQL("GRANT DELETE ON {} TO PUBLIC").format(table))
+        with pytest.raises(GlobalIndexDrifted, match="driftPolicy is Report"):
+            await platform.vectors.ensure_global(platform.index, "writer-pw-1", False, repair=False)
+        async with pg.connect() as conn:
+            row = await (await conn.execute("SELECT has_table_privilege('public', %s, 'DELETE') AS kept",
+                                            (platform.placement.table,))).fetchone()
+        assert row == {"kept": True}
+        assert await platform.make_global(password_is_new=False) == ["GlobalIndexRepaired"]
     finally:
         await platform.close()

@@ -266,9 +266,10 @@ class VectorMeasurement(Protocol):
 class GlobalStores(Protocol):
     """A StoreClass's global indexes (spec.globalStore): read by every tenant of the class, written by the platform."""
 
-    async def ensure_global(self, index: GlobalIndex, writer_password: str, password_is_new: bool
-                            ) -> tuple[GlobalPlacement, dict[str, str], list[Step]]:
-        """Make the global index and its writer credential as made; the writer Secret's data with it."""
+    async def ensure_global(self, index: GlobalIndex, writer_password: str, password_is_new: bool,
+                            repair: bool = True) -> tuple[GlobalPlacement, dict[str, str], list[Step]]:
+        """Make the global index and its writer credential as made; the writer Secret's data with it. `repair`
+        False (driftPolicy Report): what is no longer as made is reported (a ReconcileError), not changed."""
 
     async def grant_global(self, store: DesiredStore, index: GlobalIndex
                            ) -> tuple[GlobalPlacement | None, list[Step]]:

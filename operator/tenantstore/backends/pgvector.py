@@ -312,10 +312,10 @@ class PgvectorStore:
 
     # --- the class's global index (pgvector_global) ---
 
-    async def ensure_global(self, index: GlobalIndex, writer_password: str, password_is_new: bool
-                            ) -> tuple[GlobalPlacement, dict[str, str], list[Step]]:
+    async def ensure_global(self, index: GlobalIndex, writer_password: str, password_is_new: bool,
+                            repair: bool = True) -> tuple[GlobalPlacement, dict[str, str], list[Step]]:
         placement, steps = await pgvector_global.ensure(self.server, index, writer_password, password_is_new,
-                                                        self._create_global_table)
+                                                        self._create_global_table, repair)
         writer = {"uri": f"postgresql://{index.writer_role}:{writer_password}@{self.server.host}:{self.server.port}/"
                          f"{placement.database}",
                   "user": index.writer_role, "password": writer_password, "vectorBackend": self.backend,

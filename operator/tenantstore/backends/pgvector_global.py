@@ -19,7 +19,7 @@ from psycopg.conninfo import make_conninfo
 from tenantstore.backends import GlobalPlacement, Step
 from tenantstore.backends.postgres import (MANAGED_COMMENT, PostgresServer, execute_at_once, fetch_one,
                                            scram_sha256_verifier)
-from tenantstore.errors import ObjectReplaced
+from tenantstore.errors import ObjectReplaced, ReconcileError
 from tenantstore.models import DesiredStore, GlobalIndex
 
 GLOBAL_SCHEMA = "tenantstore_vectors"  # the shared indexes' schema: tenants may not create anything there
@@ -28,6 +28,11 @@ WRITER_CONNECTION_LIMIT = 20
 WRITER_PRIVILEGES = ("DELETE", "INSERT", "SELECT", "UPDATE")
 # The operator's DDL on the global table waits this long for a tenant's ACCESS SHARE lock, then tries next pass.
 DDL_LOCK_TIMEOUT = "2s"
+
+
+class GlobalIndexDrifted(ReconcileError):
+    reason = "GlobalIndexDrifted"
+    retry_after = None
 
 
 def global_table_name(index: GlobalIndex) -> str:
@@ -40,9 +45,10 @@ def placement_of(index: GlobalIndex, database: str) -> GlobalPlacement:
 
 
 async def ensure(server: PostgresServer, index: GlobalIndex, password: str, password_is_new: bool,
-                 create_table: Any) -> tuple[GlobalPlacement, list[Step]]:
-    """Make the global table, its reader role and writer login as described above; repair what differs.
-    `create_table(conn, qualified, index)` makes the table with the class's vector type and ANN index."""
+                 create_table: Any, repair: bool = True) -> tuple[GlobalPlacement, list[Step]]:
+    """Make the global table, its reader role and writer login as described above; repair what differs (only
+    report it, `repair` False: GlobalIndexDrifted). `create_table(conn, qualified, index)` makes the table with
+    the class's vector type and ANN index."""
     table = global_table_name(index)
     qualified = sql.Identifier(GLOBAL_SCHEMA, table)
     reader, writer = sql.Identifier(index.reader_role), sql.Identifier(index.writer_role)
@@ -84,6 +90,10 @@ async def ensure(server: PostgresServer, index: GlobalIndex, password: str, pass
             steps.append(Step("GlobalIndexCreated", f"global index {index.store_name} created as "
                                                     f"{GLOBAL_SCHEMA}.{table}"))
         repairs = await _access_repairs(conn, server.shared_database, index, table)
+        if repairs and kind is not None and not repair:  # driftPolicy Report: said, not changed
+            raise GlobalIndexDrifted(f"global index {index.store_name}: its grants, policies or row security are "
+                                     f"not as made ({len(repairs)} statements would put them back; driftPolicy "
+                                     f"is Report)")
         if repairs:
             await execute_at_once(conn, repairs)
             if kind is not None:

@@ -426,11 +426,12 @@ class PineconeStore:
 
     # --- the class's global index: a reserved namespace of the first shared index of its shape ---
 
-    async def ensure_global(self, index: GlobalIndex, writer_password: str, password_is_new: bool
-                            ) -> tuple[GlobalPlacement, dict[str, str], list[Step]]:
+    async def ensure_global(self, index: GlobalIndex, writer_password: str, password_is_new: bool,
+                            repair: bool = True) -> tuple[GlobalPlacement, dict[str, str], list[Step]]:
         """Pinecone keys are per project: the writer Secret carries the class's key, and tenants' read-only access
-        to the namespace is kept by the client library (it has no call that writes there)."""
-        del writer_password, password_is_new
+        to the namespace is kept by the client library (it has no call that writes there). Nothing to drift but
+        the namespace, which is made when missing."""
+        del writer_password, password_is_new, repair
         steps: list[Step] = []
         with pinecone_errors(f"placing the global index {index.store_name}"):
             async with self.server.connect() as conn, pool.locked(conn, self.backend, index.dimension,
