@@ -148,7 +148,7 @@ class AsyncPgvectorStore(AsyncClosedOnExit):
 
     async def upsert(self, vectors: Iterable[Vector], scope: str | None = None) -> int:
         coordinates = await self._coordinates()
-        scoped = scoping.listed(scope)
+        scoped = scoping.single(scope)
         with operation(UPDATE, coordinates, scoped) as span:
             checks.may_write(coordinates)
             records = checks.vectors(vectors, coordinates)
@@ -232,7 +232,7 @@ class PgvectorStore(ClosedOnExit):
 
     def upsert(self, vectors: Iterable[Vector], scope: str | None = None) -> int:
         coordinates = self.reader.current()
-        scoped = scoping.listed(scope)
+        scoped = scoping.single(scope)
         with operation(UPDATE, coordinates, scoped) as span:
             checks.may_write(coordinates)
             records = checks.vectors(vectors, coordinates)

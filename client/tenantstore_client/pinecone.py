@@ -121,7 +121,7 @@ class AsyncPineconeStore(AsyncClosedOnExit):
 
     async def upsert(self, vectors: Iterable[Vector], scope: str | None = None) -> int:
         coordinates = await self._coordinates()
-        scoped = scoping.listed(scope)
+        scoped = scoping.single(scope)
         with operation(UPDATE, coordinates, scoped) as span:
             checks.may_write(coordinates)
             checked = checks.vectors(vectors, coordinates)
@@ -188,7 +188,7 @@ class PineconeStore(ClosedOnExit):
 
     def upsert(self, vectors: Iterable[Vector], scope: str | None = None) -> int:
         coordinates = self.reader.current()
-        scoped = scoping.listed(scope)
+        scoped = scoping.single(scope)
         with operation(UPDATE, coordinates, scoped) as span:
             checks.may_write(coordinates)
             checked = checks.vectors(vectors, coordinates)

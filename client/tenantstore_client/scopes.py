@@ -51,6 +51,13 @@ def listed(scopes: Scopes) -> list[str]:
     return [checked(name) for name in names]
 
 
+def single(scope: Scopes) -> list[str]:
+    """The scope a write goes to (as a list of at most one): a write has one place."""
+    if scope is not None and not isinstance(scope, str):
+        raise InvalidRequest(f"an upsert writes in one scope, got {scope!r}")
+    return listed(scope)
+
+
 def kind(scopes: Sequence[str]) -> str:
     """gen_ai.memory.scope: the tenant's whole store, a user's, a project's, or several."""
     if not scopes:

@@ -226,6 +226,15 @@ class Secrets:
                                  labels: Mapping[str, str], data: Mapping[str, str]) -> bool:
         """Create or correct a Secret that `owner` (any kind) controls; False when it already says this.
         SecretConflict when the name holds a Secret the operator did not make for that owner."""
+        try:
+            return await self._apply_owned_secret(namespace, name, owner, labels, data)
+        except ApiException as error:
+            if error.status != 409:
+                raise
+            return await self._apply_owned_secret(namespace, name, owner, labels, data)  # changed meanwhile
+
+    async def _apply_owned_secret(self, namespace: str, name: str, owner: Mapping[str, Any],
+                                  labels: Mapping[str, str], data: Mapping[str, str]) -> bool:
         encoded = {key: base64.b64encode(value.encode()).decode() for key, value in data.items()}
         secret = await self.read(namespace, name)
         if secret is None:

@@ -78,3 +78,6 @@ def test_a_scoped_call_is_fenced_by_scope_and_tenant() -> None:
     assert not scopes.in_scopes({"_scope": "user_alice", "_tenant": "other"}, ["user_alice"], "acme")
     assert scopes.visible({"_scope": "user_alice", "_tenant": "acme", "lang": "en"}) == {"lang": "en"}
     assert scopes.kind(["user_a", "user_b"]) == "user" and scopes.kind(["user_a", "project_b"]) == "mixed"
+    with pytest.raises(ts.InvalidRequest, match="one scope"):
+        scopes.single(["user_a", "user_b"])
+    assert scopes.single(None) == [] and scopes.single("user_a") == ["user_a"]
