@@ -115,14 +115,21 @@ WRITES = {
     "make the writer's login its own": "ALTER ROLE {writer} PASSWORD 'hx-taken'",
     "create a look-alike in the shared schema": "CREATE TABLE tenantstore_vectors.hx_global (id text)",
     "create a schema in the shared database": "CREATE SCHEMA hx_shadow",
+    "write through an updatable view of its own": "CREATE VIEW {own}.hx_view AS SELECT * FROM {table}; "
+                                                  "INSERT INTO {own}.hx_view (id, embedding) VALUES ('hx', '[1,1,1]')",
+    "delete through a SECURITY DEFINER function of its own": "CREATE FUNCTION {own}.hx_purge() RETURNS void "
+                                                             "LANGUAGE sql SECURITY DEFINER AS 'DELETE FROM {table}'; "
+                                                             "SELECT {own}.hx_purge()",
 }
 
 
-def render(statement: str, global_index: Global) -> sql.Composable:
+def render(statement: str, global_index: Global, own_schema: str = "pg_temp") -> sql.Composable:
+    """`own`: a schema the attacker owns in the shared database (an enterprise tenant has none there)."""
     schema, table = global_index.table.split(".")
     return sql.SQL(statement).format(table=sql.Identifier(schema, table),
                                      reader=sql.Identifier(global_index.index.reader_role),
-                                     writer=sql.Identifier(global_index.index.writer_role))
+                                     writer=sql.Identifier(global_index.index.writer_role),
+                                     own=sql.Identifier(own_schema))
 
 
 @pytest.mark.parametrize("who", ["free", "enterprise"])
@@ -131,11 +138,12 @@ def test_a_reader_can_read_and_change_nothing(who: str, readers: dict[str, Tenan
     tenant = readers[who]
     with global_session(tenant) as conn:
         assert conn.execute(render("SELECT count(*) FROM {table}", global_index)).fetchone() == (GLOBAL_ROWS,)
+        own = tenant.schema if tenant.database == SHARED_DATABASE else "pg_temp"
         for name, statement in WRITES.items():
             def attack(statement: str = statement) -> Any:
                 with conn.transaction(force_rollback=True):
-                    return conn.execute(render(statement, global_index)).fetchall() if "SELECT" in statement \
-                        else conn.execute(render(statement, global_index)).rowcount
+                    cursor = conn.execute(render(statement, global_index, own))
+                    return cursor.fetchall() if cursor.description else cursor.rowcount
             attempts.refused(f"global index: {who} tenant tries to {name}", attack,
                              expect=(psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedObject))
         def grant_itself() -> Any:
