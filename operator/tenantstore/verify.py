@@ -19,7 +19,7 @@ from tenantstore import conditions, cost
 from tenantstore.api import DRIFT_REASONS, ConditionType, Phase, Reason
 from tenantstore.backends import Drift, VectorPlacement
 from tenantstore.errors import BackendUnavailable, ReconcileError, SessionEnded
-from tenantstore.models import DesiredStore, InvalidResource, StoreClass, TenantStoreSpec
+from tenantstore.models import DesiredStore, GlobalIndex, InvalidResource, StoreClass, TenantStoreSpec
 from tenantstore.reconcile import DATA_LOSS, store_as_provisioned
 from tenantstore.registry import Backends, BackendRegistry
 
@@ -110,6 +110,7 @@ async def check_class(store_class: StoreClass, tenants: Sequence[Mapping[str, An
             backends = await registry.for_class(store_class)
             relational = await backends.relational.verify([store for _, _, store, _ in parsed])
             vector = await backends.vector.verify([(store, placement) for _, _, store, placement in parsed])
+            global_reads = await check_global_reads(backends, store_class, [store for _, _, store, _ in parsed])
             secrets = await check_secrets(backends, parsed, passwords, relational)
             canary = {} if canary_turn is None else await probe_shared_indexes(backends, parsed, canary_turn)
             break
@@ -124,9 +125,23 @@ async def check_class(store_class: StoreClass, tenants: Sequence[Mapping[str, An
     checked = []
     for body, _, store, _ in parsed:
         drifts = (*relational.get(store.tenant_id, ()), *vector.get(store.tenant_id, ()),
-                  *secrets.get(store.tenant_id, ()))
+                  *global_reads.get(store.tenant_id, ()), *secrets.get(store.tenant_id, ()))
         checked.append(Checked(body=body, drifts=drifts, isolation=canary.get(store.tenant_id)))
     return ClassPass(checked=checked)
+
+
+async def check_global_reads(backends: Backends, store_class: StoreClass, stores: Sequence[DesiredStore]
+                             ) -> dict[str, list[Drift]]:
+    """Tenants of a class with a global index of their shape: still able to read it (one query per index)."""
+    by_index: dict[GlobalIndex, list[DesiredStore]] = {}
+    for store in stores:
+        if (index := store_class.global_index_for(store.dimension, store.metric)) is not None:
+            by_index.setdefault(index, []).append(store)
+    found: dict[str, list[Drift]] = {}
+    for index, members in by_index.items():
+        for tenant_id, drifts in (await backends.vector.verify_global(index, members)).items():
+            found.setdefault(tenant_id, []).extend(drifts)
+    return found
 
 
 async def check_secrets(backends: Backends, parsed: Sequence[tuple[Mapping[str, Any], TenantStoreSpec, DesiredStore,

@@ -312,3 +312,22 @@ async def test_with_drift_policy_report_a_changed_grant_is_reported_not_taken_ba
         assert await platform.make_global(password_is_new=False) == ["GlobalIndexRepaired"]
     finally:
         await platform.close()
+
+
+async def test_a_tenant_that_lost_its_read_access_is_found_and_given_it_back(pg: PostgresServer) -> None:
+    platform = Platform("pgvector", pg, PgvectorStore(pg), None)
+    try:
+        await platform.make_global()
+        await platform.tenant("glv")
+        await platform.tenant("glk")
+        lost, kept = platform.tenants[-2:]
+        assert await platform.vectors.verify_global(platform.index, [lost, kept]) == {}
+        async with pg.connect() as conn:
+            await conn.execute(psycopg.sql.SQL("REVOKE {} FROM {}").format(
+                psycopg.sql.Identifier(platform.index.reader_role), psycopg.sql.Identifier(lost.role)))
+        drifts = await platform.vectors.verify_global(platform.index, [lost, kept])
+        assert list(drifts) == [lost.tenant_id] and drifts[lost.tenant_id][0].kind == "GrantMissing"
+        assert (await platform.vectors.grant_global(lost, platform.index))[1][0].reason == "GlobalReadGranted"
+        assert await platform.vectors.verify_global(platform.index, [lost, kept]) == {}
+    finally:
+        await platform.close()

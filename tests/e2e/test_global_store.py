@@ -82,6 +82,11 @@ def test_tenants_search_the_class_global_index_and_only_the_platform_writes_it(
 
         reader_role = f"tsglobal_{recorded['table'].rsplit('_', 1)[1]}_r"
         assert reader_members(env, reader_role) == ["tenant_gla", "tenant_gle"]
+        with superuser(env) as conn:  # read access taken away by hand: verification finds it, repair gives it back
+            conn.execute(psycopg.sql.SQL("REVOKE {} FROM tenant_gla").format(psycopg.sql.Identifier(reader_role)))
+        wait_for("tenant_gla's read access to be given back", lambda: reader_members(env, reader_role) == [
+            "tenant_gla", "tenant_gle"], timeout=60)
+        wait_for_condition(kubectl, namespace, "gla", "Ready", "True")
         for name in ("gla", "gle", "glx"):
             kubectl("delete", "tenantstore", name, "-n", namespace, "--wait=true", "--timeout=120s")
         assert reader_members(env, reader_role) == []  # deleted tenants' roles took their membership along

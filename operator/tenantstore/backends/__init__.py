@@ -276,6 +276,9 @@ class GlobalStores(Protocol):
         """Let the tenant read, and only read, the class's global index of its vectors' shape; where that index
         is (None until the class has made it)."""
 
+    async def verify_global(self, index: GlobalIndex, stores: Sequence[DesiredStore]) -> dict[str, list[Drift]]:
+        """Per tenant id, what keeps a tenant from reading the class's global index as granted (absent: reads)."""
+
 
 class VectorStore(VectorLifecycle, VectorData, VectorRetention, VectorMeasurement, GlobalStores, Protocol):
     """Everything the operator asks of a vector backend."""

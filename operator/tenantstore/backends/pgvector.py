@@ -346,6 +346,9 @@ class PgvectorStore:
                            ) -> tuple[GlobalPlacement | None, list[Step]]:
         return await pgvector_global.grant(self.server, store, index)
 
+    async def verify_global(self, index: GlobalIndex, stores: Sequence[DesiredStore]) -> dict[str, list[Drift]]:
+        return await pgvector_global.verify(self.server, index, stores)
+
     # --- data (admin access through the operator's own row-level-security policy) ---
 
     @contextlib.asynccontextmanager

@@ -10,13 +10,15 @@ puts back what differs.
 """
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import psycopg
 from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
-from tenantstore.backends import GlobalPlacement, Step
+from tenantstore.api import Reason
+from tenantstore.backends import Drift, GlobalPlacement, Step
 from tenantstore.backends.postgres import (MANAGED_COMMENT, PostgresServer, execute_at_once, fetch_one,
                                            scram_sha256_verifier)
 from tenantstore.errors import ObjectReplaced, ReconcileError
@@ -192,21 +194,41 @@ async def _access_repairs(conn: psycopg.AsyncConnection[Any], database: str, ind
     return statements
 
 
+def members_of(store: DesiredStore) -> list[str]:
+    """The tenant's roles that read the global index: its own, and its readOnly credentials' role."""
+    return [store.role, *([store.reader_role] if store.has_readers else [])]
+
+
+MEMBERS = """
+    SELECT member.rolname FROM pg_auth_members m
+      JOIN pg_roles member ON member.oid = m.member
+     WHERE m.roleid = to_regrole(%s) AND member.rolname = ANY(%s)
+       AND m.inherit_option AND NOT m.set_option AND NOT m.admin_option"""
+
+
+async def verify(server: PostgresServer, index: GlobalIndex, stores: Sequence[DesiredStore]
+                 ) -> dict[str, list[Drift]]:
+    roles = [role for store in stores for role in members_of(store)]
+    async with server.connect() as conn:
+        present = {row["rolname"] for row in await (await conn.execute(MEMBERS, (index.reader_role, roles))).fetchall()}
+    found: dict[str, list[Drift]] = {}
+    for store in stores:
+        if missing := [role for role in members_of(store) if role not in present]:
+            found[store.tenant_id] = [Drift(Reason.GRANT_MISSING, f"{', '.join(missing)} can no longer read the "
+                                                                   f"global index {index.store_name}")]
+    return found
+
+
 async def grant(server: PostgresServer, store: DesiredStore, index: GlobalIndex
                 ) -> tuple[GlobalPlacement | None, list[Step]]:
     """Make the tenant's role (and its readOnly role) members of the global reader role: they read, nothing more.
     None until the class has made the index (and its reader role)."""
-    members = [store.role, *([store.reader_role] if store.has_readers else [])]
+    members = members_of(store)
     async with server.connect() as conn:
         if await _table_kind(conn, global_table_name(index)) != "ours" or not await fetch_one(
                 conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", index.reader_role):
             return None, []
-        cursor = await conn.execute("""
-            SELECT member.rolname FROM pg_auth_members m
-              JOIN pg_roles member ON member.oid = m.member
-             WHERE m.roleid = to_regrole(%s) AND member.rolname = ANY(%s)
-               AND m.inherit_option AND NOT m.set_option AND NOT m.admin_option""",
-            (index.reader_role, members))
+        cursor = await conn.execute(MEMBERS, (index.reader_role, members))
         present = {row["rolname"] for row in await cursor.fetchall()}
         missing = [member for member in members if member not in present]
         placement = placement_of(index, server.shared_database)

@@ -468,6 +468,9 @@ class PineconeStore:
         return GlobalPlacement(backend=self.backend, name=index.store_name, namespace=GLOBAL_NAMESPACE,
                                host=model.host, index=model.name), []
 
+    async def verify_global(self, index: GlobalIndex, stores: Sequence[DesiredStore]) -> dict[str, list[Drift]]:
+        return {}  # no grant to lose: the class's check keeps the namespace
+
     def _shared_placement(self, store: DesiredStore, model: Any) -> VectorPlacement:
         return VectorPlacement(backend=self.backend, index=model.name, namespace=store.tenant_id, host=model.host)
 
