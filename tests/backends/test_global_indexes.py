@@ -98,6 +98,14 @@ async def platform(request: pytest.FixtureRequest, pg: PostgresServer) -> AsyncI
     await client.close()
 
 
+@pytest.fixture
+async def pg_platform(pg: PostgresServer) -> AsyncIterator[Platform]:
+    """pgvector only: what Postgres itself holds to (grants, policies, logins)."""
+    built = Platform("pgvector", pg, PgvectorStore(pg), None)
+    yield built
+    await built.close()
+
+
 async def test_the_platform_writes_the_global_index_and_every_tenant_searches_it(platform: Platform,
                                                                                 spans: InMemorySpanExporter) -> None:
     assert "GlobalIndexCreated" in await platform.make_global()
@@ -137,79 +145,70 @@ async def test_the_platform_writes_the_global_index_and_every_tenant_searches_it
     assert len(await asyncio.to_thread(writer.query, QUERY, 10)) == 3
 
 
-async def test_pgvector_itself_refuses_a_tenant_that_writes_the_global_index(pg: PostgresServer) -> None:
+async def test_pgvector_itself_refuses_a_tenant_that_writes_the_global_index(pg_platform: Platform) -> None:
     """Past the library: the tenant's own login, straight at the table."""
-    platform = Platform("pgvector", pg, PgvectorStore(pg), None)
-    try:
-        await platform.make_global()
-        writer = platform.open(platform.writer)
-        await asyncio.to_thread(writer.upsert, PRODUCT_DOCS)
-        for secret in (await platform.tenant("glw"), await platform.tenant(
-                "gle", VectorIsolation.DEDICATED, RelationalIsolation.DATABASE)):
-            assert secret["globalUri"].endswith("/tenants")  # a database of its own: the global index is elsewhere
-            table = psycopg.sql.Identifier(*secret["globalTable"].split("."))
-            with psycopg.connect(secret["globalUri"], autocommit=True) as conn:
-                assert conn.execute(psycopg.sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone() == (3,)
-                for statement in ("INSERT INTO {} (id, embedding) VALUES ('x', '[1,0,0,0]')",
-                                  "UPDATE {} SET metadata = '{{}}'", "DELETE FROM {}", "TRUNCATE {}",
-                                  "LOCK TABLE {} IN EXCLUSIVE MODE", "SELECT * FROM {} FOR UPDATE",
-                                  "CREATE POLICY everyone ON {} USING (true)",
-                                  "ALTER TABLE {} DISABLE ROW LEVEL SECURITY"):
-                    with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
-                        conn.execute(psycopg.sql.SQL(statement).format(table))
-                with pytest.raises(psycopg.errors.InsufficientPrivilege):
-                    conn.execute(psycopg.sql.SQL("SET ROLE {}").format(psycopg.sql.Identifier(platform.index.reader_role)))
-                conn.execute(psycopg.sql.SQL("GRANT SELECT ON {} TO PUBLIC").format(table))  # a warning, no grant
-                assert conn.execute("SELECT has_table_privilege('public', %s, 'SELECT')",
-                                    (secret["globalTable"],)).fetchone() == (False,)
-        assert len(await asyncio.to_thread(writer.query, QUERY, 10)) == 3
-    finally:
-        await platform.close()
+    platform = pg_platform
+    await platform.make_global()
+    writer = platform.open(platform.writer)
+    await asyncio.to_thread(writer.upsert, PRODUCT_DOCS)
+    for secret in (await platform.tenant("glw"), await platform.tenant(
+            "gle", VectorIsolation.DEDICATED, RelationalIsolation.DATABASE)):
+        assert secret["globalUri"].endswith("/tenants")  # a database of its own: the global index is elsewhere
+        table = psycopg.sql.Identifier(*secret["globalTable"].split("."))
+        with psycopg.connect(secret["globalUri"], autocommit=True) as conn:
+            assert conn.execute(psycopg.sql.SQL("SELECT count(*) FROM {}").format(table)).fetchone() == (3,)
+            for statement in ("INSERT INTO {} (id, embedding) VALUES ('x', '[1,0,0,0]')",
+                              "UPDATE {} SET metadata = '{{}}'", "DELETE FROM {}", "TRUNCATE {}",
+                              "LOCK TABLE {} IN EXCLUSIVE MODE", "SELECT * FROM {} FOR UPDATE",
+                              "CREATE POLICY everyone ON {} USING (true)",
+                              "ALTER TABLE {} DISABLE ROW LEVEL SECURITY"):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege), conn.transaction():
+                    conn.execute(psycopg.sql.SQL(statement).format(table))
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                conn.execute(psycopg.sql.SQL("SET ROLE {}").format(psycopg.sql.Identifier(platform.index.reader_role)))
+            conn.execute(psycopg.sql.SQL("GRANT SELECT ON {} TO PUBLIC").format(table))  # a warning, no grant
+            assert conn.execute("SELECT has_table_privilege('public', %s, 'SELECT')",
+                                (secret["globalTable"],)).fetchone() == (False,)
+    assert len(await asyncio.to_thread(writer.query, QUERY, 10)) == 3
 
 
-async def test_a_lost_writer_secret_gets_a_new_password_that_works(pg: PostgresServer) -> None:
-    platform = Platform("pgvector", pg, PgvectorStore(pg), None)
-    try:
-        await platform.make_global("first-pw")
-        assert await platform.make_global("second-pw", password_is_new=True) == ["GlobalWriterPasswordReset"]
-        with psycopg.connect(platform.writer["uri"], autocommit=True) as conn:
-            assert conn.execute("SELECT current_user").fetchone() == (platform.index.writer_role,)
-        with pytest.raises(psycopg.OperationalError):
-            psycopg.connect(platform.writer["uri"].replace("second-pw", "first-pw")).close()
-    finally:
-        await platform.close()
+async def test_a_lost_writer_secret_gets_a_new_password_that_works(pg_platform: Platform) -> None:
+    platform = pg_platform
+    await platform.make_global("first-pw")
+    assert await platform.make_global("second-pw", password_is_new=True) == ["GlobalWriterPasswordReset"]
+    with psycopg.connect(platform.writer["uri"], autocommit=True) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (platform.index.writer_role,)
+    with pytest.raises(psycopg.OperationalError):
+        psycopg.connect(platform.writer["uri"].replace("second-pw", "first-pw")).close()
 
 
-async def test_grants_and_policies_someone_added_are_taken_back(pg: PostgresServer) -> None:
-    platform = Platform("pgvector", pg, PgvectorStore(pg), None)
-    try:
-        await platform.make_global()
-        assert platform.placement is not None
-        table = psycopg.sql.Identifier(*platform.placement.table.split("."))
-        async with pg.connect() as conn:
-            for statement in ("GRANT INSERT ON {} TO PUBLIC", "CREATE POLICY anyone ON {} FOR ALL TO PUBLIC USING (true)",
-                              "ALTER TABLE {} NO FORCE ROW LEVEL SECURITY", "GRANT TRUNCATE ON {} TO {}",
-                              "GRANT UPDATE ON {} TO {}"):
-                await conn.execute(psycopg.sql.SQL(statement).format(table, psycopg.sql.Identifier(
-                    platform.index.writer_role if "TRUNCATE" in statement else platform.index.reader_role)))
-        assert await platform.make_global(password_is_new=False) == ["GlobalIndexRepaired"]
-        async with pg.connect() as conn:
-            row = await (await conn.execute(
-                "SELECT relforcerowsecurity AS forced, has_table_privilege('public', oid, 'INSERT') AS public_insert, "
-                "(SELECT count(*) FROM pg_policy WHERE polrelid = c.oid AND polname = 'anyone') AS extra "
-                "FROM pg_class c WHERE oid = to_regclass(%s)", (platform.placement.table,))).fetchone()
-        assert row == {"forced": True, "public_insert": False, "extra": 0}
-        async with pg.connect() as conn:  # the writer and the reader keep exactly what they were given
-            held = await (await conn.execute(
-                "SELECT privilege_type, grantee::regrole::text AS grantee FROM pg_class c, aclexplode(c.relacl) "
-                "WHERE c.oid = to_regclass(%s) AND grantee <> c.relowner ORDER BY 2, 1",
-                (platform.placement.table,))).fetchall()
-        assert [(r["grantee"], r["privilege_type"]) for r in held] == [
-            (platform.index.reader_role, "SELECT"),
-            *((platform.index.writer_role, p) for p in ("DELETE", "INSERT", "SELECT", "UPDATE"))]
-        assert await platform.make_global(password_is_new=False) == []
-    finally:
-        await platform.close()
+async def test_grants_and_policies_someone_added_are_taken_back(pg_platform: Platform, pg: PostgresServer) -> None:
+    platform = pg_platform
+    await platform.make_global()
+    assert platform.placement is not None
+    table = psycopg.sql.Identifier(*platform.placement.table.split("."))
+    async with pg.connect() as conn:
+        for statement in ("GRANT INSERT ON {} TO PUBLIC", "CREATE POLICY anyone ON {} FOR ALL TO PUBLIC USING (true)",
+                          "ALTER TABLE {} NO FORCE ROW LEVEL SECURITY", "GRANT TRUNCATE ON {} TO {}",
+                          "GRANT UPDATE ON {} TO {}"):
+            await conn.execute(psycopg.sql.SQL(statement).format(table, psycopg.sql.Identifier(
+                platform.index.writer_role if "TRUNCATE" in statement else platform.index.reader_role)))
+    assert await platform.make_global(password_is_new=False) == ["GlobalIndexRepaired"]
+    async with pg.connect() as conn:
+        row = await (await conn.execute(
+            "SELECT relforcerowsecurity AS forced, has_table_privilege('public', oid, 'INSERT') AS public_insert, "
+            "(SELECT count(*) FROM pg_policy WHERE polrelid = c.oid AND polname = 'anyone') AS extra "
+            "FROM pg_class c WHERE oid = to_regclass(%s)", (platform.placement.table,))).fetchone()
+    assert row == {"forced": True, "public_insert": False, "extra": 0}
+    async with pg.connect() as conn:  # the writer and the reader keep exactly what they were given
+        held = await (await conn.execute(
+            "SELECT privilege_type, grantee::regrole::text AS grantee FROM pg_class c, aclexplode(c.relacl) "
+            "WHERE c.oid = to_regclass(%s) AND grantee <> c.relowner ORDER BY 2, 1",
+            (platform.placement.table,))).fetchall()
+    assert [(r["grantee"], r["privilege_type"]) for r in held] == [
+        (platform.index.reader_role, "SELECT"),
+        *((platform.index.writer_role, p) for p in ("DELETE", "INSERT", "SELECT", "UPDATE"))]
+    assert await platform.make_global(password_is_new=False) == []
 
 
 async def test_scopes_keep_a_tenants_users_and_projects_apart(platform: Platform) -> None:
@@ -263,71 +262,59 @@ async def test_pinecone_keeps_the_global_namespace_out_of_the_tenant_count(pinec
         await client.close()
 
 
-async def test_a_writer_password_changed_by_hand_is_put_back(pg: PostgresServer) -> None:
-    platform = Platform("pgvector", pg, PgvectorStore(pg), None)
-    try:
-        await platform.make_global("kept-pw")
-        async with pg.connect() as conn:
-            await conn.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD 'by-hand'").format(
-                psycopg.sql.Identifier(platform.index.writer_role)))
-        assert await platform.make_global("kept-pw", password_is_new=False) == ["GlobalWriterPasswordReset"]
-        with psycopg.connect(platform.writer["uri"], autocommit=True) as conn:
-            assert conn.execute("SELECT current_user").fetchone() == (platform.index.writer_role,)
-        assert await platform.make_global("kept-pw", password_is_new=False) == []
-    finally:
-        await platform.close()
+async def test_a_writer_password_changed_by_hand_is_put_back(pg_platform: Platform, pg: PostgresServer) -> None:
+    platform = pg_platform
+    await platform.make_global("kept-pw")
+    async with pg.connect() as conn:
+        await conn.execute(psycopg.sql.SQL("ALTER ROLE {} PASSWORD 'by-hand'").format(
+            psycopg.sql.Identifier(platform.index.writer_role)))
+    assert await platform.make_global("kept-pw", password_is_new=False) == ["GlobalWriterPasswordReset"]
+    with psycopg.connect(platform.writer["uri"], autocommit=True) as conn:
+        assert conn.execute("SELECT current_user").fetchone() == (platform.index.writer_role,)
+    assert await platform.make_global("kept-pw", password_is_new=False) == []
 
 
-async def test_the_isolation_probe_allows_reading_the_global_index_and_nothing_more(pg: PostgresServer) -> None:
-    platform = Platform("pgvector", pg, PgvectorStore(pg), None)
-    try:
-        await platform.make_global()
-        secret = await platform.tenant("glp")
-        store = platform.tenants[-1]
-        placement = (await platform.vectors.ensure(store))[0]
-        assert await platform.vectors.probe_isolation(store, placement) is None
-        async with pg.connect() as conn:  # a grant someone made by hand: a way to change what every tenant reads
-            await conn.execute(psycopg.sql.SQL("GRANT INSERT ON {} TO {}").format(
-                psycopg.sql.Identifier(*secret["globalTable"].split(".")), psycopg.sql.Identifier(store.role)))
-        problem = await platform.vectors.probe_isolation(store, placement)
-        assert problem is not None and secret["globalTable"].split(".")[1] in problem
-    finally:
-        await platform.close()
+async def test_the_isolation_probe_allows_reading_the_global_index_and_nothing_more(pg_platform: Platform, pg: PostgresServer) -> None:
+    platform = pg_platform
+    await platform.make_global()
+    secret = await platform.tenant("glp")
+    store = platform.tenants[-1]
+    placement = (await platform.vectors.ensure(store))[0]
+    assert await platform.vectors.probe_isolation(store, placement) is None
+    async with pg.connect() as conn:  # a grant someone made by hand: a way to change what every tenant reads
+        await conn.execute(psycopg.sql.SQL("GRANT INSERT ON {} TO {}").format(
+            psycopg.sql.Identifier(*secret["globalTable"].split(".")), psycopg.sql.Identifier(store.role)))
+    problem = await platform.vectors.probe_isolation(store, placement)
+    assert problem is not None and secret["globalTable"].split(".")[1] in problem
 
 
-async def test_with_drift_policy_report_a_changed_grant_is_reported_not_taken_back(pg: PostgresServer) -> None:
-    platform = Platform("pgvector", pg, PgvectorStore(pg), None)
-    try:
-        await platform.make_global()
-        assert platform.placement is not None
-        table = psycopg.sql.Identifier(*platform.placement.table.split("."))
-        async with pg.connect() as conn:
-            await conn.execute(psycopg.sql.SQL("GRANT DELETE ON {} TO PUBLIC").format(table))
-        with pytest.raises(GlobalIndexDrifted, match="driftPolicy is Report"):
-            await platform.vectors.ensure_global(platform.index, "writer-pw-1", False, repair=False)
-        async with pg.connect() as conn:
-            row = await (await conn.execute("SELECT has_table_privilege('public', %s, 'DELETE') AS kept",
-                                            (platform.placement.table,))).fetchone()
-        assert row == {"kept": True}
-        assert await platform.make_global(password_is_new=False) == ["GlobalIndexRepaired"]
-    finally:
-        await platform.close()
+async def test_with_drift_policy_report_a_changed_grant_is_reported_not_taken_back(pg_platform: Platform, pg: PostgresServer) -> None:
+    platform = pg_platform
+    await platform.make_global()
+    assert platform.placement is not None
+    table = psycopg.sql.Identifier(*platform.placement.table.split("."))
+    async with pg.connect() as conn:
+        await conn.execute(psycopg.sql.SQL("GRANT DELETE ON {} TO PUBLIC").format(table))
+    with pytest.raises(GlobalIndexDrifted, match="driftPolicy is Report"):
+        await platform.vectors.ensure_global(platform.index, "writer-pw-1", False, repair=False)
+    async with pg.connect() as conn:
+        row = await (await conn.execute("SELECT has_table_privilege('public', %s, 'DELETE') AS kept",
+                                        (platform.placement.table,))).fetchone()
+    assert row == {"kept": True}
+    assert await platform.make_global(password_is_new=False) == ["GlobalIndexRepaired"]
 
 
-async def test_a_tenant_that_lost_its_read_access_is_found_and_given_it_back(pg: PostgresServer) -> None:
-    platform = Platform("pgvector", pg, PgvectorStore(pg), None)
-    try:
-        await platform.make_global()
-        await platform.tenant("glv")
-        await platform.tenant("glk")
-        lost, kept = platform.tenants[-2:]
-        assert await platform.vectors.verify_global(platform.index, [lost, kept]) == {}
-        async with pg.connect() as conn:
-            await conn.execute(psycopg.sql.SQL("REVOKE {} FROM {}").format(
-                psycopg.sql.Identifier(platform.index.reader_role), psycopg.sql.Identifier(lost.role)))
-        drifts = await platform.vectors.verify_global(platform.index, [lost, kept])
-        assert list(drifts) == [lost.tenant_id] and drifts[lost.tenant_id][0].kind == "GrantMissing"
-        assert (await platform.vectors.grant_global(lost, platform.index))[1][0].reason == "GlobalReadGranted"
-        assert await platform.vectors.verify_global(platform.index, [lost, kept]) == {}
-    finally:
-        await platform.close()
+async def test_a_tenant_that_lost_its_read_access_is_found_and_given_it_back(pg_platform: Platform, pg: PostgresServer) -> None:
+    platform = pg_platform
+    await platform.make_global()
+    await platform.tenant("glv")
+    await platform.tenant("glk")
+    lost, kept = platform.tenants[-2:]
+    assert await platform.vectors.verify_global(platform.index, [lost, kept]) == {}
+    async with pg.connect() as conn:
+        await conn.execute(psycopg.sql.SQL("REVOKE {} FROM {}").format(
+            psycopg.sql.Identifier(platform.index.reader_role), psycopg.sql.Identifier(lost.role)))
+    drifts = await platform.vectors.verify_global(platform.index, [lost, kept])
+    assert list(drifts) == [lost.tenant_id] and drifts[lost.tenant_id][0].kind == "GrantMissing"
+    assert (await platform.vectors.grant_global(lost, platform.index))[1][0].reason == "GlobalReadGranted"
+    assert await platform.vectors.verify_global(platform.index, [lost, kept]) == {}
