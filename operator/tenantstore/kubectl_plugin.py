@@ -183,7 +183,9 @@ def credential_lines(data: Mapping[str, str], output: str, show_password: bool) 
     lines = [f"PGHOST={data.get('host', '')}", f"PGPORT={data.get('port', '')}",
              f"PGDATABASE={data.get('database', '')}", f"PGUSER={data.get('user', '')}"]
     lines.append(f"PGPASSWORD={password}" if show_password else "# PGPASSWORD: add --show-password to print it")
-    for key in ("schema", "access", "vectorBackend", "vectorIndex", "vectorNamespace", "vectorTable", "vectorHost"):
+    # globalUri holds the password: the global index is named, and reached with the login above.
+    for key in ("schema", "access", "vectorBackend", "vectorIndex", "vectorNamespace", "vectorTable", "vectorHost",
+                "globalStore", "globalTable", "globalHost", "globalNamespace"):
         if data.get(key):
             lines.append(f"TENANTSTORE_{''.join('_' + c if c.isupper() else c.upper() for c in key)}={data[key]}")
     return "\n".join(lines)

@@ -55,13 +55,16 @@ def test_every_tenantstore_of_the_namespace_in_a_table() -> None:
 
 
 SECRET = {"host": "db", "port": "5432", "database": "tenants", "user": "tenant_acme", "password": "s3cret",
-          "schema": "tenant_acme", "vectorBackend": "pgvector", "vectorTable": "tenantstore_vectors.tenant_acme"}
+          "schema": "tenant_acme", "vectorBackend": "pgvector", "vectorTable": "tenantstore_vectors.tenant_acme",
+          "globalStore": "standard-global-3-cosine", "globalTable": "tenantstore_vectors.global_3_cosine_x",
+          "globalUri": "postgresql://tenant_acme:s3cret@db:5432/tenants"}
 
 
 def test_credentials_never_show_the_password_unless_asked() -> None:
     hidden = plugin.credential_lines(SECRET, "env", show_password=False)
     assert "s3cret" not in hidden and "PGUSER=tenant_acme" in hidden.splitlines()
     assert "TENANTSTORE_VECTOR_TABLE=tenantstore_vectors.tenant_acme" in hidden.splitlines()
+    assert "TENANTSTORE_GLOBAL_TABLE=tenantstore_vectors.global_3_cosine_x" in hidden.splitlines()
     assert "PGPASSWORD=s3cret" in plugin.credential_lines(SECRET, "env", show_password=True).splitlines()
     assert "s3cret" not in plugin.credential_lines(SECRET, "psql", show_password=False)
     assert plugin.credential_lines(SECRET, "psql", show_password=True).startswith("PGPASSWORD='s3cret' psql ")
