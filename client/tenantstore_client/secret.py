@@ -131,7 +131,8 @@ class Coordinates:
                    api_key=data.get("pineconeApiKey", ""), tenant_id=data.get("tenantId", ""),
                    store_name=data.get("vectorStore") or data.get("tenantId") or data.get("vectorNamespace")
                    or data.get("vectorTable") or data.get("vectorIndex", ""),
-                   scope=data.get("vectorScope") or "tenant", global_store=data.get("globalStore", ""), global_table=data.get("globalTable", ""),
+                   scope=data.get("vectorScope") or "tenant", global_store=data.get("globalStore", ""),
+                   global_table=data.get("globalTable", ""),
                    global_uri=data.get("globalUri", ""), global_host=data.get("globalHost", ""),
                    global_namespace=data.get("globalNamespace", ""))
 

@@ -20,8 +20,9 @@ from tenantstore.backends import (NAMESPACE_CREATED, GlobalPlacement, Relational
                                   VectorStore)
 from tenantstore.conditions import Condition
 from tenantstore.errors import (BackendUnavailable, GlobalStoreNotReady, IsolationBroken, ReconcileError,
-                                RestoreFailed, SecretConflict, StoreClassInvalid, StoreClassNotAllowed, StoreClassNotFound, StoreClassNotReady,
-                                TenantIdConflict, RelationalMigrationUnsupported, VectorQuotaExceeded)
+                                RelationalMigrationUnsupported, RestoreFailed, SecretConflict, StoreClassInvalid,
+                                StoreClassNotAllowed, StoreClassNotFound, StoreClassNotReady, TenantIdConflict,
+                                VectorQuotaExceeded)
 from tenantstore.kube import NOT_READ, NamespaceLabels, SecretDeletion, Secrets, password_in
 from tenantstore.models import (DeletionPolicy, DesiredStore, InvalidResource, RelationalIsolation,
                                 StoreClass, TenantStoreSpec, VectorIsolation, desired_store, effective_quotas)
@@ -163,8 +164,8 @@ def secret_data(spec: TenantStoreSpec, relational: RelationalPlacement, vector: 
     """`owner`: the Secret of the tenant's own login (not a scoped credential's)."""
     uri = f"postgresql://{relational.role}:{password}@{relational.host}:{relational.port}/{relational.database}"
     data = {
-        "tenantId": spec.tenant_id, "uri": uri, "host": relational.host, "port": str(relational.port), "database": relational.database,
-        "schema": relational.schema, "user": relational.role, "password": password,
+        "tenantId": spec.tenant_id, "uri": uri, "host": relational.host, "port": str(relational.port),
+        "database": relational.database, "schema": relational.schema, "user": relational.role, "password": password,
         "vectorBackend": vector.backend, "vectorIndex": vector.index, "vectorNamespace": vector.namespace,
         # What a client needs to query without asking the backend: the distance and the vectors' length.
         "vectorMetric": spec.metric.value, "vectorDimension": str(spec.dimension),

@@ -182,7 +182,8 @@ async def test_a_lost_writer_secret_gets_a_new_password_that_works(pg_platform: 
         psycopg.connect(platform.writer["uri"].replace("second-pw", "first-pw")).close()
 
 
-async def test_grants_and_policies_someone_added_are_taken_back(pg_platform: Platform, pg: PostgresServer) -> None:
+async def test_grants_and_policies_someone_added_are_taken_back(
+        pg_platform: Platform, pg: PostgresServer) -> None:
     platform = pg_platform
     await platform.make_global()
     assert platform.placement is not None
@@ -262,7 +263,8 @@ async def test_pinecone_keeps_the_global_namespace_out_of_the_tenant_count(pinec
         await client.close()
 
 
-async def test_a_writer_password_changed_by_hand_is_put_back(pg_platform: Platform, pg: PostgresServer) -> None:
+async def test_a_writer_password_changed_by_hand_is_put_back(
+        pg_platform: Platform, pg: PostgresServer) -> None:
     platform = pg_platform
     await platform.make_global("kept-pw")
     async with pg.connect() as conn:
@@ -274,7 +276,8 @@ async def test_a_writer_password_changed_by_hand_is_put_back(pg_platform: Platfo
     assert await platform.make_global("kept-pw", password_is_new=False) == []
 
 
-async def test_the_isolation_probe_allows_reading_the_global_index_and_nothing_more(pg_platform: Platform, pg: PostgresServer) -> None:
+async def test_the_isolation_probe_allows_reading_the_global_index_and_nothing_more(
+        pg_platform: Platform, pg: PostgresServer) -> None:
     platform = pg_platform
     await platform.make_global()
     secret = await platform.tenant("glp")
@@ -288,7 +291,8 @@ async def test_the_isolation_probe_allows_reading_the_global_index_and_nothing_m
     assert problem is not None and secret["globalTable"].split(".")[1] in problem
 
 
-async def test_with_drift_policy_report_a_changed_grant_is_reported_not_taken_back(pg_platform: Platform, pg: PostgresServer) -> None:
+async def test_with_drift_policy_report_a_changed_grant_is_reported_not_taken_back(
+        pg_platform: Platform, pg: PostgresServer) -> None:
     platform = pg_platform
     await platform.make_global()
     assert platform.placement is not None
@@ -304,7 +308,8 @@ async def test_with_drift_policy_report_a_changed_grant_is_reported_not_taken_ba
     assert await platform.make_global(password_is_new=False) == ["GlobalIndexRepaired"]
 
 
-async def test_a_tenant_that_lost_its_read_access_is_found_and_given_it_back(pg_platform: Platform, pg: PostgresServer) -> None:
+async def test_a_tenant_that_lost_its_read_access_is_found_and_given_it_back(
+        pg_platform: Platform, pg: PostgresServer) -> None:
     platform = pg_platform
     await platform.make_global()
     await platform.tenant("glv")

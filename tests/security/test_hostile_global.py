@@ -45,7 +45,8 @@ class Global:
                                connect_timeout=5, options=TENANT_CONNECTION_OPTIONS)
 
     def rows(self, superuser: Superuser) -> list[tuple[Any, ...]]:
-        return superuser.rows(SHARED_DATABASE, f"SELECT id, embedding::text, metadata::text FROM {self.table} ORDER BY id")
+        return superuser.rows(SHARED_DATABASE,
+                              f"SELECT id, embedding::text, metadata::text FROM {self.table} ORDER BY id")
 
 
 @pytest.fixture(scope="module")
@@ -99,13 +100,15 @@ WRITES = {
     "lock it for update": "SELECT id FROM {table} FOR UPDATE",
     "lock it in ROW EXCLUSIVE mode": "LOCK TABLE {table} IN ROW EXCLUSIVE MODE",
     "lock it in ACCESS EXCLUSIVE mode": "LOCK TABLE {table} IN ACCESS EXCLUSIVE MODE",
-    "add a policy that lets everyone write": "CREATE POLICY hx ON {table} FOR ALL TO PUBLIC USING (true) WITH CHECK (true)",
+    "add a policy that lets everyone write": "CREATE POLICY hx ON {table} FOR ALL TO PUBLIC USING (true) "
+                                             "WITH CHECK (true)",
     "widen the reader's policy": "ALTER POLICY {reader} ON {table} USING (true)",
     "drop the writer's policy": "DROP POLICY {writer} ON {table}",
     "turn row-level security off": "ALTER TABLE {table} DISABLE ROW LEVEL SECURITY",
     "stop forcing row-level security": "ALTER TABLE {table} NO FORCE ROW LEVEL SECURITY",
     "take the table over": "ALTER TABLE {table} OWNER TO CURRENT_USER",
-    "add a trigger": "CREATE TRIGGER hx BEFORE INSERT ON {table} FOR EACH ROW EXECUTE FUNCTION suppress_redundant_updates_trigger()",
+    "add a trigger": "CREATE TRIGGER hx BEFORE INSERT ON {table} FOR EACH ROW "
+                     "EXECUTE FUNCTION suppress_redundant_updates_trigger()",
     "add a rule": "CREATE RULE hx AS ON SELECT TO {table} DO INSTEAD SELECT * FROM {table}",
     "rename it": "ALTER TABLE {table} RENAME TO hx_global",
     "drop it": "DROP TABLE {table}",

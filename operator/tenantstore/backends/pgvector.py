@@ -448,8 +448,8 @@ class PgvectorStore:
                        AND has_table_privilege(%s, c.oid,
                                                'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
                        AND NOT (starts_with(c.relname, %s) AND c.relkind = 'r' AND c.relowner = current_user::regrole
-                                AND NOT has_table_privilege(%s, c.oid,
-                                                            'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER'))""",
+                                AND NOT has_table_privilege(
+                                    %s, c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER'))""",
                                          SHARED_SCHEMA, partition_name(store), store.role,
                                          pgvector_global.GLOBAL_TABLE_PREFIX, store.role)
                 # Through the tenant's eyes: the operator's tables only, no tenant object on this path.
