@@ -1,6 +1,7 @@
 """The Postgres and pgvector backends against a real PostgreSQL 18: what a tenant's credentials can and cannot do."""
 from __future__ import annotations
 
+import dataclasses
 import uuid
 
 import psycopg
@@ -165,3 +166,24 @@ async def test_teardown_forgets_the_tenant_in_the_operators_records_and_statisti
         for table in ("claims", "daily_query_baseline"):
             assert conn.execute(f"SELECT count(*) FROM tenantstore.{table} "
                                 "WHERE role = 'tenant_forgotten'").fetchone()[0] == 0
+
+
+async def test_a_database_tenant_whose_writes_are_refused_is_reconciled_again_without_a_conflict(
+        server: PostgresServer) -> None:
+    store = tenant("held-db", relational=RelationalIsolation.DATABASE, vector=VectorIsolation.DEDICATED)
+    relational, _, _ = await provision(server, store, "held-pw-1")
+    blocked = dataclasses.replace(store, writes_allowed=False)
+    postgres = PostgresRelationalStore(server)
+    # The holding role owns the database meanwhile: an ensure (any reconcile while blocked) is no conflict.
+    _, steps = await postgres.ensure(blocked, "held-pw-1", password_is_new=False)
+    assert [step.reason for step in steps] == ["WritesBlocked"]
+    assert (await postgres.ensure(blocked, "held-pw-1", password_is_new=False))[1] == []
+    with psycopg.connect(tenant_uri(server, relational, "held-pw-1"), autocommit=True) as conn:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            conn.execute("CREATE TABLE notes (body text)")
+    _, steps = await postgres.ensure(store, "held-pw-1", password_is_new=False)
+    assert [step.reason for step in steps] == ["WritesRestored"]
+    with psycopg.connect(tenant_uri(server, relational, "held-pw-1"), autocommit=True) as conn:
+        conn.execute("CREATE TABLE notes (body text)")
+    await postgres.teardown(store)
+    await PgvectorStore(server).teardown(store)

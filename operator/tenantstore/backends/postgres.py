@@ -447,7 +447,8 @@ class PostgresRelationalStore:
                 sql.Identifier(store.database), sql.Identifier(store.role)))
             steps.append(Step("DatabaseCreated", f"database {store.database} created, owned by {store.role}"))
             row = await fetch_one(conn, query, store.database)
-        if row["owner"] not in (store.role, self.server.admin_role):
+        # The holding role owns it while the tenant's writes are refused (see ensure_write_access).
+        if row["owner"] not in (store.role, store.holding_role, self.server.admin_role):
             raise TenantIdConflict(f"database {store.database} exists and belongs to role {row['owner']}")
         if row["public_can_connect"]:
             # Only the tenant (and, through it, the operator) may connect to a tenant's database.
