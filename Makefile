@@ -3,7 +3,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: install controlplane helm kstatus seaweedfs jaeger promtool image-tools image sync-crds sync-monitoring demo test test-unit clean bench bench-sweep bench-export bench-probe bench-query bench-shards chaos
+.PHONY: install controlplane helm kstatus seaweedfs jaeger promtool image-tools image sync-crds sync-monitoring demo test test-unit clean bench bench-sweep bench-export bench-probe bench-query bench-move bench-shards chaos
 
 $(VENV)/.installed: pyproject.toml client/pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -88,6 +88,12 @@ bench-sweep: controlplane
 bench-export: N = 100000
 bench-export: controlplane
 	$(BIN)/python -m bench.export --n $(N)
+
+# A move to a StoreClass on a second Postgres server and back: a tenant with N vectors (384 dimensions) and N rows
+# (default 10000), a client writing all along. Prints `move:` lines (time, freeze); results in bench/results/.
+bench-move: N = 10000
+bench-move: controlplane
+	$(BIN)/python -m bench.class_move --n $(N)
 
 # The search-latency probe's cost: N tenants (default 1000) on an embedded Postgres, loaded through the client
 # library, one probe pass over all of them. Prints one `search-probe:` line; results in bench/results/.

@@ -82,6 +82,8 @@ class Reason(enum.StrEnum):
     SUSPENDED = "Suspended"
     RELATIONAL_MIGRATION_UNSUPPORTED = "RelationalMigrationUnsupported"
     MIGRATION_VERIFICATION_FAILED = "MigrationVerificationFailed"
+    STORE_CLASS_MOVE_UNSUPPORTED = "StoreClassMoveUnsupported"
+    MOVE_FREEZE_EXCEEDED = "MoveFreezeExceeded"
     ISOLATION_BROKEN = "IsolationBroken"
     OBJECT_REPLACED = "ObjectReplaced"
     DATA_LOST = "DataLost"
@@ -146,4 +148,5 @@ DRIFT_REASONS = frozenset({
 TERMINAL_REASONS = frozenset({
     Reason.INVALID_SPEC, Reason.STORE_CLASS_INVALID, Reason.STORE_CLASS_NOT_ALLOWED, Reason.TENANT_ID_CONFLICT,
     Reason.SECRET_CONFLICT, Reason.RELATIONAL_MIGRATION_UNSUPPORTED, Reason.OBJECT_REPLACED,
+    Reason.STORE_CLASS_MOVE_UNSUPPORTED, Reason.MOVE_FREEZE_EXCEEDED,
     Reason.ISOLATION_BROKEN, Reason.TENANT_STORE_NOT_FOUND})

@@ -99,6 +99,20 @@ class RelationalMigrationUnsupported(ReconcileError):
     retry_after = None
 
 
+class StoreClassMoveUnsupported(ReconcileError):
+    """A change of spec.storeClassName the operator cannot carry out (the tenant stays where it is)."""
+
+    reason = Reason.STORE_CLASS_MOVE_UNSUPPORTED
+    retry_after = None
+
+
+class MoveFreezeExceeded(ReconcileError):
+    """A move stopped because it would have refused the tenant's writes longer than its class allows."""
+
+    reason = Reason.MOVE_FREEZE_EXCEEDED
+    retry_after = None
+
+
 class ObjectReplaced(ReconcileError):
     """Something the operator made was replaced by an object it did not make; the operator will not touch it."""
 

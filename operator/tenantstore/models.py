@@ -453,6 +453,9 @@ class GlobalIndex:
         return indexes
 
 
+DEFAULT_MAX_MOVE_FREEZE_SECONDS = 300
+
+
 @dataclasses.dataclass(frozen=True)
 class StoreClass:
     name: str
@@ -474,6 +477,8 @@ class StoreClass:
     slo: SearchSlo | None = None  # None: no search-latency probes
     global_indexes: tuple[GlobalIndex, ...] = ()
     global_writer_namespace: str = ""  # where the writer Secrets go ("": the operator's own namespace)
+    # spec.moves.maxFreezeSeconds: how long a move to another class may refuse a leaving tenant's writes.
+    max_move_freeze_seconds: int = DEFAULT_MAX_MOVE_FREEZE_SECONDS
 
     def global_index_for(self, dimension: int, metric: Metric) -> GlobalIndex | None:
         return next((index for index in self.global_indexes
@@ -507,6 +512,8 @@ class StoreClass:
             slo=SearchSlo.from_dict(spec.get("slo")),
             global_indexes=GlobalIndex.list_from(meta["name"], spec.get("globalStore")),
             global_writer_namespace=(spec.get("globalStore") or {}).get("writerSecretNamespace") or "",
+            max_move_freeze_seconds=int((spec.get("moves") or {}).get("maxFreezeSeconds")
+                                        or DEFAULT_MAX_MOVE_FREEZE_SECONDS),
         )
 
 

@@ -12,21 +12,21 @@ import logging
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
-from tenantstore import (conditions, cost, credentials, destinations, export, globalstore, migration,
+from tenantstore import (classmoves, conditions, credentials, destinations, export, globalstore, migration,
                          relational_moves, settings, tracing)
 from tenantstore.credentials import new_password
 from tenantstore.api import DATA_LOSS_ACKNOWLEDGED_ANNOTATION, TERMINAL_REASONS, ConditionType, Phase, Reason
 from tenantstore.backends import (NAMESPACE_CREATED, GlobalPlacement, RelationalPlacement, Step, VectorPlacement,
                                   VectorStore)
 from tenantstore.conditions import Condition
-from tenantstore.errors import (BackendUnavailable, GlobalStoreNotReady, IsolationBroken, ReconcileError,
-                                RelationalMigrationUnsupported, RestoreFailed, SecretConflict, StoreClassInvalid,
-                                StoreClassNotAllowed, StoreClassNotFound, StoreClassNotReady, TenantIdConflict,
-                                VectorQuotaExceeded)
+from tenantstore.errors import (BackendUnavailable, GlobalStoreNotReady, IsolationBroken, MoveFreezeExceeded,
+                                ReconcileError, RelationalMigrationUnsupported, RestoreFailed, SecretConflict,
+                                StoreClassInvalid, StoreClassMoveUnsupported, StoreClassNotAllowed, StoreClassNotFound,
+                                StoreClassNotReady, TenantIdConflict, VectorQuotaExceeded)
 from tenantstore.kube import NOT_READ, NamespaceLabels, SecretDeletion, Secrets, password_in
 from tenantstore.models import (DeletionPolicy, DesiredStore, InvalidResource, RelationalIsolation,
-                                StoreClass, TenantStoreSpec, VectorIsolation, desired_store, effective_quotas)
-from tenantstore.quota import Usage, Verdict, judge
+                                StoreClass, TenantStoreSpec, VectorIsolation, desired_store)
+from tenantstore.quota import Verdict
 from tenantstore.registry import BackendRegistry
 
 logger = logging.getLogger(__name__)
@@ -48,7 +48,8 @@ PHASE_BY_REASON = {
 
 # A tenant that was serving and meets these keeps its phase: it still serves; Ready=False tells the rest.
 KEEPS_PHASE = (BackendUnavailable.reason, RelationalMigrationUnsupported.reason, StoreClassNotAllowed.reason,
-               StoreClassNotReady.reason, IsolationBroken.reason)
+               StoreClassNotReady.reason, IsolationBroken.reason, StoreClassMoveUnsupported.reason,
+               MoveFreezeExceeded.reason)
 
 
 
@@ -215,17 +216,37 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
     move: migration.Move | None = None
     restored: export.Restored | None = None
     relational_moved = False
+    class_moved: classmoves.Moved | None = None
+    move_stopped: MoveFreezeExceeded | None = None  # a move to another class that waits for a person
+    live = dict(current)  # status as the reports of a long step left it
+    reported = False
+
+    async def tracked(changes: dict[str, Any]) -> None:
+        nonlocal reported
+        await report(changes)
+        live.update(changes)
+        reported = True
+
     try:
         spec = TenantStoreSpec.from_body(body)
+        try:
+            class_moved = await classmoves.converge(
+                body, spec, registry, secrets, tracked, resolve=lambda name: resolve_store_class(name, classes),
+                admit=lambda store_class: check_admitted(store_class, meta["namespace"], namespaces,
+                                                         provisioned=False),
+                secret_for=lambda relational, vectors, password, extras: secret_data(spec, relational, vectors,
+                                                                                     password, extras))
+        except MoveFreezeExceeded as stopped:
+            move_stopped = stopped  # the tenant goes on in its class, kept as its spec says there
+        if class_moved is not None or reported:
+            # The ordinary reconcile goes on from the status the move left, in the class the tenant lives in now.
+            current = live = class_moved.status if class_moved is not None else live
+            body = {**body, "status": current}
         # The class it was made in, once recorded: moving the default annotation never moves a tenant.
         store_class = resolve_store_class(current.get("storeClassName") or spec.store_class_name, classes)
         await check_admitted(store_class, meta["namespace"], namespaces, provisioned=bool(current.get("relational")))
         check_claim(spec.tenant_id, claim_ref(body), claims)
-        # Writes stay blocked while the last measured usage is over a Block quota, or the month's cost over a
-        # Block budget (the measurement job decides).
-        verdict = judge(Usage.from_status(current.get("usage")), effective_quotas(spec, store_class)[0],
-                        spec.quota_action)
-        writes_blocked = verdict.blocks_writes or cost.budget_blocks_writes(current)
+        verdict, writes_blocked = classmoves.write_verdict(spec, store_class, current)
         store = desired_store(spec, store_class, meta["uid"], f"{meta['namespace']}/{meta['name']}",
                               writes_allowed=not writes_blocked)
         store.check_connection_shares()
@@ -321,7 +342,7 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
     except InvalidResource as error:
         return failed_outcome(current, generation, Reason.INVALID_SPEC, str(error), Phase.FAILED, retry_after=None)
     except ReconcileError as error:
-        outcome = failed_outcome(current, generation, error.reason, str(error),
+        outcome = failed_outcome(live, generation, error.reason, str(error),
                                  PHASE_BY_REASON.get(error.reason, Phase.FAILED), error.retry_after,
                                  moving=move is not None)
         if made_in and not current.get("storeClassName"):
@@ -333,16 +354,27 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
                                                                       f"tables in {relational_moves.describe(store)}")] \
         if move or relational_moved or conditions.find(current.get("conditions"), ConditionType.MIGRATING) else []
     status = converged_status(spec, store_class, store, relational, vector, verdict, generation,
-                              current.get("conditions"), migrated, hold=lambda updates: DATA_LOSS.hold(body, updates))
+                              current.get("conditions"), migrated,
+                              hold=lambda updates: held_by(move_stopped, DATA_LOSS.hold(body, updates)))
     if restored is not None:
         status["restore"] = restored.to_status()
     if scoped:
         status["credentials"] = logins.status(store)
         logins.count_rotations(body)
-    if move is not None or relational_moved:
+    if move is not None or relational_moved or reported:
         # Status was written while the move ran, so the body's copy is stale: state the end result in full.
         await report(status)
-    return Outcome(status=status, events=steps)
+    return Outcome(status=status, events=[*(class_moved.steps if class_moved else []), *steps],
+                   warning=move_stopped)
+
+
+def held_by(stopped: ReconcileError | None, updates: list[Condition]) -> list[Condition]:
+    """A store in place whose spec asks for what only a person can unblock: Ready=False and Stalled=True."""
+    if stopped is None:
+        return updates
+    kept = [update for update in updates if update.type not in (ConditionType.READY, ConditionType.STALLED)]
+    return [*kept, Condition(ConditionType.READY, False, stopped.reason, str(stopped)),
+            Condition(ConditionType.STALLED, True, stopped.reason, str(stopped))]
 
 
 def converged_status(spec: TenantStoreSpec, store_class: StoreClass, store: DesiredStore,
@@ -501,6 +533,9 @@ async def teardown_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreCl
     backends = await registry.for_class(store_class)
     events: list[Step] = []
 
+    # Deleted in the middle of a move between classes: the other class's side goes first.
+    events += await classmoves.remove_other_side(body, spec, registry,
+                                                 lambda name: resolve_store_class(name, classes))
     holder = await backends.relational.claimed_by(store)
     if holder is not None and holder != store.uid:
         # Someone else's tenant (we lost a tenantId conflict): touch nothing of theirs.

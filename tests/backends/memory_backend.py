@@ -145,6 +145,11 @@ class MemoryStore:
                           records: Sequence[VectorRecord]) -> None:
         self._records(store, placement).update({record.id: record for record in records})
 
+    async def delete_ids(self, store: DesiredStore, placement: VectorPlacement, ids: Sequence[str]) -> None:
+        records = self._records(store, placement)
+        for key in ids:
+            records.pop(key, None)
+
     async def expire(self, store: DesiredStore, placement: VectorPlacement, written_before: datetime.datetime,
                      limit: int) -> int:
         # Like Pinecone: the time is the metadata's written_at (seconds since the epoch).

@@ -19,6 +19,7 @@ from memory_backend import MemoryStore
 from psycopg import sql
 from vector_kit import PASSWORD, fresh_dimension, reasons, records, tenant, unit
 
+from tenantstore import migration
 from tenantstore.backends import SharedIndex, Step, VectorPlacement, VectorRecord, VectorStore
 from tenantstore.backends.pgvector import PgvectorStore, index_name_of
 from tenantstore.backends.pinecone import PineconeStore
@@ -200,6 +201,37 @@ async def test_batches_page_in_id_order_and_upserts_do_not_duplicate(harness: Ha
     assert await harness.vectors.residue(source) == await harness.vectors.residue(target) == []
 
 
+async def test_a_resync_writes_only_what_differs_and_deletes_what_the_source_no_longer_has(harness: Harness) -> None:
+    dimension = fresh_dimension()
+    source = tenant("resync", dimension)
+    target = dataclasses.replace(source, vector=VectorIsolation.DEDICATED)
+    shared_at, _ = await harness.provision(source)
+    dedicated_at, _ = await harness.vectors.ensure(target)
+    source_side = migration.VectorSide(harness.vectors, source, shared_at)
+    target_side = migration.VectorSide(harness.vectors, target, dedicated_at)
+    written = records("id", 30, dimension)
+    await harness.vectors.write_batch(source, shared_at, written)
+
+    async def ignore(copied: int, total: int, last_id: str | None) -> None:
+        del copied, total, last_id
+    assert await migration.copy_vectors(source_side, target_side, None, ignore, 7, verified=False) == 30
+    # The tenant goes on writing after the copy: two changed, three deleted, four new.
+    changed = [dataclasses.replace(record, metadata={"n": -1}) for record in written[3:5]]
+    await harness.vectors.write_batch(source, shared_at, [*changed, *records("new", 4, dimension)])
+    await harness.vectors.delete_ids(source, shared_at, ["id-010", "id-011", "id-029", "never-there"])
+
+    done = await migration.resync(source_side, target_side, 7)
+    assert (done.total, done.written, done.deleted) == (31, 6, 3)
+    await migration.verify(source_side, target_side, 31)
+    assert await harness.vectors.read_batch(target, dedicated_at, None, 100) == \
+        await harness.vectors.read_batch(source, shared_at, None, 100)
+    again = await migration.resync(source_side, target_side, 7)  # nothing differs: nothing is written
+    assert (again.total, again.written, again.deleted) == (31, 0, 0)
+
+    await harness.vectors.teardown(target)
+    await harness.teardown(source)
+
+
 @pytest.mark.parametrize("isolation", [VectorIsolation.NAMESPACE, VectorIsolation.DEDICATED])
 async def test_expire_deletes_only_vectors_that_outlived_retention(harness: Harness, isolation) -> None:
     dimension = fresh_dimension()
@@ -277,3 +309,33 @@ async def test_a_search_probe_times_one_query_on_the_tenants_own_store(harness: 
     assert 0 <= seconds < 5
     assert await harness.vectors.count(store, placement) == 3  # a probe reads, nothing else
     await harness.teardown(store)
+
+
+async def test_vectors_copy_from_pgvector_to_pinecone_and_back_and_verify(
+        pg: PostgresServer, pinecone_store: PineconeStore) -> None:
+    dimension = fresh_dimension()
+    store = tenant("across", dimension)
+    pgvector = PgvectorStore(pg)
+    await PostgresRelationalStore(pg).ensure(store, PASSWORD, password_is_new=True)
+    in_postgres, _ = await pgvector.ensure(store)
+    in_pinecone, _ = await pinecone_store.ensure(dataclasses.replace(store, vector=VectorIsolation.DEDICATED))
+    # Values a float32 does not hold exactly: each backend hands them back in its own digits.
+    written = [VectorRecord(f"x-{i:03}", [0.1 * (i + 1)] + [0.3] * (dimension - 1), {"n": i, "tag": "t"})
+               for i in range(12)]
+    await pgvector.write_batch(store, in_postgres, written)
+    postgres_side = migration.VectorSide(pgvector, store, in_postgres)
+    pinecone_side = migration.VectorSide(pinecone_store, dataclasses.replace(store, vector=VectorIsolation.DEDICATED),
+                                         in_pinecone)
+
+    async def ignore(copied: int, total: int, last_id: str | None) -> None:
+        del copied, total, last_id
+    assert await migration.copy_vectors(postgres_side, pinecone_side, None, ignore, 5) == 12
+    await pgvector.delete_ids(store, in_postgres, [record.id for record in written])
+    assert await migration.copy_vectors(pinecone_side, postgres_side, None, ignore, 5) == 12
+    back = await pgvector.read_batch(store, in_postgres, None, 100)
+    assert migration.same_records(back, written)
+    assert not migration.same_records(back, [*written[:-1], dataclasses.replace(written[-1], values=[0.0] * dimension)])
+
+    await pinecone_store.teardown(pinecone_side.store)
+    await pgvector.teardown(store)
+    await PostgresRelationalStore(pg).teardown(store)

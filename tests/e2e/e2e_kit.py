@@ -33,6 +33,15 @@ def store_class(name: str, default: bool = False, **spec_overrides: Any) -> dict
             "metadata": {"name": name, "annotations": annotations}, "spec": spec}
 
 
+def pinecone_vector(kubectl: Kubectl, server: Any, secret_name: str, **settings: Any) -> dict[str, Any]:
+    """A StoreClass's spec.vector on a local Pinecone server, its API key put in a Secret of that name first."""
+    kubectl.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
+                   "metadata": {"name": secret_name, "namespace": OPERATOR_NAMESPACE},
+                   "stringData": {"apiKey": server.api_key}})
+    return {"backend": "pinecone", "pinecone": {
+        "apiKeySecretRef": {"name": secret_name, "namespace": OPERATOR_NAMESPACE}, "host": server.host, **settings}}
+
+
 def tenant_store(name: str, namespace: str, tenant_id: str, tier: str = "free", dimension: int = 3,
                  **spec_overrides: Any) -> dict[str, Any]:
     spec = {"tenantId": tenant_id, "tier": tier, "vector": {"dimension": dimension, "metric": "cosine"}}
@@ -141,3 +150,46 @@ def get_json(url: str, **params: str) -> Any:
     query = f"?{urllib.parse.urlencode(params)}" if params else ""
     with urllib.request.urlopen(f"{url}{query}", timeout=5) as response:
         return json.loads(response.read())
+
+
+# A tenant's data as its own credentials see it: vectors, tables, a sequence, a view and a function.
+
+def fill(secret: dict[str, str], count: int) -> None:
+    with psycopg.connect(secret["uri"], autocommit=True) as conn:
+        if secret["vectorNamespace"]:
+            conn.execute(f"INSERT INTO {secret['vectorTable']} (namespace, id, embedding, metadata) "
+                         "SELECT %s, 'v' || lpad(i::text, 5, '0'), ARRAY[i, 1, 0]::real[]::vector, "
+                         "jsonb_build_object('n', i) FROM generate_series(1, %s) i", (secret["vectorNamespace"], count))
+        else:
+            conn.execute(f"INSERT INTO {secret['vectorTable']} (id, embedding, metadata) "
+                         "SELECT 'v' || lpad(i::text, 5, '0'), ARRAY[i, 1, 0]::real[]::vector, "
+                         "jsonb_build_object('n', i) FROM generate_series(1, %s) i", (count,))
+
+
+def contents(secret: dict[str, str]) -> list[tuple]:
+    """Everything the tenant sees, with its own credentials."""
+    with psycopg.connect(secret["uri"], autocommit=True) as conn:
+        return conn.execute(f"SELECT id, embedding::text, metadata FROM {secret['vectorTable']} ORDER BY id").fetchall()
+
+
+def fill_tables(secret: dict[str, str], rows: int) -> None:
+    schema = secret["schema"]
+    with psycopg.connect(secret["uri"], autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {schema}.orders (id serial PRIMARY KEY, customer text, total numeric)")
+        conn.execute(f"INSERT INTO {schema}.orders (customer, total) SELECT 'c' || g, g / 3.0 "
+                     f"FROM generate_series(1, {rows}) g")
+        conn.execute(f"CREATE SEQUENCE {schema}.invoices START 900")
+        conn.execute(f"SELECT nextval('{schema}.invoices') FROM generate_series(1, 17)")
+        conn.execute(f"CREATE VIEW {schema}.large_orders AS SELECT id, total FROM {schema}.orders WHERE total > 10")
+        conn.execute(f"CREATE FUNCTION {schema}.order_count() RETURNS bigint LANGUAGE sql "
+                     f"AS 'SELECT count(*) FROM {schema}.orders'")
+
+
+def tables(secret: dict[str, str]) -> dict[str, object]:
+    schema = secret["schema"]
+    with psycopg.connect(secret["uri"], autocommit=True) as conn:
+        return {"orders": conn.execute(f"SELECT md5(string_agg(o::text, ',' ORDER BY id)), count(*) "
+                                       f"FROM {schema}.orders o").fetchone(),
+                "invoices": conn.execute(f"SELECT last_value FROM {schema}.invoices").fetchone(),
+                "view": conn.execute(f"SELECT count(*) FROM {schema}.large_orders").fetchone(),
+                "function": conn.execute(f"SELECT {schema}.order_count()").fetchone()}

@@ -16,8 +16,8 @@ from typing import Any
 
 import psycopg
 import pytest
-from e2e_kit import (DEFAULT_CLASS, SEEN_PASSWORDS, condition, insert_vector, store_class, superuser, tenant_secret,
-                     tenant_store, wait_for_condition, wait_until_gone)
+from e2e_kit import (DEFAULT_CLASS, SEEN_PASSWORDS, condition, insert_vector, pinecone_vector, store_class, superuser,
+                     tenant_secret, tenant_store, wait_for_condition, wait_until_gone)
 from pinecone_server import PineconeTestServer
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -278,12 +278,7 @@ def report_class(kubectl: Kubectl) -> Iterator[str]:
 def pinecone(kubectl: Kubectl) -> Iterator[PineconeTestServer]:
     """A Pinecone project of its own, with a Repair and a Report class on it."""
     server = PineconeTestServer().start()
-    kubectl.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                   "metadata": {"name": "drift-pinecone", "namespace": OPERATOR_NAMESPACE},
-                   "stringData": {"apiKey": server.api_key}})
-    vector = {"backend": "pinecone",
-              "pinecone": {"apiKeySecretRef": {"name": "drift-pinecone", "namespace": OPERATOR_NAMESPACE},
-                           "host": server.host}}
+    vector = pinecone_vector(kubectl, server, "drift-pinecone")
     kubectl.apply(store_class(PINECONE_CLASS, vector=vector))
     kubectl.apply(store_class(PINECONE_REPORT_CLASS, vector=vector, driftPolicy="Report"))
     yield server

@@ -9,7 +9,8 @@ from typing import Any
 import psycopg
 import pytest
 import tenantstore_client as ts
-from e2e_kit import SEEN_PASSWORDS, condition, store_class, superuser, tenant_secret, tenant_store, wait_for_condition
+from e2e_kit import (SEEN_PASSWORDS, condition, pinecone_vector, store_class, superuser, tenant_secret, tenant_store,
+                     wait_for_condition)
 from pinecone_server import PineconeTestServer
 
 from tenantstore_dev.environment import OPERATOR_NAMESPACE, Kubectl, LocalEnvironment, OperatorProcess, wait_for
@@ -104,13 +105,8 @@ def test_a_pinecone_class_keeps_its_global_docs_in_a_reserved_namespace(kubectl:
     server = PineconeTestServer().start()
     cone = "global-cone"
     try:
-        kubectl.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                       "metadata": {"name": "pinecone-global", "namespace": OPERATOR_NAMESPACE},
-                       "stringData": {"apiKey": server.api_key}})
-        kubectl.apply(store_class(cone, globalStore={"indexes": [{"dimension": 4, "metric": "cosine"}]}, vector={
-            "backend": "pinecone",
-            "pinecone": {"apiKeySecretRef": {"name": "pinecone-global", "namespace": OPERATOR_NAMESPACE},
-                         "host": server.host, "exposeApiKey": True}}))
+        kubectl.apply(store_class(cone, globalStore={"indexes": [{"dimension": 4, "metric": "cosine"}]},
+                                  vector=pinecone_vector(kubectl, server, "pinecone-global", exposeApiKey=True)))
         wait_for(f"StoreClass {cone} GlobalStoreReady", lambda: condition(
             kubectl.get("storeclass", cone), "GlobalStoreReady").get("status") == "True", timeout=90)
         [recorded] = kubectl.get("storeclass", cone)["status"]["globalStore"]["indexes"]

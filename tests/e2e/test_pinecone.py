@@ -4,10 +4,11 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from e2e_kit import condition, store_class, tenant_secret, tenant_store, wait_for_condition, wait_until_gone
+from e2e_kit import (condition, pinecone_vector, store_class, tenant_secret, tenant_store, wait_for_condition,
+                     wait_until_gone)
 from pinecone_server import PineconeTestServer
 
-from tenantstore_dev.environment import OPERATOR_NAMESPACE, Kubectl, OperatorProcess, wait_for
+from tenantstore_dev.environment import Kubectl, OperatorProcess, wait_for
 
 
 def tenant_namespaces(server: PineconeTestServer, index: str) -> set[str]:
@@ -17,13 +18,8 @@ def tenant_namespaces(server: PineconeTestServer, index: str) -> set[str]:
 @pytest.fixture(scope="module")
 def pinecone(kubectl: Kubectl) -> Iterator[PineconeTestServer]:
     server = PineconeTestServer().start()
-    kubectl.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                   "metadata": {"name": "pinecone", "namespace": OPERATOR_NAMESPACE},
-                   "stringData": {"apiKey": server.api_key}})
-    kubectl.apply(store_class("cone", vector={
-        "backend": "pinecone", "sharedIndex": {"capacity": 2},
-        "pinecone": {"apiKeySecretRef": {"name": "pinecone", "namespace": OPERATOR_NAMESPACE},
-                     "host": server.host}}))
+    kubectl.apply(store_class("cone", vector={**pinecone_vector(kubectl, server, "pinecone"),
+                                              "sharedIndex": {"capacity": 2}}))
     yield server
     kubectl("delete", "storeclass", "cone")
     server.stop()

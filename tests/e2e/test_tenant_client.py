@@ -9,12 +9,12 @@ from pathlib import Path
 
 import pytest
 import tenantstore_client as ts
-from e2e_kit import store_class, tenant_secret, tenant_store, wait_for_condition
+from e2e_kit import pinecone_vector, store_class, tenant_secret, tenant_store, wait_for_condition
 from pinecone_server import PineconeTestServer
 
 from tenantstore import kube
 from tenantstore_dev.demo import proof
-from tenantstore_dev.environment import OPERATOR_NAMESPACE, Kubectl, OperatorProcess, wait_for
+from tenantstore_dev.environment import Kubectl, OperatorProcess, wait_for
 
 VIEWER = {"name": "viewer", "access": "readOnly"}
 
@@ -104,13 +104,8 @@ def test_the_library_on_a_pinecone_tenant(kubectl: Kubectl, operator: OperatorPr
                                          tmp_path: Path) -> None:
     server = PineconeTestServer().start()
     try:
-        kubectl.apply({"apiVersion": "v1", "kind": "Secret", "type": "Opaque",
-                       "metadata": {"name": "pinecone-lib", "namespace": OPERATOR_NAMESPACE},
-                       "stringData": {"apiKey": server.api_key}})
-        kubectl.apply(store_class("cone-lib", vector={
-            "backend": "pinecone",
-            "pinecone": {"apiKeySecretRef": {"name": "pinecone-lib", "namespace": OPERATOR_NAMESPACE},
-                         "host": server.host, "exposeApiKey": True}}))
+        kubectl.apply(store_class("cone-lib", vector=pinecone_vector(kubectl, server, "pinecone-lib",
+                                                                     exposeApiKey=True)))
         kubectl.apply(tenant_store("libpc", namespace, "libpc", storeClassName="cone-lib", dimension=4,
                                    credentials=[VIEWER], quotaAction="Block", quotas={"maxDocuments": 3}))
         wait_for_condition(kubectl, namespace, "libpc", "Ready", "True")

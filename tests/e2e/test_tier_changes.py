@@ -1,32 +1,14 @@
 """Tier changes that move a tenant's vectors, with nothing lost or duplicated, even across a crash."""
 from __future__ import annotations
 
-import psycopg
-from e2e_kit import condition, store_class, superuser, tenant_secret, tenant_store, wait_for_condition
+from e2e_kit import (condition, contents, fill, fill_tables, store_class, superuser, tables, tenant_secret,
+                     tenant_store, wait_for_condition)
 
 from tenantstore_dev.environment import Kubectl, LocalEnvironment, OperatorProcess, wait_for
 
 VECTORS = 5000
 # The enterprise tier here keeps relational data in a schema, so only the vectors move (see the README).
 MOVERS_TIERS = {"enterprise": {"relational": "schema", "vector": "dedicated"}}
-
-
-def fill(secret: dict[str, str], count: int) -> None:
-    with psycopg.connect(secret["uri"], autocommit=True) as conn:
-        if secret["vectorNamespace"]:
-            conn.execute(f"INSERT INTO {secret['vectorTable']} (namespace, id, embedding, metadata) "
-                         "SELECT %s, 'v' || lpad(i::text, 5, '0'), ARRAY[i, 1, 0]::real[]::vector, "
-                         "jsonb_build_object('n', i) FROM generate_series(1, %s) i", (secret["vectorNamespace"], count))
-        else:
-            conn.execute(f"INSERT INTO {secret['vectorTable']} (id, embedding, metadata) "
-                         "SELECT 'v' || lpad(i::text, 5, '0'), ARRAY[i, 1, 0]::real[]::vector, "
-                         "jsonb_build_object('n', i) FROM generate_series(1, %s) i", (count,))
-
-
-def contents(secret: dict[str, str]) -> list[tuple]:
-    """Everything the tenant sees, with its own credentials."""
-    with psycopg.connect(secret["uri"], autocommit=True) as conn:
-        return conn.execute(f"SELECT id, embedding::text, metadata FROM {secret['vectorTable']} ORDER BY id").fetchall()
 
 
 def set_tier(kubectl: Kubectl, namespace: str, name: str, tier: str) -> None:
@@ -109,29 +91,6 @@ def test_a_migration_interrupted_by_a_crash_finishes_after_restart(env: LocalEnv
     after = contents(tenant_secret(kubectl, namespace, "crasher-store"))
     assert after == before  # same ids, values and metadata: nothing lost, nothing twice
     kubectl("delete", "tenantstore", "crasher", "-n", namespace, "--timeout=60s")
-
-
-def fill_tables(secret: dict[str, str], rows: int) -> None:
-    schema = secret["schema"]
-    with psycopg.connect(secret["uri"], autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE {schema}.orders (id serial PRIMARY KEY, customer text, total numeric)")
-        conn.execute(f"INSERT INTO {schema}.orders (customer, total) SELECT 'c' || g, g / 3.0 "
-                     f"FROM generate_series(1, {rows}) g")
-        conn.execute(f"CREATE SEQUENCE {schema}.invoices START 900")
-        conn.execute(f"SELECT nextval('{schema}.invoices') FROM generate_series(1, 17)")
-        conn.execute(f"CREATE VIEW {schema}.large_orders AS SELECT id, total FROM {schema}.orders WHERE total > 10")
-        conn.execute(f"CREATE FUNCTION {schema}.order_count() RETURNS bigint LANGUAGE sql "
-                     f"AS 'SELECT count(*) FROM {schema}.orders'")
-
-
-def tables(secret: dict[str, str]) -> dict[str, object]:
-    schema = secret["schema"]
-    with psycopg.connect(secret["uri"], autocommit=True) as conn:
-        return {"orders": conn.execute(f"SELECT md5(string_agg(o::text, ',' ORDER BY id)), count(*) "
-                                       f"FROM {schema}.orders o").fetchone(),
-                "invoices": conn.execute(f"SELECT last_value FROM {schema}.invoices").fetchone(),
-                "view": conn.execute(f"SELECT count(*) FROM {schema}.large_orders").fetchone(),
-                "function": conn.execute(f"SELECT {schema}.order_count()").fetchone()}
 
 
 def wait_for_relational(kubectl: Kubectl, namespace: str, name: str, relational: str) -> dict:

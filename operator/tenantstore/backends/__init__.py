@@ -157,6 +157,9 @@ class RelationalStore(Protocol):
         """The store's scoped credentials' logins as its spec and `plans` (by credential name) say, no others."""
         ...
 
+    async def server_identity(self) -> str:
+        """Equal for two stores on the same server, whatever address reaches it."""
+
     async def claimed_by(self, store: DesiredStore) -> str | None:
         """The uid of the TenantStore that claimed this tenant's role; None when absent; a marker when retained."""
 
@@ -236,6 +239,9 @@ class VectorData(Protocol):
     async def write_batch(self, store: DesiredStore, placement: VectorPlacement,
                           records: Sequence[VectorRecord]) -> None:
         """Upsert: writing the same records twice leaves one copy of each."""
+
+    async def delete_ids(self, store: DesiredStore, placement: VectorPlacement, ids: Sequence[str]) -> None:
+        """Delete these records (ids that are not there are no error)."""
 
 
 class VectorRetention(Protocol):

@@ -549,6 +549,14 @@ class PgvectorStore:
                         "ON CONFLICT (id) DO UPDATE SET embedding = EXCLUDED.embedding, "
                         "metadata = EXCLUDED.metadata").format(table, vector_type), rows)
 
+    async def delete_ids(self, store: DesiredStore, placement: VectorPlacement, ids: Sequence[str]) -> None:
+        async with self._data_target(store, placement, lock_mode="ROW EXCLUSIVE") as (conn, table):
+            if placement.namespace:
+                await conn.execute(sql.SQL("DELETE FROM {} WHERE namespace = %s AND id = ANY(%s)").format(table),
+                                   (placement.namespace, list(ids)))
+            else:
+                await conn.execute(sql.SQL("DELETE FROM {} WHERE id = ANY(%s)").format(table), (list(ids),))
+
     async def expire(self, store: DesiredStore, placement: VectorPlacement, written_before: datetime.datetime,
                      limit: int) -> int:
         await self._ensure_written_at(store, placement)

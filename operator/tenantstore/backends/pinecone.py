@@ -730,6 +730,13 @@ class PineconeStore:
                                        vectors=chunk, namespace=placement.namespace)
 
 
+    async def delete_ids(self, store: DesiredStore, placement: VectorPlacement, ids: Sequence[str]) -> None:
+        with pinecone_errors(f"deleting vectors of {store.tenant_id}"):
+            _, index = await self._data(placement)
+            for chunk in fetch_chunks(list(ids)):
+                await self.client.call(f"deleting vectors from {placement.index}", index.delete, ids=chunk,
+                                       namespace=placement.namespace)
+
     async def expire(self, store: DesiredStore, placement: VectorPlacement, written_before: datetime.datetime,
                      limit: int) -> int:
         """Pinecone cannot delete by a metadata filter on serverless indexes: scan ids (at most RETENTION_SCAN

@@ -309,6 +309,14 @@ class PostgresRelationalStore:
                                                           f"DATABASE <name> FROM PUBLIC for each"))
         return problems
 
+    async def server_identity(self) -> str:
+        """What tells two Postgres servers apart, however they are addressed: when and on which port the
+        server started (what any role may read)."""
+        async with self.server.connect() as conn:
+            row = await fetch_one(conn, "SELECT pg_catalog.pg_postmaster_start_time()::text || ' port ' || "
+                                        "pg_catalog.current_setting('port') AS identity")
+        return str(row["identity"])
+
     async def claimed_by(self, store: DesiredStore) -> str | None:
         async with self.server.connect() as conn:
             role = await self._inspect_role(conn, store.role)

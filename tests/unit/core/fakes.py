@@ -455,6 +455,12 @@ class FakeVectorStore(Recorder):
             target[record.id] = dataclasses.replace(record, values=[-v for v in record.values]) \
                 if self.corrupt_copies else record
 
+    async def delete_ids(self, store: DesiredStore, placement: VectorPlacement, ids: Sequence[str]) -> None:
+        self.enter("delete_ids")
+        records = self._records_at(placement)
+        for id_ in ids:
+            records.pop(id_, None)
+
     # VectorStore: measurement
 
     async def measure(self, tenants: Sequence[tuple[DesiredStore, VectorPlacement]]) -> dict[str, VectorUsage]:
