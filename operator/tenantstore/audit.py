@@ -200,7 +200,8 @@ async def read_trail(tenant_id: str, admin_uris: Sequence[tuple[str, str]]) -> l
                 found += await audit_table.trail(conn, tenant_id)
         finally:
             await server.close()
-    return sorted(found, key=lambda entry: entry.at or datetime.datetime.min.replace(tzinfo=datetime.UTC))
+    return sorted(audit_table.without_copies(found),
+                  key=lambda entry: entry.at or datetime.datetime.min.replace(tzinfo=datetime.UTC))
 
 
 async def class_databases(api: Any, store_class: str | None) -> list[tuple[str, str]]:

@@ -391,9 +391,7 @@ async def carry_audit_trail(source: Side, target: Side) -> None:
         await audit_table.ensure(target_conn)
         present = {(entry.action, entry.message) for entry in await audit_table.trail(target_conn,
                                                                                     target.store.tenant_id)}
-        carried = [dataclasses.replace(entry, message=f"{entry.message} [recorded {entry.at.isoformat()} in "
-                                                      f"StoreClass {source.store_class.name}]")
-                   for entry in entries if entry.at is not None]
+        carried = [audit_table.carried(entry, source.store_class.name) for entry in entries if entry.at is not None]
         await audit_table.append(target_conn, [entry for entry in carried
                                                if (entry.action, entry.message) not in present])
 
@@ -433,7 +431,9 @@ async def converge(body: Mapping[str, Any], spec: TenantStoreSpec, registry: Bac
 
     async def side(name: str) -> Side:
         store_class = resolve(name)
-        return Side(store_class, await registry.for_class(store_class), store_in(spec, store_class, body))
+        # Scoped credentials are made in the new class by the ordinary reconcile after the cut-over.
+        return Side(store_class, await registry.for_class(store_class),
+                    dataclasses.replace(store_in(spec, store_class, body), credentials=()))
 
     if state in REVERSIBLE and record["toClass"] != wanted:
         target = await side(record["toClass"])

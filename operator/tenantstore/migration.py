@@ -23,6 +23,9 @@ from tenantstore.models import DesiredStore, RelationalIsolation, VectorIsolatio
 Report = Callable[[dict[str, Any]], Awaitable[None]]
 SAMPLE_SIZE = 100
 COUNT_SETTLE_SECONDS = 60.0
+# Records per read of a resync: each read sorts the tenant's vectors by id (no index serves that order), so a
+# pass with writes refused reads in few, large batches.
+RESYNC_READ_SIZE = 5_000
 COPYING, SOURCE_PENDING_DELETION = "Copying", "SourcePendingDeletion"
 
 
@@ -131,15 +134,15 @@ class Resynced:
     deleted: int = 0  # in the target only
 
 
-async def resync(source: VectorSide, target: VectorSide, batch_size: int, deadline: float | None = None
-                 ) -> Resynced:
+async def resync(source: VectorSide, target: VectorSide, batch_size: int, deadline: float | None = None,
+                 read_size: int = RESYNC_READ_SIZE) -> Resynced:
     """Make the target hold exactly the source's records, writing only what differs: after a copy made while
     the tenant still wrote, this (with writes frozen) is all the freeze has to wait for. Both sides are read
     in id order, side by side; a batch written lands behind the target's read position."""
     done = Resynced()
     writes: list[VectorRecord] = []
     deletes: list[str] = []
-    sources, targets = in_id_order(source, batch_size), in_id_order(target, batch_size)
+    sources, targets = in_id_order(source, read_size), in_id_order(target, read_size)
     left, right = await anext(sources, None), await anext(targets, None)
     while left is not None or right is not None:
         if right is None or (left is not None and left.id < right.id):

@@ -220,12 +220,12 @@ async def test_a_resync_writes_only_what_differs_and_deletes_what_the_source_no_
     await harness.vectors.write_batch(source, shared_at, [*changed, *records("new", 4, dimension)])
     await harness.vectors.delete_ids(source, shared_at, ["id-010", "id-011", "id-029", "never-there"])
 
-    done = await migration.resync(source_side, target_side, 7)
+    done = await migration.resync(source_side, target_side, 7, read_size=7)  # pages interleave with writes
     assert (done.total, done.written, done.deleted) == (31, 6, 3)
     await migration.verify(source_side, target_side, 31)
     assert await harness.vectors.read_batch(target, dedicated_at, None, 100) == \
         await harness.vectors.read_batch(source, shared_at, None, 100)
-    again = await migration.resync(source_side, target_side, 7)  # nothing differs: nothing is written
+    again = await migration.resync(source_side, target_side, 7, read_size=5)  # nothing differs: nothing is written
     assert (again.total, again.written, again.deleted) == (31, 0, 0)
 
     await harness.vectors.teardown(target)

@@ -3,6 +3,7 @@ Pinecone, with its tables, sequence, view, function and vectors, a client writin
 from __future__ import annotations
 
 import base64
+import json
 import secrets
 import threading
 import time
@@ -11,8 +12,8 @@ from pathlib import Path
 
 import psycopg
 import pytest
-from e2e_kit import (DEFAULT_CLASS, condition, contents, fill, fill_tables, pinecone_vector, store_class, superuser,
-                     tables, tenant_secret, tenant_store, wait_for_condition, wait_until_gone)
+from e2e_kit import (DEFAULT_CLASS, audit_cli, condition, contents, fill, fill_tables, pinecone_vector, store_class,
+                     superuser, tables, tenant_secret, tenant_store, wait_for_condition, wait_until_gone)
 from pinecone_server import PineconeTestServer
 
 from tenantstore_dev.environment import (OPERATOR_NAMESPACE, Kubectl, KubectlError, LocalEnvironment,
@@ -125,7 +126,8 @@ def written(secret: dict[str, str]) -> set[int]:
 def test_a_tenant_moves_to_another_postgres_and_back_while_a_client_writes(
         env: LocalEnvironment, kubectl: Kubectl, operator: OperatorProcess, second_postgres: EmbeddedPostgres,
         namespace: str) -> None:
-    kubectl.apply(tenant_store("voyager", namespace, "voyager", tier="pro", storeClassName=DEFAULT_CLASS))
+    kubectl.apply(tenant_store("voyager", namespace, "voyager", tier="pro", storeClassName=DEFAULT_CLASS,
+                               credentials=[{"name": "viewer", "access": "readOnly"}]))
     wait_for_condition(kubectl, namespace, "voyager", "Ready", "True")
     home = tenant_secret(kubectl, namespace, "voyager-store")
     fill(home, VECTORS)
@@ -149,6 +151,21 @@ def test_a_tenant_moves_to_another_postgres_and_back_while_a_client_writes(
     assert (last["fromClass"], last["toClass"]) == (DEFAULT_CLASS, ELSEWHERE) and 0 < last["frozenSeconds"] < 300
     assert condition(body, "Migrating")["status"] == "False"
     assert roles(env.admin_uri, "voyager") == []  # the source server holds nothing of the tenant any more
+    # The scoped credential followed: its Secret names the new server, and it reads there (and only reads).
+    viewer = wait_for("the viewer's Secret to name the new server", lambda: (
+        found if (found := tenant_secret(kubectl, namespace, "voyager-viewer"))["port"] == away["port"] else None),
+        timeout=60)
+    with psycopg.connect(viewer["uri"], autocommit=True) as conn:
+        assert conn.execute(f"SELECT count(*) FROM {viewer['schema']}.orders").fetchone() == (1_000,)
+        with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
+            conn.execute(f"INSERT INTO {viewer['schema']}.writes (n) VALUES (-1)")
+    # The audit trail followed: the new class's Postgres has the tenant's life before the move, once.
+    trail = json.loads(audit_cli(kubectl, "voyager", "--store-class", ELSEWHERE, "-o", "json"))
+    assert [entry["action"] for entry in trail][:1] == ["Provisioned"]
+    assert "in StoreClass standard]" in trail[0]["message"]
+    merged = json.loads(audit_cli(kubectl, "voyager", "-o", "json"))  # every class: each entry once
+    assert not any("in StoreClass standard]" in entry["message"] for entry in merged)
+    assert len(merged) == len({(entry["action"], entry["message"], entry["at"]) for entry in merged})
     with superuser(env) as conn:
         assert conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'tenant_voyager'").fetchone() is None
         assert conn.execute("SELECT to_regclass('tenantstore_vectors.tenant_voyager')").fetchone()[0] is None

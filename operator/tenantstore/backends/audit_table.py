@@ -15,6 +15,7 @@ import dataclasses
 import datetime
 import hashlib
 import json
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -171,6 +172,28 @@ async def trail(conn: psycopg.AsyncConnection[Any], tenant_id: str) -> list[Entr
         "SELECT at, tenant_id, tenant_store_uid, namespace, name, action, message, actor, trace_id FROM {} "
         "WHERE tenant_id = %s ORDER BY id").format(ENTRIES), (tenant_id,))
     return [Entry(**row) for row in await cursor.fetchall()]
+
+
+# An entry carried to another class's trail when its tenant moved there (the database sets a row's time).
+CARRIED = re.compile(r" \[recorded (?P<at>\S+) in StoreClass (?P<store_class>\S+)\]$")
+
+
+def carried(entry: Entry, store_class: str) -> Entry:
+    """The copy of an entry that follows its tenant to another class: it names when and where it was written."""
+    assert entry.at is not None
+    return dataclasses.replace(entry, message=f"{entry.message} [recorded {entry.at.isoformat()} in StoreClass "
+                                              f"{store_class}]", at=None)
+
+
+def without_copies(entries: Sequence[Entry]) -> list[Entry]:
+    """A trail read from several classes, each entry once: a carried copy goes when its original is there."""
+    originals = {(entry.action, entry.message, entry.at.isoformat()) for entry in entries if entry.at is not None}
+    kept = []
+    for entry in entries:
+        copy_of = CARRIED.search(entry.message)
+        if copy_of is None or (entry.action, entry.message[:copy_of.start()], copy_of["at"]) not in originals:
+            kept.append(entry)
+    return kept
 
 
 async def expire(conn: psycopg.AsyncConnection[Any], keep: datetime.timedelta) -> int:

@@ -1,8 +1,11 @@
 """Moves between StoreClasses: when the spec asks for one, what status.migration says, and how copies compare."""
 from __future__ import annotations
 
+import dataclasses
+import datetime
+
 from tenantstore import classmoves, migration
-from tenantstore.backends import VectorRecord
+from tenantstore.backends import VectorRecord, audit_table
 from tenantstore.models import TenantStoreSpec
 
 from .world import store_class
@@ -51,3 +54,16 @@ def test_copies_compare_values_to_float32_precision_and_metadata_exactly() -> No
     assert not migration.same_records(written, [VectorRecord(id="a", values=[0.1, 0.2], metadata={"n": 8})])
     assert not migration.same_records(written, [VectorRecord(id="b", values=[0.1, 0.2], metadata={"n": 7})])
     assert not migration.same_records(written, [])
+
+
+def test_a_trail_read_from_both_classes_shows_a_moved_entry_once() -> None:
+    at = datetime.datetime(2026, 11, 2, 9, 30, tzinfo=datetime.UTC)
+    original = audit_table.Entry("acme", "uid-1", "customers", "acme", "Provisioned", "role tenant_acme created",
+                                 "kubectl", "trace", at)
+    copy = dataclasses.replace(audit_table.carried(original, "standard"), at=at + datetime.timedelta(days=30))
+    later = dataclasses.replace(original, action="StoreClassMoved", message="moved", at=copy.at)
+
+    assert copy.message == "role tenant_acme created [recorded 2026-11-02T09:30:00+00:00 in StoreClass standard]"
+    assert audit_table.without_copies([original, copy, later]) == [original, later]
+    # The old class is gone: its entries live on as the copies.
+    assert audit_table.without_copies([copy, later]) == [copy, later]
