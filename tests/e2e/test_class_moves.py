@@ -226,6 +226,37 @@ def test_a_move_interrupted_by_a_crash_finishes_after_restart(
     assert roles(second_postgres.superuser_uri("tenants"), "drifter") == []
 
 
+def test_naming_the_old_class_again_before_the_cut_over_undoes_the_move(
+        env: LocalEnvironment, kubectl: Kubectl, operator: OperatorProcess, second_postgres: EmbeddedPostgres,
+        namespace: str) -> None:
+    kubectl.apply(tenant_store("homebody", namespace, "homebody", tier="pro", storeClassName=DEFAULT_CLASS))
+    wait_for_condition(kubectl, namespace, "homebody", "Ready", "True")
+    secret = tenant_secret(kubectl, namespace, "homebody-store")
+    fill(secret, VECTORS)
+    before = contents(secret)
+
+    move_to(kubectl, namespace, "homebody", ELSEWHERE)
+    wait_for("the vector copy to start", lambda: (kubectl.get("tenantstore", "homebody", namespace)["status"]
+                                                  .get("migration") or {}).get("copied", 0) > 0,
+             timeout=120, interval=0.05)
+    operator.kill()  # so that the change below lands before the cut-over, whatever the timing
+    assert roles(second_postgres.superuser_uri("tenants"), "homebody") != []  # a partial copy is there
+    move_to(kubectl, namespace, "homebody", DEFAULT_CLASS)
+    operator.start()
+    body = wait_for_class(kubectl, namespace, "homebody", DEFAULT_CLASS)
+    assert "lastClassMove" not in body["status"]
+    assert roles(second_postgres.superuser_uri("tenants"), "homebody") == []  # the new class's copy is gone
+    assert tenant_secret(kubectl, namespace, "homebody-store") == secret
+    assert contents(secret) == before
+    with psycopg.connect(secret["uri"], autocommit=True) as conn:  # the tenant writes again
+        conn.execute(f"INSERT INTO {secret['vectorTable']} (namespace, id, embedding) VALUES (%s, 'z', '[1,0,0]')",
+                     (secret["vectorNamespace"],))
+    events = kubectl("get", "events", "-n", namespace, "--field-selector", "reason=StoreClassMoveReverted",
+                     "-o", "jsonpath={.items[*].message}")
+    assert f"the move to StoreClass {ELSEWHERE} was given up" in events
+    kubectl("delete", "tenantstore", "homebody", "-n", namespace, "--timeout=60s")
+
+
 def test_a_tenant_deleted_in_the_middle_of_a_move_leaves_nothing_on_either_server(
         env: LocalEnvironment, kubectl: Kubectl, operator: OperatorProcess, second_postgres: EmbeddedPostgres,
         namespace: str) -> None:
