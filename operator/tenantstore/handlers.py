@@ -267,7 +267,7 @@ async def record(memo: kopf.Memo, body: Mapping[str, Any], outcome: Outcome, unl
     changes = outcome.status_patch(body.get("status"))
     if changes and unless_changed and not await memo.statuses.patch_unless_changed(body, changes):
         return
-    events.post(body, outcome.events, actor=audit.OPERATOR_ACTOR, trace_id=outcome.trace_id)
+    events.post(outcome.about(body), outcome.events, actor=audit.OPERATOR_ACTOR, trace_id=outcome.trace_id)
     if outcome.warning is not None:
         metrics.RECONCILE_ERRORS.labels(outcome.warning.reason).inc()
         warn_on_transition(body, outcome)
@@ -693,7 +693,7 @@ async def observe_storeclass(body: kopf.Body, type: str | None, **_: Any) -> Non
 
 
 def write(body: kopf.Body, patch: kopf.Patch, outcome: Outcome) -> None:
-    events.post(body, outcome.events, trace_id=outcome.trace_id)
+    events.post(outcome.about(body), outcome.events, trace_id=outcome.trace_id)
     patch.status.update(outcome.status_patch(body.get("status")))
     if outcome.warning is not None:
         metrics.RECONCILE_ERRORS.labels(outcome.warning.reason).inc()

@@ -108,6 +108,14 @@ class Outcome:
     def status_patch(self, current: Mapping[str, Any] | None) -> dict[str, Any]:
         return conditions.status_changes(current, self.status)
 
+    def about(self, body: Mapping[str, Any]) -> Mapping[str, Any]:
+        """The TenantStore its events are about, in the class it lives in now: a move's events go to the audit
+        trail of the class it moved to."""
+        moved_to = self.status.get("storeClassName")
+        if not moved_to or moved_to == (body.get("status") or {}).get("storeClassName"):
+            return body
+        return {**body, "status": {**(body.get("status") or {}), "storeClassName": moved_to}}
+
 
 def resolve_store_class(name: str, classes: Mapping[str, StoreClass | InvalidResource]) -> StoreClass:
     if name:

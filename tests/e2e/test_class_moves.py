@@ -160,7 +160,10 @@ def test_a_tenant_moves_to_another_postgres_and_back_while_a_client_writes(
         with pytest.raises(psycopg.errors.ReadOnlySqlTransaction):
             conn.execute(f"INSERT INTO {viewer['schema']}.writes (n) VALUES (-1)")
     # The audit trail followed: the new class's Postgres has the tenant's life before the move, once.
-    trail = json.loads(audit_cli(kubectl, "voyager", "--store-class", ELSEWHERE, "-o", "json"))
+    def moved_trail() -> list | None:
+        found = json.loads(audit_cli(kubectl, "voyager", "--store-class", ELSEWHERE, "-o", "json"))
+        return found if "StoreClassMoved" in [entry["action"] for entry in found] else None
+    trail = wait_for("the move's own entries in the new class's trail", moved_trail, timeout=30)
     assert [entry["action"] for entry in trail][:1] == ["Provisioned"]
     assert "in StoreClass standard]" in trail[0]["message"]
     merged = json.loads(audit_cli(kubectl, "voyager", "-o", "json"))  # every class: each entry once
