@@ -3,8 +3,9 @@
 A TenantStore whose spec.storeClassName names a class other than status.storeClassName (a change the API
 allows only with spec.storeClassChange: Move) is moved, within one reconcile:
 
-1. Provisioning: the tenant's role, schema or database and vector store are made in the target class, with
-   writes refused there. Nothing has changed for the tenant yet.
+1. Provisioning: the tenant's role, schema or database and vector store are made in the target class (its
+   tables are loaded there as the tenant, then its writes are refused there too). Nothing changes for the
+   tenant yet.
 2. PreCopying: the vectors are copied in id order while the tenant still writes (the bulk of a move).
 3. Copying: the source is frozen (the tenant may read and delete, not write) and the time recorded; the
    relational data is dumped from the source server and loaded into the target as the tenant (one

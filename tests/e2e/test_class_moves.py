@@ -62,6 +62,15 @@ def wait_for_class(kubectl: Kubectl, namespace: str, name: str, class_name: str,
         raise AssertionError(f"{error}; last status: {last.get('body', {}).get('status')}") from None
 
 
+def crash_while_copying(kubectl: Kubectl, operator: OperatorProcess, namespace: str, name: str) -> None:
+    """Start a move to the second server and kill the operator once some vectors are copied."""
+    move_to(kubectl, namespace, name, ELSEWHERE)
+    wait_for("the vector copy to start", lambda: (kubectl.get("tenantstore", name, namespace)["status"]
+                                                  .get("migration") or {}).get("copied", 0) > 0,
+             timeout=120, interval=0.05)
+    operator.kill()
+
+
 def roles(uri: str, tenant_id: str) -> list[str]:
     with psycopg.connect(uri, autocommit=True) as conn:
         return [row[0] for row in conn.execute("SELECT rolname FROM pg_roles WHERE rolname LIKE %s ORDER BY 1",
@@ -207,11 +216,7 @@ def test_a_move_interrupted_by_a_crash_finishes_after_restart(
     fill_tables(secret, 10_000)
     before_tables, before_vectors = tables(secret), contents(secret)
 
-    move_to(kubectl, namespace, "drifter", ELSEWHERE)
-    wait_for("the vector copy to start", lambda: (kubectl.get("tenantstore", "drifter", namespace)["status"]
-                                                  .get("migration") or {}).get("copied", 0) > 0,
-             timeout=120, interval=0.05)
-    operator.kill()
+    crash_while_copying(kubectl, operator, namespace, "drifter")
     stalled = kubectl.get("tenantstore", "drifter", namespace)["status"]
     assert stalled["phase"] == "Migrating" and stalled["migration"]["state"] == "PreCopying", stalled["migration"]
     assert stalled["storeClassName"] == DEFAULT_CLASS
@@ -238,11 +243,7 @@ def test_naming_the_old_class_again_before_the_cut_over_undoes_the_move(
     fill(secret, VECTORS)
     before = contents(secret)
 
-    move_to(kubectl, namespace, "homebody", ELSEWHERE)
-    wait_for("the vector copy to start", lambda: (kubectl.get("tenantstore", "homebody", namespace)["status"]
-                                                  .get("migration") or {}).get("copied", 0) > 0,
-             timeout=120, interval=0.05)
-    operator.kill()  # so that the change below lands before the cut-over, whatever the timing
+    crash_while_copying(kubectl, operator, namespace, "homebody")  # the change below lands before the cut-over
     assert roles(second_postgres.superuser_uri("tenants"), "homebody") != []  # a partial copy is there
     move_to(kubectl, namespace, "homebody", DEFAULT_CLASS)
     operator.start()
@@ -267,11 +268,7 @@ def test_a_tenant_deleted_in_the_middle_of_a_move_leaves_nothing_on_either_serve
     wait_for_condition(kubectl, namespace, "quitter", "Ready", "True")
     fill(tenant_secret(kubectl, namespace, "quitter-store"), VECTORS)
 
-    move_to(kubectl, namespace, "quitter", ELSEWHERE)
-    wait_for("the vector copy to start", lambda: (kubectl.get("tenantstore", "quitter", namespace)["status"]
-                                                  .get("migration") or {}).get("copied", 0) > 0,
-             timeout=120, interval=0.05)
-    operator.kill()
+    crash_while_copying(kubectl, operator, namespace, "quitter")
     kubectl("delete", "tenantstore", "quitter", "-n", namespace, "--wait=false")
     operator.start()
     wait_until_gone(kubectl, "tenantstore", "quitter", namespace, timeout=120)
