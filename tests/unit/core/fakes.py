@@ -126,6 +126,9 @@ class FakeRelationalStore(Recorder):
 
     # RelationalStore
 
+    async def server_identity(self) -> str:
+        return f"{self.host}:{self.port}"
+
     async def ensure(self, store: DesiredStore, password: str, password_is_new: bool
                      ) -> tuple[RelationalPlacement, list[Step]]:
         self.enter("ensure")
@@ -627,6 +630,8 @@ class FakeRegistry(Recorder):
         self.secret_extras = dict(secret_extras or {})
         self.preflight_problems: list[Step] = []  # besides what the stores' own preflight finds
         self.classes_built: list[str] = []
+        # Classes whose vectors are elsewhere (another backend), on the same Postgres as every other class.
+        self.vectors_of_class: dict[str, FakeVectorStore] = {}
 
     def forbid(self) -> None:
         """Any use of the registry or of the stores fails the test."""
@@ -638,7 +643,9 @@ class FakeRegistry(Recorder):
         self.enter("for_class")
         self.classes_built.append(store_class.name)
         return FakeBackends(server=dataclasses.replace(self.server, shared_database=store_class.shared_database),
-                            relational=self.relational, vector=self.vector, secret_extras=dict(self.secret_extras))
+                            relational=self.relational,
+                            vector=self.vectors_of_class.get(store_class.name, self.vector),
+                            secret_extras=dict(self.secret_extras))
 
     async def preflight(self, store_class: StoreClass, backends: FakeBackends, max_age: float = 30.0) -> list[Step]:
         self.enter("preflight")

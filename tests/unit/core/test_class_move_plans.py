@@ -5,10 +5,11 @@ import dataclasses
 import datetime
 
 from tenantstore import classmoves, migration
-from tenantstore.backends import VectorRecord, audit_table
+from tenantstore.backends import VectorPlacement, VectorRecord, audit_table
 from tenantstore.models import TenantStoreSpec
 
-from .world import store_class
+from .fakes import FakeVectorStore
+from .world import World, ready, reasons, spec_changed, store_class, tenant_body
 
 
 def spec(store_class_name: str) -> TenantStoreSpec:
@@ -67,3 +68,71 @@ def test_a_trail_read_from_both_classes_shows_a_moved_entry_once() -> None:
     assert audit_table.without_copies([original, copy, later]) == [original, later]
     # The old class is gone: its entries live on as the copies.
     assert audit_table.without_copies([copy, later]) == [copy, later]
+
+
+# --- a move of the vectors to a Pinecone class on the same Postgres, through reconcile_tenant ---
+
+async def tenant_with_a_pinecone_class(count: int = 5) -> tuple[World, FakeVectorStore, dict]:
+    world = World.make()
+    cone = world.registry.vectors_of_class["cone"] = FakeVectorStore("pinecone")
+    world.classes["cone"] = store_class("cone", default=False, vector={"backend": "pinecone"})
+    body = await world.provision(tenant_body(storeClassName="standard"))
+    world.vector.put(VectorPlacement.from_status(body["status"]["vectorStore"]), *records(count))
+    return world, cone, body
+
+
+def records(count: int) -> list[VectorRecord]:
+    return [VectorRecord(id=f"v{n:02}", values=[float(n), 1.0], metadata={"n": n}) for n in range(count)]
+
+
+async def test_the_vectors_move_to_the_other_backend_and_the_source_goes() -> None:
+    world, cone, body = await tenant_with_a_pinecone_class()
+    source = VectorPlacement.from_status(body["status"]["vectorStore"])
+
+    outcome, moved = await world.converge(spec_changed(body, storeClassName="cone", storeClassChange="Move"))
+
+    assert outcome.warning is None and ready(moved["status"]) == ("True", "Provisioned")
+    status = moved["status"]
+    assert status["storeClassName"] == "cone" and status["vectorStore"]["backend"] == "pinecone"
+    assert not status.get("migration") and status["lastClassMove"]["outcome"] == "Completed"
+    target = VectorPlacement.from_status(status["vectorStore"])
+    assert list(cone.stored(target).values()) == records(5)
+    assert world.vector.stored(source) == {}  # the pgvector side is gone, the role and schema stay
+    assert world.secrets.secrets[("customers", "acme-store")].data["vectorBackend"] == "pinecone"
+    steps = reasons(outcome)
+    assert "StoreClassMoveCopied" in steps and "StoreClassMoved" in steps
+    states = [change["migration"]["state"] for change in world.reports if (change.get("migration") or {}).get("kind")]
+    assert list(dict.fromkeys(states)) == ["Provisioning", "PreCopying", "Copying", "CuttingOver",
+                                           "SourcePendingDeletion"]
+
+
+async def test_a_copy_that_does_not_verify_leaves_the_tenant_writing_where_it_was() -> None:
+    world, cone, body = await tenant_with_a_pinecone_class()
+    source = VectorPlacement.from_status(body["status"]["vectorStore"])
+    cone.corrupt_copies = True
+
+    outcome, kept = await world.converge(spec_changed(body, storeClassName="cone", storeClassChange="Move"))
+
+    assert outcome.warning is not None and outcome.warning.reason == "MigrationVerificationFailed"
+    assert outcome.retry_after == 30
+    assert kept["status"]["storeClassName"] == "standard" and not kept["status"].get("migration")
+    assert world.vector.writes_refused == set()  # the freeze is lifted: the tenant writes where it was
+    assert cone.dedicated == {} and not any(cone.records.values())  # the partial copy is removed
+    assert world.secrets.secrets[("customers", "acme-store")].data["vectorBackend"] == "pgvector"
+    assert len(world.vector.stored(source)) == 5
+
+    cone.corrupt_copies = False  # the retry copies again, and verifies
+    _, moved = await world.converge(kept)
+    assert moved["status"]["storeClassName"] == "cone" and ready(moved["status"])[0] == "True"
+
+
+async def test_a_second_reconcile_after_a_move_touches_no_backend() -> None:
+    world, _, body = await tenant_with_a_pinecone_class()
+    _, moved = await world.converge(spec_changed(body, storeClassName="cone", storeClassChange="Move"))
+    world.registry.vector.calls.clear()
+    world.registry.vectors_of_class["cone"].calls.clear()
+
+    outcome, again = await world.converge(moved)
+
+    assert outcome.events == [] and again["status"] == moved["status"]
+    assert not any(call in ("write_batch", "delete_ids", "teardown") for call in world.vector.calls)
