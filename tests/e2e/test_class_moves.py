@@ -324,11 +324,16 @@ def test_store_class_name_changes_only_with_a_move(kubectl: Kubectl, operator: O
 
 
 @pytest.fixture(scope="module")
-def pinecone_class(kubectl: Kubectl) -> Iterator[PineconeTestServer]:
+def pinecone_class(kubectl: Kubectl, second_postgres: EmbeddedPostgres) -> Iterator[PineconeTestServer]:
+    """A Pinecone project with two classes on it: one on the first Postgres, one on the second."""
     server = PineconeTestServer().start()
-    kubectl.apply(store_class("cone-movers", vector=pinecone_vector(kubectl, server, "pinecone-movers")))
+    vector = pinecone_vector(kubectl, server, "pinecone-movers")
+    kubectl.apply(store_class("cone-movers", vector=vector))
+    kubectl.apply(store_class("cone-elsewhere", vector=vector, postgres={
+        "adminSecretRef": {"name": "pg-admin-second", "namespace": OPERATOR_NAMESPACE, "key": "uri"},
+        "database": "tenants"}))
     yield server
-    kubectl("delete", "storeclass", "cone-movers")
+    kubectl("delete", "storeclass", "cone-movers", "cone-elsewhere")
     server.stop()
     server.check()  # no request outside the spec subset the server implements
 
@@ -362,3 +367,31 @@ def test_vectors_move_from_pgvector_to_pinecone_and_back(
     assert tables(back) == before_tables and contents(back) == before_vectors
     assert pinecone_class.index("ts-coneflower") is None
     kubectl("delete", "tenantstore", "coneflower", "-n", namespace, "--timeout=60s")
+
+
+def test_a_tenant_moves_to_pinecone_on_another_postgres_and_back(
+        env: LocalEnvironment, kubectl: Kubectl, operator: OperatorProcess, pinecone_class: PineconeTestServer,
+        second_postgres: EmbeddedPostgres, namespace: str) -> None:
+    kubectl.apply(tenant_store("wanderer", namespace, "wanderer", tier="pro", storeClassName=DEFAULT_CLASS))
+    wait_for_condition(kubectl, namespace, "wanderer", "Ready", "True")
+    secret = tenant_secret(kubectl, namespace, "wanderer-store")
+    fill(secret, 1_000)
+    fill_tables(secret, 100)
+    before_tables, before_vectors = tables(secret), contents(secret)
+
+    # Both at once: the tables to the second server, the vectors from pgvector to a Pinecone namespace.
+    move_to(kubectl, namespace, "wanderer", "cone-elsewhere")
+    wait_for_class(kubectl, namespace, "wanderer", "cone-elsewhere")
+    away = tenant_secret(kubectl, namespace, "wanderer-store")
+    assert away["port"] == str(second_postgres.port) and away["vectorBackend"] == "pinecone"
+    assert tables(away) == before_tables
+    assert len(pinecone_class.records(away["vectorIndex"], away["vectorNamespace"])) == 1_000
+    assert roles(env.admin_uri, "wanderer") == []
+
+    move_to(kubectl, namespace, "wanderer", DEFAULT_CLASS)
+    wait_for_class(kubectl, namespace, "wanderer", DEFAULT_CLASS)
+    back = tenant_secret(kubectl, namespace, "wanderer-store")
+    assert tables(back) == before_tables and contents(back) == before_vectors
+    assert pinecone_class.records(away["vectorIndex"], away["vectorNamespace"]) == {}
+    assert roles(second_postgres.superuser_uri("tenants"), "wanderer") == []
+    kubectl("delete", "tenantstore", "wanderer", "-n", namespace, "--timeout=60s")
