@@ -153,18 +153,46 @@ class ClassMove:
 
     async def run(self) -> None:
         """From wherever the record says the move is, to the end."""
-        target = self.target
         state = self.record.get("state")
         if state in (None, *REVERSIBLE):
-            await self.copy(target)
+            await self.copy()
             state = CUTTING_OVER
         if state == CUTTING_OVER:
-            await self.cut_over(target)
+            await self.cut_over()
         await self.remove_source()
 
-    async def copy(self, target: Side) -> None:
-        source, limit = self.source, self.source.store_class.max_move_freeze_seconds
-        password = await self.password()
+    async def copy(self) -> None:
+        """Provisioning, PreCopying and Copying: the target made, the vectors copied, then with writes refused
+        the tables and what changed since; CuttingOver once both are verified."""
+        source_side, target_side = await self.provision()
+        if self.record["state"] == PRE_COPYING:
+            await self.pre_copy(source_side, target_side)
+        # The freeze: from here on the tenant may read and delete in the source, not write.
+        await self.source.backends.relational.ensure_write_access(self.source.frozen)
+        await self.source.backends.vector.ensure_write_access(self.source.frozen, source_side.placement)
+        if self.record["state"] == PRE_COPYING:
+            await self.note(state=COPYING, frozenAt=conditions.now_rfc3339(), frozenSince=time.time(),
+                            limitSeconds=self.source.store_class.max_move_freeze_seconds)
+        try:
+            resynced = await self.copy_frozen(source_side, target_side)
+        except (migration.FreezeLimitReached, TimeoutError) as stopped:
+            await self.stop(str(stopped) or "the copy of the tables was still running")
+        except (migration.MigrationVerificationFailed, RestoreFailed) as failed:
+            await self.undo()
+            raise migration.MigrationVerificationFailed(
+                f"the move to StoreClass {self.target.store_class.name} is tried again in "
+                f"{VERIFICATION_RETRY_SECONDS:.0f} s; the tenant serves and writes from "
+                f"{self.source.store_class.name} meanwhile: {failed}", retry_after=VERIFICATION_RETRY_SECONDS) from None
+        self.steps.append(Step("StoreClassMoveCopied", f"{self.record['tablesCopied']} tables "
+                                                       f"({self.record['rowsCopied']} rows) and {resynced.total} "
+                                                       f"vectors copied from StoreClass {self.source.store_class.name} "
+                                                       f"to {self.target.store_class.name} and verified "
+                                                       f"({resynced.written} vectors written and {resynced.deleted} "
+                                                       f"deleted again after writes stopped)"))
+        await self.note(state=CUTTING_OVER, frozenSeconds=self.frozen_seconds())
+
+    async def provision(self) -> tuple[migration.VectorSide, migration.VectorSide]:
+        source, target = self.source, self.target
         if self.record.get("state") is None:
             self.record = {"kind": CLASS_MOVE, "fromClass": source.store_class.name,
                            "toClass": target.store_class.name, "state": PROVISIONING,
@@ -176,61 +204,42 @@ class ClassMove:
             # The tables are loaded as the tenant, so its target may be written until they are; frozen afterwards.
             loading = "tablesCopied" not in self.record
             self.steps += (await target.backends.relational.ensure(target.store if loading else target.frozen,
-                                                                   password, password_is_new=True))[1]
+                                                                   await self.password(), password_is_new=True))[1]
         target_vectors, vector_steps = await target.backends.vector.ensure(target.frozen)
         self.steps += vector_steps
-        source_vectors = self.source_vectors()
-        source_side = migration.VectorSide(source.backends.vector, source.store, source_vectors)
-        target_side = migration.VectorSide(target.backends.vector, target.store, target_vectors)
-        batch = settings.current().migration_batch
         if self.record["state"] == PROVISIONING:
             await self.note(state=PRE_COPYING)
-        if self.record["state"] == PRE_COPYING:
-            # The bulk of the vectors, while the tenant still writes: the freeze then waits only for what changed.
-            async def progress(copied: int, total: int, last_id: str | None) -> None:
-                await self.note(copied=copied, total=total, lastId=last_id)
+        return (migration.VectorSide(source.backends.vector, source.store, self.source_vectors()),
+                migration.VectorSide(target.backends.vector, target.store, target_vectors))
 
-            await migration.copy_vectors(source_side, target_side, self.record.get("lastId"), progress, batch,
-                                         verified=False)
-        # The freeze: from here on the tenant may read and delete in the source, not write.
-        await source.backends.relational.ensure_write_access(source.frozen)
-        await source.backends.vector.ensure_write_access(source.frozen, source_vectors)
-        if self.record["state"] == PRE_COPYING:
-            await self.note(state=COPYING, frozenAt=conditions.now_rfc3339(), frozenSince=time.time(),
-                            limitSeconds=limit)
-        deadline = float(self.record["frozenSince"]) + limit
-        try:
-            if self.same_postgres:
-                await self.note(tablesCopied=0, rowsCopied=0)
-            elif "tablesCopied" not in self.record:
-                tables, rows = await asyncio.wait_for(self.copy_tables(target, source_vectors),
-                                                      timeout=max(deadline - time.time(), 0.001))
-                await target.backends.relational.ensure_write_access(target.frozen)
-                await self.note(tablesCopied=tables, rowsCopied=rows, frozenSeconds=self.frozen_seconds())
-            resynced = await migration.resync(source_side, target_side, batch, deadline)
-            await self.note(total=resynced.total, rewritten=resynced.written, deleted=resynced.deleted,
-                            frozenSeconds=self.frozen_seconds())
-            await migration.verify(source_side, target_side, resynced.total)
-            if not self.same_postgres:
-                await self.verify_tables(target, source_vectors)
-            if time.time() > deadline:
-                raise migration.FreezeLimitReached("the copy was verified only after the bound")
-        except (migration.FreezeLimitReached, TimeoutError) as stopped:
-            await self.stop(target, str(stopped) or "the copy of the tables was still running")
-        except (migration.MigrationVerificationFailed, RestoreFailed) as failed:
-            await self.undo(target)
-            raise migration.MigrationVerificationFailed(
-                f"the move to StoreClass {target.store_class.name} is tried again in "
-                f"{VERIFICATION_RETRY_SECONDS:.0f} s; the tenant serves and writes from "
-                f"{source.store_class.name} meanwhile: {failed}", retry_after=VERIFICATION_RETRY_SECONDS) from None
-        vectors = resynced.total
-        self.steps.append(Step("StoreClassMoveCopied", f"{self.record['tablesCopied']} tables "
-                                                       f"({self.record['rowsCopied']} rows) and {vectors} vectors "
-                                                       f"copied from StoreClass {source.store_class.name} to "
-                                                       f"{target.store_class.name} and verified ({resynced.written} "
-                                                       f"vectors written and {resynced.deleted} deleted again after "
-                                                       f"writes stopped)"))
-        await self.note(state=CUTTING_OVER, frozenSeconds=self.frozen_seconds())
+    async def pre_copy(self, source: migration.VectorSide, target: migration.VectorSide) -> None:
+        """The bulk of the vectors, while the tenant still writes: the freeze then waits only for what changed."""
+        async def progress(copied: int, total: int, last_id: str | None) -> None:
+            await self.note(copied=copied, total=total, lastId=last_id)
+
+        await migration.copy_vectors(source, target, self.record.get("lastId"), progress,
+                                     settings.current().migration_batch, verified=False)
+
+    async def copy_frozen(self, source: migration.VectorSide, target: migration.VectorSide) -> migration.Resynced:
+        """With the tenant's writes refused: the tables, then the vectors that changed, then both verified.
+        FreezeLimitReached or TimeoutError once the class's bound has passed."""
+        deadline = float(self.record["frozenSince"]) + self.source.store_class.max_move_freeze_seconds
+        if self.same_postgres:
+            await self.note(tablesCopied=0, rowsCopied=0)
+        elif "tablesCopied" not in self.record:
+            tables, rows = await asyncio.wait_for(self.copy_tables(source.placement),
+                                                  timeout=max(deadline - time.time(), 0.001))
+            await self.target.backends.relational.ensure_write_access(self.target.frozen)
+            await self.note(tablesCopied=tables, rowsCopied=rows, frozenSeconds=self.frozen_seconds())
+        resynced = await migration.resync(source, target, settings.current().migration_batch, deadline)
+        await self.note(total=resynced.total, rewritten=resynced.written, deleted=resynced.deleted,
+                        frozenSeconds=self.frozen_seconds())
+        await migration.verify(source, target, resynced.total)
+        if not self.same_postgres:
+            await self.verify_tables(source.placement)
+        if time.time() > deadline:
+            raise migration.FreezeLimitReached("the copy was verified only after the bound")
+        return resynced
 
     async def check_tables_movable(self) -> None:
         """Before anything is made: RelationalMigrationUnsupported for tables the target cannot hold."""
@@ -240,8 +249,8 @@ class ClassMove:
                 relational_moves.RelationalMove(self.source.store, self.target.store, COPYING),
                 self.source_vectors(), self.target.backends.vector.backend)
 
-    async def verify_tables(self, target: Side, source_vectors: VectorPlacement) -> None:
-        source = self.source
+    async def verify_tables(self, source_vectors: VectorPlacement) -> None:
+        source, target = self.source, self.target
         async with source.backends.relational.io_login(source.store) as source_login, \
                 target.backends.relational.io_login(target.store) as target_login:
             await relational_moves.verify_between(
@@ -249,7 +258,8 @@ class ClassMove:
                 target_login, target.store,
                 relational_moves.operator_table_of(target.store, target.backends.vector.backend))
 
-    async def copy_tables(self, target: Side, source_vectors: VectorPlacement) -> tuple[int, int]:
+    async def copy_tables(self, source_vectors: VectorPlacement) -> tuple[int, int]:
+        target = self.target
         directory = relational_moves.staging(settings.current().export_dir, self.source.store)
         await directory.prepare()
         dumped = await export.dump_relational(self.source.store, source_vectors, self.source.backends.relational,
@@ -259,10 +269,10 @@ class ClassMove:
             excluded=relational_moves.operator_table_of(target.store, target.backends.vector.backend))
         return len(loaded), sum(loaded.values())
 
-    async def cut_over(self, target: Side) -> None:
+    async def cut_over(self) -> None:
         """The target takes writes first, then the Secret names it: a client that follows the Secret is never
         refused once it has."""
-        password = await self.password()
+        target, password = self.target, await self.password()
         relational, _ = await target.backends.relational.ensure(target.store, password, password_is_new=False)
         vectors, _ = await target.backends.vector.ensure(target.store)
         frozen = self.frozen_seconds()
@@ -298,28 +308,28 @@ class ClassMove:
 
     # --- when the move does not go ahead ---
 
-    async def stop(self, target: Side, why: str) -> None:
+    async def stop(self, why: str) -> None:
         """The freeze reached its bound: the tenant goes on in the source, the target's copy goes."""
-        frozen = self.frozen_seconds()
+        target, frozen = self.target, self.frozen_seconds()
         limit = self.source.store_class.max_move_freeze_seconds
         message = (f"the move to StoreClass {target.store_class.name} was stopped after {frozen:.0f} s of refused "
                    f"writes, the bound of StoreClass {self.source.store_class.name} (spec.moves.maxFreezeSeconds "
                    f"{limit}): {why}. The tenant serves and writes from {self.source.store_class.name} as before; "
                    f"raise the bound or change this TenantStore's spec to try again")
-        await self.undo(target, outcome={
+        await self.undo(outcome={
             "fromClass": self.record["fromClass"], "toClass": self.record["toClass"], "outcome": STOPPED,
             "frozenSeconds": frozen, "limitSeconds": limit, "generation": self.body["metadata"].get("generation", 0),
             "message": message, "completedAt": conditions.now_rfc3339()})
         await self.tell(self.migrating(False, Reason.MOVE_FREEZE_EXCEEDED, message))
         raise MoveFreezeExceeded(message)
 
-    async def undo(self, target: Side, outcome: dict[str, Any] | None = None) -> None:
+    async def undo(self, outcome: dict[str, Any] | None = None) -> None:
         """Writes back on in the source and the target's copy removed: as before the move. The record goes
         last, so a crash before it undoes again; `outcome` becomes status.lastClassMove."""
         await self.source.backends.relational.ensure_write_access(self.source.store)
         await self.source.backends.vector.ensure_write_access(self.source.store, self.source_vectors())
-        if await owned(target, self.body):
-            self.steps += await remove(target, vectors_only=self.same_postgres)
+        if await owned(self.target, self.body):
+            self.steps += await remove(self.target, vectors_only=self.same_postgres)
         self.record = {}
         await self.tell({"phase": self.serving_phase, "migration": None,
                          **({"lastClassMove": outcome} if outcome else {})})
@@ -440,7 +450,7 @@ async def converge(body: Mapping[str, Any], spec: TenantStoreSpec, registry: Bac
         target = await side(record["toClass"])
         move = ClassMove(body, spec, status, record, source, target, secrets, report, secret_for,
                          await shares_postgres(source, target))
-        await move.undo(move.target)
+        await move.undo()
         move.steps.append(Step("StoreClassMoveReverted", f"the move to StoreClass {record['toClass']} was given up: "
                                                          f"the tenant stays in {source_class.name}"))
         if wanted is None:
