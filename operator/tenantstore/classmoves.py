@@ -300,7 +300,7 @@ class ClassMove:
             await carry_audit_trail(source, self.target)
         if await owned(source, self.body):
             self.steps += await remove(source, vectors_only=self.same_postgres)
-        shutil.rmtree(relational_moves.staging(settings.current().export_dir, source.store).path, ignore_errors=True)
+        forget_staging(source.store)
         done = {"fromClass": self.record["fromClass"], "toClass": self.record["toClass"], "outcome": COMPLETED,
                 "frozenSeconds": self.record.get("frozenSeconds"), "completedAt": conditions.now_rfc3339(),
                 "limitSeconds": None, "generation": None, "message": None}  # merge patch: a stop's keys go
@@ -330,6 +330,7 @@ class ClassMove:
         await self.source.backends.vector.ensure_write_access(self.source.store, self.source_vectors())
         if await owned(self.target, self.body):
             self.steps += await remove(self.target, vectors_only=self.same_postgres)
+        forget_staging(self.source.store)
         self.record = {}
         await self.tell({"phase": self.serving_phase, "migration": None,
                          **({"lastClassMove": outcome} if outcome else {})})
@@ -355,6 +356,11 @@ async def owned(side: Side, body: Mapping[str, Any]) -> bool:
     """Whether what the side holds under the tenant's name is this TenantStore's to remove."""
     holder = await side.backends.relational.claimed_by(side.store)
     return holder is None or holder == body["metadata"]["uid"]
+
+
+def forget_staging(store: DesiredStore) -> None:
+    """The dump a move staged on the export volume (made again if the move is)."""
+    shutil.rmtree(relational_moves.staging(settings.current().export_dir, store).path, ignore_errors=True)
 
 
 async def remove(side: Side, vectors_only: bool) -> list[Step]:
@@ -492,4 +498,6 @@ async def remove_other_side(body: Mapping[str, Any], spec: TenantStoreSpec, regi
     staying = resolve(record["toClass"] if after_cut_over else record["fromClass"])
     shared = await side.backends.relational.server_identity() == \
         await (await registry.for_class(staying)).relational.server_identity()
-    return await remove(side, vectors_only=shared)
+    steps = await remove(side, vectors_only=shared)
+    forget_staging(side.store)
+    return steps

@@ -268,6 +268,7 @@ def test_a_tenant_deleted_in_the_middle_of_a_move_leaves_nothing_on_either_serve
     wait_for_condition(kubectl, namespace, "quitter", "Ready", "True")
     fill(tenant_secret(kubectl, namespace, "quitter-store"), VECTORS)
 
+    uid = kubectl.get("tenantstore", "quitter", namespace)["metadata"]["uid"]
     crash_while_copying(kubectl, operator, namespace, "quitter")
     kubectl("delete", "tenantstore", "quitter", "-n", namespace, "--wait=false")
     operator.start()
@@ -278,6 +279,7 @@ def test_a_tenant_deleted_in_the_middle_of_a_move_leaves_nothing_on_either_serve
             assert conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = 'tenant_quitter'").fetchone() is None
             assert conn.execute("SELECT to_regclass('tenantstore_vectors.tenant_quitter')").fetchone()[0] is None
     assert kubectl.get("secret", "quitter-store", namespace) is None
+    assert not (env.export_dir / ".moves" / uid).exists()
 
 
 def test_a_freeze_past_the_class_bound_stops_the_move_and_the_tenant_goes_on_writing(
@@ -300,6 +302,7 @@ def test_a_freeze_past_the_class_bound_stops_the_move_and_the_tenant_goes_on_wri
     assert "spec.moves.maxFreezeSeconds" in condition(body, "Ready")["message"]
     assert condition(body, "Stalled")["status"] == "True"
     assert roles(second_postgres.superuser_uri("tenants"), "rusher") == []  # the partial copy is gone
+    assert not (env.export_dir / ".moves" / body["metadata"]["uid"]).exists()  # and the staged dump
     assert tenant_secret(kubectl, namespace, "rusher-store")["port"] == secret["port"]
     with psycopg.connect(secret["uri"], autocommit=True) as conn:  # writes are on again in the source
         conn.execute(f"INSERT INTO {secret['vectorTable']} (namespace, id, embedding) VALUES (%s, 'z', '[1,0,0]')",
