@@ -203,8 +203,9 @@ class ClassMove:
         if not self.same_postgres:
             # The tables are loaded as the tenant, so its target may be written until they are; frozen afterwards.
             loading = "tablesCopied" not in self.record
+            password, _ = await self.password()
             self.steps += (await target.backends.relational.ensure(target.store if loading else target.frozen,
-                                                                   await self.password(), password_is_new=True))[1]
+                                                                   password, password_is_new=True))[1]
         target_vectors, vector_steps = await target.backends.vector.ensure(target.frozen)
         self.steps += vector_steps
         if self.record["state"] == PROVISIONING:
@@ -272,8 +273,8 @@ class ClassMove:
     async def cut_over(self) -> None:
         """The target takes writes first, then the Secret names it: a client that follows the Secret is never
         refused once it has."""
-        target, password = self.target, await self.password()
-        relational, _ = await target.backends.relational.ensure(target.store, password, password_is_new=False)
+        target, (password, missing) = self.target, await self.password()
+        relational, _ = await target.backends.relational.ensure(target.store, password, password_is_new=missing)
         vectors, _ = await target.backends.vector.ensure(target.store)
         frozen = self.frozen_seconds()
         await self.secrets.apply_tenant_secret(
@@ -346,10 +347,12 @@ class ClassMove:
     def frozen_seconds(self) -> float:
         return round(time.time() - float(self.record.get("frozenSince") or time.time()), 3)
 
-    async def password(self) -> str:
+    async def password(self) -> tuple[str, bool]:
+        """The Secret's password; without one (the Secret was deleted) a new one, and True: the role gets it."""
         secret = await self.secrets.read_tenant_secret(self.body["metadata"]["namespace"], self.spec.secret_name,
                                                        self.body)
-        return password_in(secret) or new_password()
+        found = password_in(secret)
+        return (found, False) if found else (new_password(), True)
 
 
 async def owned(side: Side, body: Mapping[str, Any]) -> bool:

@@ -136,3 +136,14 @@ async def test_a_second_reconcile_after_a_move_touches_no_backend() -> None:
 
     assert outcome.events == [] and again["status"] == moved["status"]
     assert not any(call in ("write_batch", "delete_ids", "teardown") for call in world.vector.calls)
+
+
+async def test_a_tenant_whose_secret_was_deleted_gets_one_that_logs_in_after_the_move() -> None:
+    world, _, body = await tenant_with_a_pinecone_class()
+    del world.secrets.secrets[("customers", "acme-store")]
+
+    _, moved = await world.converge(spec_changed(body, storeClassName="cone", storeClassChange="Move"))
+
+    assert moved["status"]["storeClassName"] == "cone"
+    written = world.secrets.secrets[("customers", "acme-store")].data["password"]
+    assert world.relational.roles["tenant_acme"].password == written
