@@ -62,6 +62,18 @@ def wait_for_class(kubectl: Kubectl, namespace: str, name: str, class_name: str,
         raise AssertionError(f"{error}; last status: {last.get('body', {}).get('status')}") from None
 
 
+def tenant_with_data(kubectl: Kubectl, namespace: str, name: str, vectors: int, rows: int,
+                     **spec: object) -> tuple[dict[str, str], dict[str, object], list[tuple]]:
+    """A Ready tenant of the first server's class holding `vectors` vectors and a table of `rows` rows (with a
+    sequence, a view and a function), written with its own Secret: the Secret, its tables and its vectors."""
+    kubectl.apply(tenant_store(name, namespace, name, storeClassName=DEFAULT_CLASS, **spec))
+    wait_for_condition(kubectl, namespace, name, "Ready", "True")
+    secret = tenant_secret(kubectl, namespace, f"{name}-store")
+    fill(secret, vectors)
+    fill_tables(secret, rows)
+    return secret, tables(secret), contents(secret)
+
+
 def crash_while_copying(kubectl: Kubectl, operator: OperatorProcess, namespace: str, name: str) -> None:
     """Start a move to the second server and kill the operator once some vectors are copied."""
     move_to(kubectl, namespace, name, ELSEWHERE)
@@ -135,15 +147,10 @@ def written(secret: dict[str, str]) -> set[int]:
 def test_a_tenant_moves_to_another_postgres_and_back_while_a_client_writes(
         env: LocalEnvironment, kubectl: Kubectl, operator: OperatorProcess, second_postgres: EmbeddedPostgres,
         namespace: str) -> None:
-    kubectl.apply(tenant_store("voyager", namespace, "voyager", tier="pro", storeClassName=DEFAULT_CLASS,
-                               credentials=[{"name": "viewer", "access": "readOnly"}]))
-    wait_for_condition(kubectl, namespace, "voyager", "Ready", "True")
-    home = tenant_secret(kubectl, namespace, "voyager-store")
-    fill(home, VECTORS)
-    fill_tables(home, 1_000)
+    home, before_tables, before_vectors = tenant_with_data(kubectl, namespace, "voyager", VECTORS, 1_000, tier="pro",
+                                                           credentials=[{"name": "viewer", "access": "readOnly"}])
     with psycopg.connect(home["uri"], autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {home['schema']}.writes (n int PRIMARY KEY)")
-    before_tables, before_vectors = tables(home), contents(home)
     writer = Writer(kubectl, namespace, "voyager-store")
     writer.moving_to = str(second_postgres.port)
     writer.start()
@@ -209,12 +216,8 @@ def test_a_tenant_moves_to_another_postgres_and_back_while_a_client_writes(
 def test_a_move_interrupted_by_a_crash_finishes_after_restart(
         env: LocalEnvironment, kubectl: Kubectl, operator: OperatorProcess, second_postgres: EmbeddedPostgres,
         namespace: str) -> None:
-    kubectl.apply(tenant_store("drifter", namespace, "drifter", tier="enterprise", storeClassName=DEFAULT_CLASS))
-    wait_for_condition(kubectl, namespace, "drifter", "Ready", "True")
-    secret = tenant_secret(kubectl, namespace, "drifter-store")
-    fill(secret, VECTORS)
-    fill_tables(secret, 10_000)
-    before_tables, before_vectors = tables(secret), contents(secret)
+    _, before_tables, before_vectors = tenant_with_data(kubectl, namespace, "drifter", VECTORS, 10_000,
+                                                        tier="enterprise")
 
     crash_while_copying(kubectl, operator, namespace, "drifter")
     stalled = kubectl.get("tenantstore", "drifter", namespace)["status"]
@@ -344,13 +347,8 @@ def pinecone_class(kubectl: Kubectl, second_postgres: EmbeddedPostgres) -> Itera
 def test_vectors_move_from_pgvector_to_pinecone_and_back(
         env: LocalEnvironment, kubectl: Kubectl, operator: OperatorProcess, pinecone_class: PineconeTestServer,
         namespace: str) -> None:
-    kubectl.apply(tenant_store("coneflower", namespace, "coneflower", tier="enterprise",
-                               storeClassName=DEFAULT_CLASS))
-    wait_for_condition(kubectl, namespace, "coneflower", "Ready", "True")
-    secret = tenant_secret(kubectl, namespace, "coneflower-store")
-    fill(secret, 1_000)
-    fill_tables(secret, 100)
-    before_tables, before_vectors = tables(secret), contents(secret)
+    _, before_tables, before_vectors = tenant_with_data(kubectl, namespace, "coneflower", 1_000, 100,
+                                                        tier="enterprise")
 
     # Same Postgres in both classes: the tables stay where they are, the vectors go to a Pinecone index.
     move_to(kubectl, namespace, "coneflower", "cone-movers")
@@ -375,12 +373,7 @@ def test_vectors_move_from_pgvector_to_pinecone_and_back(
 def test_a_tenant_moves_to_pinecone_on_another_postgres_and_back(
         env: LocalEnvironment, kubectl: Kubectl, operator: OperatorProcess, pinecone_class: PineconeTestServer,
         second_postgres: EmbeddedPostgres, namespace: str) -> None:
-    kubectl.apply(tenant_store("wanderer", namespace, "wanderer", tier="pro", storeClassName=DEFAULT_CLASS))
-    wait_for_condition(kubectl, namespace, "wanderer", "Ready", "True")
-    secret = tenant_secret(kubectl, namespace, "wanderer-store")
-    fill(secret, 1_000)
-    fill_tables(secret, 100)
-    before_tables, before_vectors = tables(secret), contents(secret)
+    _, before_tables, before_vectors = tenant_with_data(kubectl, namespace, "wanderer", 1_000, 100, tier="pro")
 
     # Both at once: the tables to the second server, the vectors from pgvector to a Pinecone namespace.
     move_to(kubectl, namespace, "wanderer", "cone-elsewhere")
