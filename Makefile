@@ -75,8 +75,9 @@ test-unit: install
 
 # The provisioning benchmark: the operator against the floor on the real control plane and Postgres (bench/README.md).
 # `make bench N=1000`; BENCH_ARGS passes more options, e.g. BENCH_ARGS=--profile. Results go to bench/results/.
+# The sweep runs the floor up to N = 1,000 only (--floor-up-to); its 10,000 alone takes about an hour and a half.
 N ?= 200
-SWEEP ?= 100,300,1000
+SWEEP ?= 100,300,1000,3000,10000
 bench: controlplane
 	$(BIN)/python -m bench.provisioning --n $(N) $(BENCH_ARGS)
 

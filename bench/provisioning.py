@@ -768,6 +768,17 @@ def machine() -> dict[str, Any]:
             "python": platform.python_version(), "load_average_at_start": [round(x, 2) for x in os.getloadavg()]}
 
 
+def planned_runs(n: int, asked: str, floor_up_to: int) -> tuple[list[str], str | None]:
+    """The runs for N (--runs, less the floor above --floor-up-to), and why the floor is not among them."""
+    runs = [kind.strip() for kind in asked.split(",") if kind.strip()]
+    if "floor" not in runs:
+        return runs, f"not asked for (--runs {asked})"
+    if n > floor_up_to:
+        return [kind for kind in runs if kind != "floor"], (
+            f"N = {n} is above --floor-up-to {floor_up_to}: the floor would take too long")
+    return runs, None
+
+
 async def one_n(env: kit.BenchEnvironment, n: int, args: argparse.Namespace) -> dict[str, Any]:
     tag = secrets.token_hex(2)
     result: dict[str, Any] = {"benchmark": "provisioning", "n": n,
@@ -776,7 +787,8 @@ async def one_n(env: kit.BenchEnvironment, n: int, args: argparse.Namespace) -> 
                               "mix": {"free": 0.80, "pro": 0.15, "enterprise": 0.05},
                               "tiers": {tier: kit.tier_mix(n).count(tier) for tier in ("free", "pro", "enterprise")},
                               "vector": {"backend": "pgvector", "dimension": kit.DIMENSION, "metric": kit.METRIC}}
-    runs = [kind.strip() for kind in args.runs.split(",") if kind.strip()]
+    runs, result["floor_not_run"] = planned_runs(n, args.runs, args.floor_up_to)
+    result["runs"] = runs
     for kind in runs:
         await asyncio.to_thread(env.between_runs)
         result[kind] = {}
@@ -852,6 +864,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
                         help="the floor's Postgres pool (default: the operator's own PostgresServer pool)")
     parser.add_argument("--runs", default="operator,floor",
                         help="which runs, in order (default: %(default)s; 'operator' alone: no ratios)")
+    parser.add_argument("--floor-up-to", type=int, default=1000,
+                        help="the floor runs for N up to this only; above it the JSON's floor_not_run says so "
+                             "(default: %(default)s)")
     parser.add_argument("--quiet", type=float, default=2.0,
                         help="seconds without an operator log line that count as idle (default: %(default)s)")
     parser.add_argument("--after-idle", type=float, default=3.0,

@@ -11,6 +11,10 @@ Not product settings; the shipped operator never sees this module.
                           its thread pool: a thread hop per handler per watch event)
     reconcile_limit=N     at most N reconciles/teardowns talk to the backends at once (an asyncio.Semaphore
                           around reconcile.reconcile_tenant and reconcile.teardown_tenant)
+    tracemalloc=FRAMES    trace Python allocations (FRAMES frames each) and, whenever the process's RSS reaches a
+                          new high above 150 MB (checked every second, in steps of 16 MB, at most every 20 s), write what holds the Python heap to
+                          $TENANTSTORE_BENCH_TRACEMALLOC_OUT (default tracemalloc-<pid>.txt): where memory goes
+                          at the peak. Tracing slows the process ~2x: read its sizes, not its timings
 
 Mind: worker_limit below the number of TenantStores deadlocks a restart: Kopf's workers wait for every
 index to be populated from the initial listing, which needs workers that the limit does not let start.
@@ -22,6 +26,39 @@ import os
 
 _RAW = os.environ.get("TENANTSTORE_BENCH_EXPERIMENT", "")
 KNOBS = dict(item.split("=", 1) for item in _RAW.split(",") if "=" in item)
+
+if "tracemalloc" in KNOBS:
+    import threading
+    import time
+    import tracemalloc
+
+    def _heap_at_peaks(out: str, step: int = 16 << 20, spacing: float = 20.0) -> None:
+        # A snapshot of a few hundred MB of small objects takes seconds, with the GIL: not every second.
+        page = os.sysconf("SC_PAGE_SIZE")
+        highest, last = 150 << 20, 0.0  # below it: start-up, not tenants
+        while True:
+            time.sleep(1)
+            with open("/proc/self/statm") as statm:
+                rss = int(statm.read().split()[1]) * page
+            if rss < highest + step or time.monotonic() < last + spacing:
+                continue
+            highest, last = rss, time.monotonic()
+            snapshot = tracemalloc.take_snapshot().filter_traces([tracemalloc.Filter(False, tracemalloc.__file__)])
+            traced = sum(stat.size for stat in snapshot.statistics("filename"))
+            lines = [f"rss {rss / 2**20:.1f} MB, traced Python heap {traced / 2**20:.1f} MB", "", "by file:"]
+            lines += [f"{stat.size / 2**20:8.2f} MB {stat.count:9d} blocks  {stat.traceback}"
+                      for stat in snapshot.statistics("filename")[:25]]
+            lines += ["", "by allocating line and its callers:"]
+            for stat in snapshot.statistics("traceback")[:25]:
+                lines.append(f"{stat.size / 2**20:8.2f} MB {stat.count:9d} blocks")
+                lines += [f"      {frame}" for frame in stat.traceback.format(most_recent_first=True)[:2 * int(
+                    KNOBS["tracemalloc"])]]
+            with open(out, "w") as written:
+                written.write("\n".join(lines) + "\n")
+
+    tracemalloc.start(int(KNOBS["tracemalloc"]))
+    threading.Thread(target=_heap_at_peaks, daemon=True, name="bench-tracemalloc", args=(os.environ.get(
+        "TENANTSTORE_BENCH_TRACEMALLOC_OUT", f"tracemalloc-{os.getpid()}.txt"),)).start()
 
 if KNOBS:
     import kopf

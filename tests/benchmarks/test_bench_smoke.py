@@ -41,6 +41,7 @@ def test_benchmark_reports_every_figure(tmp_path: Path) -> None:
     report = json.loads((out / f"provisioning-{N}.json").read_text())
     assert report["n"] == N
     assert sum(report["tiers"].values()) == N and all(report["tiers"].values())
+    assert (report["runs"], report["floor_not_run"]) == (["operator", "floor"], None)
     for kind in ("operator", "floor"):
         assert "error" not in report[kind], report[kind]["error"]
 
