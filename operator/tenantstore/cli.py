@@ -22,7 +22,9 @@ def run(args: argparse.Namespace) -> int:
 
     import tenantstore.handlers  # noqa: F401,PLC0415 (registers the handlers)
 
-    from tenantstore import metrics, redaction, tracing  # noqa: PLC0415
+    from tenantstore import kopf_fixes, metrics, redaction, tracing  # noqa: PLC0415
+
+    kopf_fixes.bound_api_connections(args.namespace)  # before Kopf logs in and makes its session
 
     kopf.configure(verbose=args.verbose, log_prefix=True)
     logging.getLogger("psycopg.pool").setLevel(logging.WARNING)
