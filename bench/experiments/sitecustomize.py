@@ -11,10 +11,17 @@ Not product settings; the shipped operator never sees this module.
                           its thread pool: a thread hop per handler per watch event)
     reconcile_limit=N     at most N reconciles/teardowns talk to the backends at once (an asyncio.Semaphore
                           around reconcile.reconcile_tenant and reconcile.teardown_tenant)
+    api_connections=N     Kopf's own API session opens at most N connections (Kopf's connector has no limit: a
+                          burst of N requests in flight opens N TLS connections, ~325 KB each); the watch
+                          streams hold one each for as long as they run, so N must leave room for them
     tracemalloc=FRAMES    trace Python allocations (FRAMES frames each) and, whenever the process's RSS reaches a
                           new high above 150 MB (checked every second, in steps of 16 MB, at most every 20 s), write what holds the Python heap to
                           $TENANTSTORE_BENCH_TRACEMALLOC_OUT (default tracemalloc-<pid>.txt): where memory goes
                           at the peak. Tracing slows the process ~2x: read its sizes, not its timings
+    mallocstats=SECONDS   every SECONDS, append the RSS, the live Python blocks and CPython's small-object
+                          allocator statistics (sys._debugmallocstats: arenas, used and free pools, bytes in
+                          allocated and in available blocks) to $TENANTSTORE_BENCH_MALLOCSTATS_OUT (default
+                          mallocstats-<pid>.txt): how much of the RSS is live objects, how much kept free
 
 Mind: worker_limit below the number of TenantStores deadlocks a restart: Kopf's workers wait for every
 index to be populated from the initial listing, which needs workers that the limit does not let start.
@@ -23,13 +30,14 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
+import threading
+import time
 
 _RAW = os.environ.get("TENANTSTORE_BENCH_EXPERIMENT", "")
 KNOBS = dict(item.split("=", 1) for item in _RAW.split(",") if "=" in item)
 
 if "tracemalloc" in KNOBS:
-    import threading
-    import time
     import tracemalloc
 
     def _heap_at_peaks(out: str, step: int = 16 << 20, spacing: float = 20.0) -> None:
@@ -59,6 +67,28 @@ if "tracemalloc" in KNOBS:
     tracemalloc.start(int(KNOBS["tracemalloc"]))
     threading.Thread(target=_heap_at_peaks, daemon=True, name="bench-tracemalloc", args=(os.environ.get(
         "TENANTSTORE_BENCH_TRACEMALLOC_OUT", f"tracemalloc-{os.getpid()}.txt"),)).start()
+
+if "mallocstats" in KNOBS:
+    def _allocator_stats(out: str, every: float) -> None:
+        page = os.sysconf("SC_PAGE_SIZE")
+        while True:
+            time.sleep(every)
+            with open("/proc/self/statm") as statm:
+                rss = int(statm.read().split()[1]) * page
+            with open(out, "a") as written:
+                written.write(f"=== {time.strftime('%H:%M:%S')} rss {rss / 2**20:.1f} MB, "
+                              f"{sys.getallocatedblocks()} live blocks\n")
+                written.flush()
+                saved = os.dup(2)  # _debugmallocstats writes to the C stderr
+                try:
+                    os.dup2(written.fileno(), 2)
+                    sys._debugmallocstats()  # noqa: SLF001
+                finally:
+                    os.dup2(saved, 2)
+                    os.close(saved)
+
+    threading.Thread(target=_allocator_stats, daemon=True, name="bench-mallocstats", args=(os.environ.get(
+        "TENANTSTORE_BENCH_MALLOCSTATS_OUT", f"mallocstats-{os.getpid()}.txt"), float(KNOBS["mallocstats"]))).start()
 
 if KNOBS:
     import kopf
@@ -100,6 +130,19 @@ if KNOBS:
                 kwargs=self._pool.kwargs)
 
         postgres.PostgresServer.__init__ = _init  # type: ignore[method-assign]
+
+    if "api_connections" in KNOBS:
+        import types
+
+        import aiohttp
+        from kopf._cogs.clients import auth
+
+        class _BoundedConnector(aiohttp.TCPConnector):
+            def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
+                super().__init__(*args, **{**kwargs, "limit": int(KNOBS["api_connections"])})
+
+        # Only Kopf's session: the module it builds its connector from sees the bounded one.
+        auth.aiohttp = types.SimpleNamespace(**{**vars(aiohttp), "TCPConnector": _BoundedConnector})  # type: ignore[assignment]
 
     if "reconcile_limit" in KNOBS:
         import asyncio
