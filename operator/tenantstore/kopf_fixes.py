@@ -14,8 +14,8 @@ restarts, not a broken operator.
 Memory (`bound_api_connections`): Kopf's own API session has no connection limit, so N requests in flight
 open N TLS connections, ~325 KB each (asyncio's TLS buffer and OpenSSL's state; memory the process keeps
 after the burst). 1,000 TenantStores deleted at once finish their handlers in a burst, each with a finalizer
-PATCH: the operator went from 200 to 330 MB; with the session bounded to 64 connections, 202 MB at its peak
-and no slower (bench/README.md). Past the bound a request waits for a free connection.
+PATCH: the operator went from 200 to 330 MB; with the session bounded, 207 MB at its peak and no slower
+(bench/README.md). Past the bound a request waits for a free connection.
 """
 from __future__ import annotations
 
