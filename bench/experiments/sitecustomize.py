@@ -11,9 +11,9 @@ Not product settings; the shipped operator never sees this module.
                           its thread pool: a thread hop per handler per watch event)
     reconcile_limit=N     at most N reconciles/teardowns talk to the backends at once (an asyncio.Semaphore
                           around reconcile.reconcile_tenant and reconcile.teardown_tenant)
-    api_connections=N     Kopf's own API session opens at most N connections (Kopf's connector has no limit: a
-                          burst of N requests in flight opens N TLS connections, ~325 KB each); the watch
-                          streams hold one each for as long as they run, so N must leave room for them
+    api_connections=N     the part for requests of the bound `tenantstore run` puts on Kopf's API connections
+                          (kopf_fixes.API_REQUEST_CONNECTIONS, 64; the watch streams get room of their own).
+                          Kopf's own connector has no limit: N requests in flight open N TLS connections
     tracemalloc=FRAMES    trace Python allocations (FRAMES frames each) and, whenever the process's RSS reaches a
                           new high above 150 MB (checked every second, in steps of 16 MB, at most every 20 s), write what holds the Python heap to
                           $TENANTSTORE_BENCH_TRACEMALLOC_OUT (default tracemalloc-<pid>.txt): where memory goes
@@ -35,6 +35,14 @@ import threading
 import time
 
 _RAW = os.environ.get("TENANTSTORE_BENCH_EXPERIMENT", "")
+_PAGE = os.sysconf("SC_PAGE_SIZE")
+
+
+def _rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * _PAGE
+
+
 KNOBS = dict(item.split("=", 1) for item in _RAW.split(",") if "=" in item)
 
 if "tracemalloc" in KNOBS:
@@ -42,12 +50,10 @@ if "tracemalloc" in KNOBS:
 
     def _heap_at_peaks(out: str, step: int = 16 << 20, spacing: float = 20.0) -> None:
         # A snapshot of a few hundred MB of small objects takes seconds, with the GIL: not every second.
-        page = os.sysconf("SC_PAGE_SIZE")
         highest, last = 150 << 20, 0.0  # below it: start-up, not tenants
         while True:
             time.sleep(1)
-            with open("/proc/self/statm") as statm:
-                rss = int(statm.read().split()[1]) * page
+            rss = _rss()
             if rss < highest + step or time.monotonic() < last + spacing:
                 continue
             highest, last = rss, time.monotonic()
@@ -70,11 +76,9 @@ if "tracemalloc" in KNOBS:
 
 if "mallocstats" in KNOBS:
     def _allocator_stats(out: str, every: float) -> None:
-        page = os.sysconf("SC_PAGE_SIZE")
         while True:
             time.sleep(every)
-            with open("/proc/self/statm") as statm:
-                rss = int(statm.read().split()[1]) * page
+            rss = _rss()
             with open(out, "a") as written:
                 written.write(f"=== {time.strftime('%H:%M:%S')} rss {rss / 2**20:.1f} MB, "
                               f"{sys.getallocatedblocks()} live blocks\n")
@@ -132,17 +136,9 @@ if KNOBS:
         postgres.PostgresServer.__init__ = _init  # type: ignore[method-assign]
 
     if "api_connections" in KNOBS:
-        import types
+        from tenantstore import kopf_fixes
 
-        import aiohttp
-        from kopf._cogs.clients import auth
-
-        class _BoundedConnector(aiohttp.TCPConnector):
-            def __init__(self, *args, **kwargs):  # type: ignore[no-untyped-def]
-                super().__init__(*args, **{**kwargs, "limit": int(KNOBS["api_connections"])})
-
-        # Only Kopf's session: the module it builds its connector from sees the bounded one.
-        auth.aiohttp = types.SimpleNamespace(**{**vars(aiohttp), "TCPConnector": _BoundedConnector})  # type: ignore[assignment]
+        kopf_fixes.API_REQUEST_CONNECTIONS = int(KNOBS["api_connections"])  # read when `tenantstore run` bounds
 
     if "reconcile_limit" in KNOBS:
         import asyncio

@@ -76,7 +76,7 @@ API_REQUEST_CONNECTIONS = 64
 WATCH_STREAMS_PER_NAMESPACE = 4
 
 
-def bound_api_connections(namespaces: Sequence[str], requests: int = API_REQUEST_CONNECTIONS) -> int | None:
+def bound_api_connections(namespaces: Sequence[str], requests: int | None = None) -> int | None:
     """Bound the connections of the API sessions Kopf makes from now on; returns the bound.
 
     None (Kopf's session unbounded, as before) where the watch streams cannot be counted ahead: namespace
@@ -96,6 +96,7 @@ def bound_api_connections(namespaces: Sequence[str], requests: int = API_REQUEST
         logger.warning("kopf's API session is not the one tenantstore/kopf_fixes.py was written for: its "
                        "connections stay unbounded (more memory in bursts)")
         return None
+    requests = API_REQUEST_CONNECTIONS if requests is None else requests  # read now: a benchmark may set it
     bound = requests + WATCH_STREAMS_PER_NAMESPACE * max(1, len(namespaces))
 
     class BoundedConnector(aiohttp.TCPConnector):
