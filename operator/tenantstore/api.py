@@ -118,6 +118,7 @@ class Reason(enum.StrEnum):
     DONE = "Done"
     ACKNOWLEDGED = "Acknowledged"
     ISOLATED = "Isolated"
+    API_KEY_EXPOSED = "ApiKeyExposed"
     PROGRESSING = "Progressing"
     CONVERGED = "Converged"
     # Events of their own

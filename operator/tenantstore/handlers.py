@@ -490,8 +490,11 @@ async def verify_tenants(body: kopf.Body, name: str, status: kopf.Status, memo: 
                                                                       held=True))
     shards_patch, found = shard_reports.class_isolation(memo.shards, status,
                                                         [(tenant.body, str(tenant.isolation)) for tenant in broken])
+    if checked.shared_credential:  # the class's own configuration: true of every tenant, whatever a probe saw
+        found = [checked.shared_credential, *found]
     isolation = conditions.Condition(
-        ConditionType.ISOLATION_BROKEN, bool(found), Reason.ISOLATION_BROKEN if found else Reason.ISOLATED,
+        ConditionType.ISOLATION_BROKEN, bool(found),
+        Reason.API_KEY_EXPOSED if checked.shared_credential else Reason.ISOLATION_BROKEN if found else Reason.ISOLATED,
         "; ".join(found) or "the isolation canary saw only the probing tenant's rows in every shared index")
 
     def class_status(current: Mapping[str, Any]) -> dict[str, Any]:

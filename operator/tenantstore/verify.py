@@ -59,6 +59,7 @@ class ClassPass:
     # Postgres refused the class's admin password (a rotation half done: the password changed, the Secret not
     # yet): the operator's credential is wrong, which says nothing about the tenants' stores.
     admin_login_refused: bool = False
+    shared_credential: str | None = None  # what the class hands every tenant beyond its own store (its choice)
 
     @property
     def reached_backends(self) -> bool:
@@ -127,7 +128,7 @@ async def check_class(store_class: StoreClass, tenants: Sequence[Mapping[str, An
         drifts = (*relational.get(store.tenant_id, ()), *vector.get(store.tenant_id, ()),
                   *global_reads.get(store.tenant_id, ()), *secrets.get(store.tenant_id, ()))
         checked.append(Checked(body=body, drifts=drifts, isolation=canary.get(store.tenant_id)))
-    return ClassPass(checked=checked)
+    return ClassPass(checked=checked, shared_credential=backends.vector.shared_credential())
 
 
 async def check_global_reads(backends: Backends, store_class: StoreClass, stores: Sequence[DesiredStore]

@@ -209,9 +209,12 @@ async def test_usage_is_measured_and_isolation_probed(pinecone_server: PineconeT
     assert usage[dedicated.tenant_id].storage_bytes > usage[shared.tenant_id].storage_bytes > 0
     assert await pinecone_store.ensure_write_access(shared, shared_at) == []
     assert await pinecone_store.probe_isolation(shared, shared_at) is None
+    assert pinecone_store.shared_credential() is None
     exposing = PineconeStore(pinecone_store.client, pinecone_store.server,
                              dataclasses.replace(SETTINGS, expose_api_key=True))
-    assert "project-wide Pinecone API key" in await exposing.probe_isolation(shared, shared_at)
+    # The class's own choice, reported on the class: not a finding that fails each tenant's placement.
+    assert "project-wide Pinecone API key" in exposing.shared_credential()
+    assert await exposing.probe_isolation(shared, shared_at) is None
 
 
 async def test_a_rejected_api_key_is_a_store_class_problem(pinecone_server: PineconeTestServer,

@@ -128,7 +128,9 @@ def test_a_pinecone_class_keeps_its_global_docs_in_a_reserved_namespace(kubectl:
                 "guide-0", "guide-1", "guide-2"]
             with pytest.raises(ts.ReadOnlyCredential):
                 store._global.delete(ids=["guide-0"])
-        assert kubectl.get("storeclass", cone)["status"].get("tenants") in (None, 1)  # _global is no tenant
+        # Counted by the next measurement (every second here): glpc alone, for _global is no tenant.
+        assert wait_for(f"StoreClass {cone} counting glpc",
+                        lambda: kubectl.get("storeclass", cone)["status"].get("tenants"), timeout=30) == 1
         kubectl("delete", "tenantstore", "glpc", "-n", namespace, "--wait=true", "--timeout=120s")
     finally:
         kubectl("delete", "storeclass", cone, "--ignore-not-found", "--wait=true", "--timeout=60s")

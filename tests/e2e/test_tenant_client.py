@@ -4,12 +4,13 @@ library refuses writes, on pgvector and on Pinecone (which cannot refuse them it
 from __future__ import annotations
 
 import base64
+import json
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 import tenantstore_client as ts
-from e2e_kit import pinecone_vector, store_class, tenant_secret, tenant_store, wait_for_condition
+from e2e_kit import condition, pinecone_vector, store_class, tenant_secret, tenant_store, wait_for_condition
 from pinecone_server import PineconeTestServer
 
 from tenantstore import kube
@@ -109,6 +110,13 @@ def test_the_library_on_a_pinecone_tenant(kubectl: Kubectl, operator: OperatorPr
         kubectl.apply(tenant_store("libpc", namespace, "libpc", storeClassName="cone-lib", dimension=4,
                                    credentials=[VIEWER], quotaAction="Block", quotas={"maxDocuments": 3}))
         wait_for_condition(kubectl, namespace, "libpc", "Ready", "True")
+        # The exposed key is the class's choice, said once on the class; its tenants are not failed for it.
+        found = wait_for("StoreClass cone-lib IsolationBroken=True ApiKeyExposed", lambda: condition(
+            kubectl.get("storeclass", "cone-lib"), "IsolationBroken").get("reason") == "ApiKeyExposed")
+        assert found
+        assert condition(kubectl.get("tenantstore", "libpc", namespace), "Ready")["status"] == "True"
+        assert json.loads(kubectl("get", "events", "-n", namespace, "-o", "json", "--field-selector",
+                                  "involvedObject.name=libpc,reason=IsolationBroken"))["items"] == []
         owner = MountedSecret(kubectl, namespace, "libpc-store", tmp_path / "owner")
         viewer = MountedSecret(kubectl, namespace, "libpc-viewer", tmp_path / "viewer")
         assert viewer.sync()["vectorAccess"] == "readOnly"

@@ -225,6 +225,10 @@ class VectorLifecycle(Protocol):
     async def probe_isolation(self, store: DesiredStore, placement: VectorPlacement) -> str | None:
         """Look as the tenant: a description of what it can see beyond its namespace, None when isolated."""
 
+    def shared_credential(self) -> str | None:
+        """What the class itself hands every tenant that reaches beyond its own store (its configuration, not
+        something a probe finds), None when nothing."""
+
 
 class VectorData(Protocol):
     """The tenant's records, as moves (and exports) read and write them with the operator's own access."""

@@ -434,6 +434,9 @@ class PgvectorStore:
             pool.append(SharedIndex(index_name_of(row["table"]), int(dimension), metric, int(row["tenants"])))
         return sorted(pool, key=lambda index: (index.dimension, index.metric, shared_table_number(index.name)))
 
+    def shared_credential(self) -> str | None:
+        return None  # each tenant logs in as its own role
+
     async def probe_isolation(self, store: DesiredStore, placement: VectorPlacement) -> str | None:
         if not placement.namespace:
             return None  # a dedicated table holds nobody else's rows

@@ -624,12 +624,16 @@ class PineconeStore:
                                             len(await self._tenants_in(model.host))))
         return sorted(pool, key=lambda index: (index.dimension, index.metric, int(index.name.rsplit("-", 1)[1])))
 
-    async def probe_isolation(self, store: DesiredStore, placement: VectorPlacement) -> str | None:
-        """The tenant's only handle on Pinecone is the index host and namespace in its Secret (queries are
-        namespace-scoped); a project-wide key handed to tenants would reach everyone's vectors."""
+    def shared_credential(self) -> str | None:
         if self.settings.expose_api_key:
             return ("tenant Secrets carry the project-wide Pinecone API key (spec.vector.pinecone.exposeApiKey): "
                     "it reaches every namespace and index of the project")
+        return None
+
+    async def probe_isolation(self, store: DesiredStore, placement: VectorPlacement) -> str | None:
+        """The tenant's only handle on Pinecone is the index host and namespace in its Secret (queries are
+        namespace-scoped). A class that hands out the project's key says so in `shared_credential`: that is its
+        configuration, the same for every tenant, not something this look finds."""
         if placement.namespace and placement.namespace != store.tenant_id:
             return f"the tenant is pointed at namespace {placement.namespace}, not its own {store.tenant_id}"
         return None

@@ -376,6 +376,7 @@ class FakeVectorStore(Recorder):
         self.writes_refused: set[tuple[str, str]] = set()  # placements whose tenant may only read and delete
         self.storage: dict[str, int] = {}  # storage bytes `measure` reports, per tenant id
         self.isolation_problems: dict[str, str] = {}  # what the probe sees through a tenant's eyes
+        self.handed_to_every_tenant: str | None = None  # shared_credential: the class's own choice
         self.preflight_problems: list[Step] = []
         self.corrupt_copies = False  # write_batch stores other values than it was given
         self.lose_copies = False  # write_batch drops the last record of every batch
@@ -437,6 +438,9 @@ class FakeVectorStore(Recorder):
     async def probe_isolation(self, store: DesiredStore, placement: VectorPlacement) -> str | None:
         self.enter("probe_isolation")
         return self.isolation_problems.get(store.tenant_id)
+
+    def shared_credential(self) -> str | None:
+        return self.handed_to_every_tenant
 
     # VectorStore: data
 

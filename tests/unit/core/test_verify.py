@@ -221,6 +221,18 @@ async def test_no_canary_turn_no_probe(world: World) -> None:
     assert world.vector.called("probe_isolation") == 0
 
 
+async def test_a_key_the_class_hands_every_tenant_is_the_classs_finding_not_a_tenants(world: World) -> None:
+    tenants = [await world.provision(tenant_body(name)) for name in ("globex", "acme")]
+    world.vector.handed_to_every_tenant = "tenant Secrets carry the project-wide key"
+
+    found = await world.verify(STANDARD, tenants, canary_turn=0)
+
+    assert found.shared_credential == "tenant Secrets carry the project-wide key"
+    assert [checked.isolation for checked in found.checked] == [None, None]
+    world.vector.handed_to_every_tenant = None
+    assert (await world.verify(STANDARD, tenants, canary_turn=0)).shared_credential is None
+
+
 async def test_a_canary_that_cannot_run_says_nothing_but_an_outage_is_an_outage(world: World) -> None:
     body = await world.provision(tenant_body())
     world.vector.fail("probe_isolation", RuntimeError("permission denied for schema tenantstore_vectors"), times=1)
