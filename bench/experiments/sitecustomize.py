@@ -20,8 +20,9 @@ Not product settings; the shipped operator never sees this module.
                           at the peak. Tracing slows the process ~2x: read its sizes, not its timings
     mallocstats=SECONDS   every SECONDS, append the RSS, the live Python blocks and CPython's small-object
                           allocator statistics (sys._debugmallocstats: arenas, used and free pools, bytes in
-                          allocated and in available blocks) to $TENANTSTORE_BENCH_MALLOCSTATS_OUT (default
-                          mallocstats-<pid>.txt): how much of the RSS is live objects, how much kept free
+                          allocated and in available blocks) and glibc's malloc totals (mallinfo2: bytes in use
+                          and free in its heaps, bytes in mmapped chunks) to $TENANTSTORE_BENCH_MALLOCSTATS_OUT
+                          (default mallocstats-<pid>.txt): how much of the RSS is live objects, how much kept free
 
 Mind: worker_limit below the number of TenantStores deadlocks a restart: Kopf's workers wait for every
 index to be populated from the initial listing, which needs workers that the limit does not let start.
@@ -75,13 +76,24 @@ if "tracemalloc" in KNOBS:
         "TENANTSTORE_BENCH_TRACEMALLOC_OUT", f"tracemalloc-{os.getpid()}.txt"),)).start()
 
 if "mallocstats" in KNOBS:
+    import ctypes
+
+    class _Mallinfo2(ctypes.Structure):
+        _fields_ = [(name, ctypes.c_size_t) for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+    _LIBC = ctypes.CDLL("libc.so.6")
+    _LIBC.mallinfo2.restype = _Mallinfo2
+
     def _allocator_stats(out: str, every: float) -> None:
         while True:
             time.sleep(every)
-            rss = _rss()
+            rss, glibc = _rss(), _LIBC.mallinfo2()
             with open(out, "a") as written:
                 written.write(f"=== {time.strftime('%H:%M:%S')} rss {rss / 2**20:.1f} MB, "
-                              f"{sys.getallocatedblocks()} live blocks\n")
+                              f"{sys.getallocatedblocks()} live blocks; glibc heaps {glibc.arena / 2**20:.1f} MB "
+                              f"(in use {glibc.uordblks / 2**20:.1f}, free {glibc.fordblks / 2**20:.1f}), "
+                              f"mmapped {glibc.hblkhd / 2**20:.1f} MB\n")
                 written.flush()
                 saved = os.dup(2)  # _debugmallocstats writes to the C stderr
                 try:
