@@ -23,12 +23,17 @@ Not product settings; the shipped operator never sees this module.
                           allocated and in available blocks) and glibc's malloc totals (mallinfo2: bytes in use
                           and free in its heaps, bytes in mmapped chunks) to $TENANTSTORE_BENCH_MALLOCSTATS_OUT
                           (default mallocstats-<pid>.txt): how much of the RSS is live objects, how much kept free
+    malloc_trim=SECONDS   every SECONDS, glibc's malloc_trim(0): free pages inside malloc's heaps go back to the OS.
+                          With PYTHONMALLOC=malloc in the benchmark's environment (it is not a knob: it must be set
+                          before the interpreter starts) Python's small objects live in those heaps too, instead of
+                          CPython's arenas, which are returned only when wholly empty
 
 Mind: worker_limit below the number of TenantStores deadlocks a restart: Kopf's workers wait for every
 index to be populated from the initial listing, which needs workers that the limit does not let start.
 """
 from __future__ import annotations
 
+import ctypes
 import logging
 import os
 import sys
@@ -76,8 +81,6 @@ if "tracemalloc" in KNOBS:
         "TENANTSTORE_BENCH_TRACEMALLOC_OUT", f"tracemalloc-{os.getpid()}.txt"),)).start()
 
 if "mallocstats" in KNOBS:
-    import ctypes
-
     class _Mallinfo2(ctypes.Structure):
         _fields_ = [(name, ctypes.c_size_t) for name in (
             "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
@@ -105,6 +108,15 @@ if "mallocstats" in KNOBS:
 
     threading.Thread(target=_allocator_stats, daemon=True, name="bench-mallocstats", args=(os.environ.get(
         "TENANTSTORE_BENCH_MALLOCSTATS_OUT", f"mallocstats-{os.getpid()}.txt"), float(KNOBS["mallocstats"]))).start()
+
+if "malloc_trim" in KNOBS:
+    def _trim(every: float) -> None:
+        libc = ctypes.CDLL("libc.so.6")
+        while True:
+            time.sleep(every)
+            libc.malloc_trim(0)
+
+    threading.Thread(target=_trim, daemon=True, name="bench-malloc-trim", args=(float(KNOBS["malloc_trim"]),)).start()
 
 if KNOBS:
     import kopf
