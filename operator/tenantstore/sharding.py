@@ -267,9 +267,13 @@ class Replica:
 
     async def renew(self) -> None:
         async with self._lease_calls:
-            await self.member.try_acquire_or_renew()
-            for shard in self.held():
-                if await self.locks[shard].try_acquire_or_renew():
+            held = sorted(self.held())
+            # All at once: a round takes one request's time, not one per Lease, so a slow API server delays each
+            # shard's renewal by its own request only (one after another, a few slow ones used up the deadline).
+            _, *renewed = await asyncio.gather(self.member.try_acquire_or_renew(),
+                                               *(self.locks[shard].try_acquire_or_renew() for shard in held))
+            for shard, done in zip(held, renewed):
+                if done:
                     self._renewed[shard] = time.monotonic()
                 elif not self.locks[shard].holding or \
                         time.monotonic() - self._renewed.get(shard, 0.0) >= self.config.election.renew_deadline:

@@ -185,12 +185,22 @@ def test_replicas_split_the_tenants_survive_a_death_and_rebalance(env: LocalEnvi
     identities["d"] = identity_of(joined)
     wait_for("the new replica holding shards", lambda: identities["d"] in leases(kubectl).values(), timeout=60)
     live = [name for name in identities if name != busiest]
-    wait_for("every shard held by a live replica, and the new one running them", lambda: set(
-        leases(kubectl).values()) <= {identities[n] for n in live} and len(leases(kubectl)) == SHARDS
-        and any(runs(joined.log_since_start())), timeout=60)
+
+    def rebalanced() -> dict[int, str] | None:
+        """Shard -> holder once every live replica holds its share and runs Kopf for exactly it (a shard still
+        on its way from one replica to another would be worked on by both, one after the other)."""
+        holders = {int(lease.rsplit("-", 1)[1]): holder for lease, holder in leases(kubectl).items()}
+        for name in live:
+            held = {shard for shard, holder in holders.items() if holder == identities[name]}
+            started = runs(replicas[name].log_since_start())
+            if len(held) != SHARDS // len(live) or not started or started[-1][2] != held:
+                return None
+        return holders if len(holders) == SHARDS else None
+    holders = wait_for("every live replica holding its share of the shards and running it", rebalanced, timeout=60)
     touched_at = time.time()
     kubectl("annotate", "tenantstores", "--all", "-n", NAMESPACE, "tenancy.dev/touched=1")
-    holders = {int(lease.rsplit("-", 1)[1]): holder for lease, holder in leases(kubectl).items()}
+    assert leases(kubectl) == {f"{LEASES}-shard-{shard}": holder for shard, holder in holders.items()}, \
+        "a shard moved while the change was being made"
 
     def spans() -> list[Span]:
         return [span for name in identities for span in work_spans(replicas[name].log_since_start())]

@@ -165,3 +165,36 @@ def test_run_refuses_sharding_with_leader_election_or_a_negative_count(args: lis
 
     assert cli.main(["run", "--liveness", "", "--metrics-port", "0", *args]) == 2
     assert "--leader-elect and --shards exclude each other" in capsys.readouterr().err
+
+
+class RoundLease:
+    """A held Lease whose renewal answers only once every Lease of the round has sent its own request."""
+
+    holding = True
+
+    def __init__(self, sent: list[int], leases: int, answered: bool = True):
+        self.sent, self.leases, self.answered = sent, leases, answered
+
+    async def try_acquire_or_renew(self) -> bool:
+        self.sent.append(1)
+        while len(self.sent) < self.leases:
+            await asyncio.sleep(0)
+        return self.answered
+
+
+def test_a_replica_renews_its_leases_together_so_a_slow_request_delays_no_other_lease() -> None:
+    config = sharding.ShardingConfig(shards=3, election=sharding.ElectionConfig(
+        namespace="ns", name="shards", identity="replica-a", lease_duration=6, renew_deadline=4, retry_period=0.5))
+    replica = sharding.Replica.__new__(sharding.Replica)
+    sent: list[int] = []
+    replica.config, replica.lost, replica._renewed, replica._lease_calls = config, asyncio.Event(), {}, asyncio.Lock()
+    replica.member = RoundLease(sent, 4)
+    replica.locks = {0: RoundLease(sent, 4), 1: RoundLease(sent, 4), 2: RoundLease(sent, 4, answered=False)}
+    replica._renewed[2] = -config.election.renew_deadline  # its last renewal is past the deadline
+
+    async def round_() -> None:
+        await asyncio.wait_for(replica.renew(), timeout=10)  # one Lease after another never ends here
+
+    asyncio.run(round_())
+    assert sorted(replica._renewed) == [0, 1, 2] and replica._renewed[2] < 0  # 0 and 1 renewed now, 2 not
+    assert replica.lost.is_set()
