@@ -50,6 +50,7 @@ def _rss() -> int:
 
 
 KNOBS = dict(item.split("=", 1) for item in _RAW.split(",") if "=" in item)
+_LIBC = ctypes.CDLL("libc.so.6") if {"mallocstats", "malloc_trim"} & KNOBS.keys() else None  # glibc's malloc
 
 if "tracemalloc" in KNOBS:
     import tracemalloc
@@ -85,7 +86,6 @@ if "mallocstats" in KNOBS:
         _fields_ = [(name, ctypes.c_size_t) for name in (
             "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
 
-    _LIBC = ctypes.CDLL("libc.so.6")
     _LIBC.mallinfo2.restype = _Mallinfo2
 
     def _allocator_stats(out: str, every: float) -> None:
@@ -111,10 +111,9 @@ if "mallocstats" in KNOBS:
 
 if "malloc_trim" in KNOBS:
     def _trim(every: float) -> None:
-        libc = ctypes.CDLL("libc.so.6")
         while True:
             time.sleep(every)
-            libc.malloc_trim(0)
+            _LIBC.malloc_trim(0)
 
     threading.Thread(target=_trim, daemon=True, name="bench-malloc-trim", args=(float(KNOBS["malloc_trim"]),)).start()
 
