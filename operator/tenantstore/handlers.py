@@ -228,6 +228,8 @@ async def shard_logged(memo: kopf.Memo, body: Mapping[str, Any], work: str) -> A
         return
     what = f"{work} of {body['metadata'].get('namespace')}/{body['metadata']['name']}"
     shard = view.shard_of_tenant(body)
+    if view.until_current is not None:
+        await view.until_current(shard)  # nothing begins on a shard whose lease this replica may be losing
     logger.info("shard %d: %s began on %s", shard, what, view.identity)
     try:
         yield

@@ -15,7 +15,10 @@ a converged fleet touches no backend (resumed tenants that need nothing are skip
 re-listing, not a re-provisioning.
 
 A replica that cannot renew a held shard within the renew deadline stops Kopf before the lease can lapse and
-exits, as a leader does; a graceful stop gives every shard and its member Lease back at once.
+exits, as a leader does; a graceful stop gives every shard and its member Lease back at once. Until Kopf has
+stopped, no reconcile or teardown begins on a shard whose last renewal is older than the renew deadline
+(`ShardView.until_current`): a busy event loop may take a while to stop Kopf, and that time is not the next
+holder's margin to spend.
 """
 from __future__ import annotations
 
@@ -81,6 +84,8 @@ class ShardView:
     shards: int = 1
     owned: frozenset[int] = frozenset({0})
     identity: str = ""
+    # Returns once this replica may begin work on the shard (its lease renewed within the renew deadline).
+    until_current: Callable[[int], Awaitable[None]] | None = dataclasses.field(default=None, compare=False)
 
     @property
     def sharded(self) -> bool:
@@ -260,6 +265,7 @@ class Replica:
         self.lost = asyncio.Event()  # a held shard could not be renewed within the renew deadline
         self._renewed: dict[int, float] = {}
         self._lease_calls = asyncio.Lock()  # one request per Lease at a time (renewal and take/give back)
+        self._round_ended = asyncio.Event()  # set, then replaced, after each round of renewals or takes
         self._other_counts: list[int] = []  # shard counts of live replicas that differ from this one's
 
     def held(self) -> frozenset[int]:
@@ -279,6 +285,7 @@ class Replica:
                         time.monotonic() - self._renewed.get(shard, 0.0) >= self.config.election.renew_deadline:
                     logger.error("%s lost the lease of shard %d", self.config.election.identity, shard)
                     self.lost.set()
+            self._end_round()
 
     async def keep_renewing(self) -> None:
         while not self.lost.is_set():
@@ -290,6 +297,22 @@ class Replica:
             for shard in sorted(shards):
                 if await self.locks[shard].try_acquire_or_renew():
                     self._renewed[shard] = time.monotonic()
+            self._end_round()
+
+    def current(self, shard: int) -> bool:
+        """Whether work may begin on the shard: its lease is held and was renewed within the renew deadline."""
+        renewed = self._renewed.get(shard)
+        return not self.lost.is_set() and self.locks[shard].holding and renewed is not None and \
+            time.monotonic() - renewed < self.config.election.renew_deadline
+
+    async def until_current(self, shard: int) -> None:
+        """Returns once the shard's lease is current; never once it is lost (stopping Kopf cancels the wait)."""
+        while not self.current(shard):
+            await self._round_ended.wait()
+
+    def _end_round(self) -> None:
+        ended, self._round_ended = self._round_ended, asyncio.Event()
+        ended.set()
 
     async def give_back(self, shards: Iterable[int]) -> None:
         async with self._lease_calls:
@@ -412,7 +435,8 @@ class Sharded:
         await self.stop_operator()
         if not held or self.stop.is_set():  # the run may have ended on a signal meanwhile
             return
-        self.view = ShardView(shards=self.config.shards, owned=held, identity=self.identity)
+        self.view = ShardView(shards=self.config.shards, owned=held, identity=self.identity,
+                              until_current=self.replica.until_current)
         _set_view(self.view)
         logger.info("%s runs shards %s of %d", self.identity, sorted(held), self.config.shards)
         if self._health is not None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 import asyncio
 import collections
 import datetime
+import time
+import types
 from typing import Any
 
 import pytest
@@ -182,14 +184,24 @@ class RoundLease:
         return self.answered
 
 
-def test_a_replica_renews_its_leases_together_so_a_slow_request_delays_no_other_lease() -> None:
-    config = sharding.ShardingConfig(shards=3, election=sharding.ElectionConfig(
-        namespace="ns", name="shards", identity="replica-a", lease_duration=6, renew_deadline=4, retry_period=0.5))
+SHARDS_3 = sharding.ShardingConfig(shards=3, election=sharding.ElectionConfig(
+    namespace="ns", name="shards", identity="replica-a", lease_duration=6, renew_deadline=4, retry_period=0.5))
+
+
+def replica_with(member: Any, locks: dict[int, Any]) -> sharding.Replica:
+    """A Replica over the given Lease stand-ins (no API client)."""
     replica = sharding.Replica.__new__(sharding.Replica)
+    replica.config, replica.lost, replica._renewed, replica._lease_calls = SHARDS_3, asyncio.Event(), {}, asyncio.Lock()
+    replica._round_ended = asyncio.Event()
+    replica.member, replica.locks = member, locks
+    return replica
+
+
+def test_a_replica_renews_its_leases_together_so_a_slow_request_delays_no_other_lease() -> None:
+    config = SHARDS_3
     sent: list[int] = []
-    replica.config, replica.lost, replica._renewed, replica._lease_calls = config, asyncio.Event(), {}, asyncio.Lock()
-    replica.member = RoundLease(sent, 4)
-    replica.locks = {0: RoundLease(sent, 4), 1: RoundLease(sent, 4), 2: RoundLease(sent, 4, answered=False)}
+    replica = replica_with(RoundLease(sent, 4), {0: RoundLease(sent, 4), 1: RoundLease(sent, 4),
+                                                 2: RoundLease(sent, 4, answered=False)})
     replica._renewed[2] = -config.election.renew_deadline  # its last renewal is past the deadline
 
     async def round_() -> None:
@@ -198,3 +210,72 @@ def test_a_replica_renews_its_leases_together_so_a_slow_request_delays_no_other_
     asyncio.run(round_())
     assert sorted(replica._renewed) == [0, 1, 2] and replica._renewed[2] < 0  # 0 and 1 renewed now, 2 not
     assert replica.lost.is_set()
+
+
+class AnsweringLease:
+    """A held Lease whose renewals succeed while `answers` says so."""
+
+    holding = True
+
+    def __init__(self, answers: bool = True):
+        self.answers = answers
+
+    async def try_acquire_or_renew(self) -> bool:
+        return self.answers
+
+
+def test_no_work_begins_on_a_shard_whose_lease_is_overdue_or_lost() -> None:
+    deadline = SHARDS_3.election.renew_deadline
+    overdue = AnsweringLease()
+    replica = replica_with(AnsweringLease(), {0: AnsweringLease(), 1: overdue, 2: AnsweringLease()})
+    replica._renewed.update({0: time.monotonic(), 1: time.monotonic() - deadline, 2: time.monotonic()})
+
+    async def scenario() -> None:
+        await asyncio.wait_for(replica.until_current(0), timeout=5)  # renewed just now: at once
+        waiting = asyncio.create_task(replica.until_current(1))
+        await asyncio.sleep(0)
+        assert not waiting.done()  # its last renewal is as old as the deadline
+        await replica.renew()  # the next round renews it
+        await asyncio.wait_for(waiting, timeout=5)
+
+        overdue.answers = False
+        replica._renewed[1] = time.monotonic() - deadline
+        await replica.renew()  # the round declares it lost: no shard of this replica may begin work
+        assert replica.lost.is_set()
+        gated = [asyncio.create_task(replica.until_current(shard)) for shard in (0, 1, 2)]
+        await replica.renew()
+        await asyncio.sleep(0)
+        assert not any(task.done() for task in gated)
+        for task in gated:
+            task.cancel()
+
+    asyncio.run(scenario())
+
+
+def test_a_reconcile_on_a_shard_logs_its_beginning_only_once_the_lease_is_current(
+        caplog: pytest.LogCaptureFixture) -> None:
+    from tenantstore import handlers
+
+    async def scenario() -> None:
+        current = asyncio.Event()
+
+        async def until_current(shard: int) -> None:
+            await current.wait()
+
+        memo = types.SimpleNamespace(shards=ShardView(shards=3, owned=frozenset({0, 1, 2}), identity="replica-a",
+                                                      until_current=until_current))
+        began = asyncio.Event()
+
+        async def work() -> None:
+            async with handlers.shard_logged(memo, tenant("tenant-0001"), "reconcile"):
+                began.set()
+
+        task = asyncio.create_task(work())
+        await asyncio.sleep(0)
+        assert not began.is_set() and "began" not in caplog.text
+        current.set()
+        await asyncio.wait_for(task, timeout=5)
+        assert began.is_set() and "reconcile of ns/tenant-0001 began on replica-a" in caplog.text
+
+    with caplog.at_level("INFO", logger="tenantstore.handlers"):
+        asyncio.run(scenario())
