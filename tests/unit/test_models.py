@@ -1,11 +1,13 @@
 """Pure logic: parsing, defaults, effective quotas, claims and conditions."""
 from __future__ import annotations
 
+import dataclasses
 import datetime
 
 import pytest
 
 from tenantstore import conditions
+from tenantstore.backends import VectorPlacement
 from tenantstore.conditions import Condition
 from tenantstore.errors import StoreClassNotFound, TenantIdConflict
 from tenantstore.models import (ExportDestination, InvalidResource, Quotas, RelationalIsolation, StoreClass,
@@ -168,3 +170,12 @@ def test_deletion_policy_export_needs_a_destination() -> None:
             "spec": {"tenantId": "acme", "vector": {"dimension": 3}, "deletionPolicy": "Export"}}
     with pytest.raises(InvalidResource, match="finalExport"):
         TenantStoreSpec.from_body(body)
+
+
+def test_a_vector_placement_keeps_every_field_through_the_status() -> None:
+    everything = VectorPlacement(**{field.name: f"{field.name}-1" for field in dataclasses.fields(VectorPlacement)})
+    assert VectorPlacement.from_status(everything.to_status()) == everything
+    shared = VectorPlacement(backend="pgvector", index="shared-384-cosine-1", namespace="acme")
+    assert shared.to_status() == {"backend": "pgvector", "index": "shared-384-cosine-1", "namespace": "acme"}
+    assert VectorPlacement.from_status(shared.to_status()) == shared
+    assert VectorPlacement.from_status({"backend": "pgvector"}) is None

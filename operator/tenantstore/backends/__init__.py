@@ -59,14 +59,18 @@ class VectorPlacement:
     table: str = ""
     host: str = ""
 
+    # Read and written for every tenant in every usage pass: spelled out, not through dataclasses' reflection.
     def to_status(self) -> dict[str, Any]:
-        return {key: value for key, value in dataclasses.asdict(self).items() if value}
+        fields = {"backend": self.backend, "index": self.index, "namespace": self.namespace, "table": self.table,
+                  "host": self.host}
+        return {key: value for key, value in fields.items() if value}
 
     @classmethod
     def from_status(cls, raw: dict[str, Any] | None) -> VectorPlacement | None:
         if not raw or not raw.get("backend") or not raw.get("index"):
             return None
-        return cls(**{field.name: raw.get(field.name, "") for field in dataclasses.fields(cls)})
+        return cls(backend=raw["backend"], index=raw["index"], namespace=raw.get("namespace", ""),
+                   table=raw.get("table", ""), host=raw.get("host", ""))
 
 
 @dataclasses.dataclass(frozen=True)
