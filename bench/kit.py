@@ -579,6 +579,7 @@ class SystemCpu:
 # --------------------------------------------------------------------------- the operator's log
 
 _TIMER_ENDED = re.compile(rb"\[(?P<object>[^\]]+)\] Timer '(?P<name>\w+)' (?:succeeded|failed)")
+_USAGE_MEASURED = re.compile(rb"measured StoreClass (?P<name>\S+): (?P<tenants>\d+) tenants, in (?P<seconds>[\d.]+) s")
 _VERIFIED = re.compile(rb"verified StoreClass (?P<name>\S+): (?P<tenants>\d+) tenants, (?P<adrift>\d+) adrift, "
                        rb"(?P<outcome>.+), in (?P<seconds>[\d.]+) s")
 
@@ -605,6 +606,7 @@ class LogFollower:
 
     RESUMED = "Resuming is processed"
     MEASURED = ("Timer 'measure_tenants' succeeded", "Timer 'measure_tenants' failed")
+    USAGE_PASS = "measured StoreClass"  # a usage pass's tally, just before Kopf's outcome line
     VERIFY_TIMER = "verify_tenants"
     # Lines a verification pass itself writes (its tally, Kopf's outcome, a canary that could not run).
     VERIFY_LINES = ("verified StoreClass", "Timer 'verify_tenants'", "isolation canary")
@@ -616,6 +618,7 @@ class LogFollower:
         self.lines = 0
         self.resumed = 0
         self.measured = 0  # usage measurements (the per-StoreClass timer) that ended
+        self.usage_passes: list[dict[str, float]] = []  # the store class's, as the operator timed them
         self.errors = 0
         self.store_class = store_class
         self.verify_passes: list[VerifyPass] = []  # the store class's passes, as they ended
@@ -664,7 +667,12 @@ class LogFollower:
             for line in complete:
                 timer_ended = _TIMER_ENDED.search(line)
                 of_class_timer = timer_ended is not None and timer_ended["object"].decode() == self.store_class
-                if line.strip() and not of_class_timer and \
+                usage_pass = _USAGE_MEASURED.search(line)
+                of_class_usage = usage_pass is not None and usage_pass["name"].decode() == self.store_class
+                if of_class_usage:
+                    self.usage_passes.append({"tenants": int(usage_pass["tenants"]),
+                                              "seconds": float(usage_pass["seconds"])})
+                if line.strip() and not of_class_timer and not of_class_usage and \
                         not any(marker.encode() in line for marker in self.VERIFY_LINES):
                     self.other_lines += 1
                 if (verified := _VERIFIED.search(line)) and verified["name"].decode() == self.store_class:
@@ -680,7 +688,7 @@ class LogFollower:
                     self.resumed += 1
                 if any(marker.encode() in line for marker in self.MEASURED):
                     self.measured += 1  # the periodic usage job: counted, but not activity of the phase
-                elif line.strip():
+                elif line.strip() and not of_class_usage:
                     self.last_line_at = time.monotonic()
                 if b" ERROR " in line or b"Traceback" in line:
                     self.errors += 1

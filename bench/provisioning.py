@@ -61,7 +61,7 @@ OPERATOR_USAGE_INTERVAL = 60.0
 NO_VERIFICATION_INTERVAL = 86_400.0
 # The operator's StoreClass check runs this often, and first this long after start (not an option).
 STORECLASS_CHECK_INTERVAL = 60.0
-# Passes the verify phase waits through at most for one that runs alone.
+# Passes the verify phase waits through at most for one that runs alone (--verify-passes).
 VERIFY_PASSES = 8
 # How long before the next pass can begin its bracket opens (the readings take well under a second).
 BRACKET_LEAD_SECONDS = 2.0
@@ -331,16 +331,19 @@ class PhaseStart:
 def usage_interval(args: argparse.Namespace, restarted: bool) -> float:
     """The usage interval of the first or the restarted operator process. --usage-interval only shortens the
     first process's (the wait for every tenant's first measurement); the restarted process keeps at least the
-    operator's own, so that no usage measurement falls into the verification pass measured after the restart."""
+    operator's own, so that no usage measurement falls into the verification pass measured after the restart,
+    or --restarted-usage-interval (a pass over thousands of tenants takes longer than the operator's own)."""
     interval = args.usage_interval or OPERATOR_USAGE_INTERVAL
-    return max(interval, OPERATOR_USAGE_INTERVAL) if restarted else interval
+    if restarted:
+        return args.restarted_usage_interval or max(interval, OPERATOR_USAGE_INTERVAL)
+    return interval
 
 
 def operator_args(args: argparse.Namespace, restarted: bool) -> list[str]:
     """`tenantstore run` options of the first or the restarted operator process (--operator-arg last: it wins)."""
     verify_interval = args.verify_interval if restarted else NO_VERIFICATION_INTERVAL
     own = ["--verify-interval", f"{verify_interval:g}"]
-    if args.usage_interval:
+    if args.usage_interval or (restarted and args.restarted_usage_interval):
         own += ["--usage-interval", f"{usage_interval(args, restarted):g}"]
     return own + list(args.operator_arg or [])
 
@@ -454,6 +457,7 @@ async def measure_operator(env: kit.BenchEnvironment, run: Run, driver: DriverPr
         peak_first = sampler.peak()
         cpu_first = sampler.cpu()
         await follower.stop()
+        usage_passes_first = follower.usage_passes
         await asyncio.to_thread(operator.stop)
         sampler.stop()
         before_restart = await run.begin_phase(None)
@@ -526,6 +530,9 @@ async def measure_operator(env: kit.BenchEnvironment, run: Run, driver: DriverPr
                 f"{verified['seconds']}s, {verified['sql_statements']} SQL statements, {verified['api_writes']} "
                 f"API writes, {verified['logins']} logins; deleting")
 
+        # Each usage pass as the operator timed it (duration, tenants measured), while provisioning and after
+        # the restart (its first one's SQL and CPU are in the restart's figures: it does no other SQL).
+        result["usage_passes"] = {"first_process": usage_passes_first, "restarted": list(follower.usage_passes)}
         result["delete"] = await run.delete(driver, sampler, follower)
         log(f"operator run N={n}: all gone in {result['delete']['all_gone_seconds']}s, residue "
             f"{result['delete']['residue_total']}")
@@ -577,16 +584,17 @@ async def measure_verification(run: Run, sampler: kit.ProcessSampler, follower: 
     whose bracket one of them could fall into is let pass. Otherwise the counters are read just before the
     pass can begin and again once it has ended and the operator has settled. The bracket is kept if the pass
     began after the first reading, neither timer ended in it or could have begun before its end, and no other
-    log line of the operator came until it was quiet after the second reading. After VERIFY_PASSES passes
+    log line of the operator came until it was quiet after the second reading. After --verify-passes passes
     without one, the last bracket is reported with `clean` false.
     """
     interval = args.verify_interval
     timers = other_timers(args)
-    deadline = time.monotonic() + VERIFY_PASSES * (interval * 1.1 + 60) + run.deadline_seconds
+    passes = args.verify_passes
+    deadline = time.monotonic() + passes * (interval * 1.1 + 60) + run.deadline_seconds
     passed_by: list[dict[str, Any]] = []
     previous = await follower.verify_pass(max(1, len(follower.verify_passes)), deadline)
     while True:
-        last_chance = len(passed_by) >= VERIFY_PASSES - 1
+        last_chance = len(passed_by) >= passes - 1
         ended = follower.timer_ended[kit.LogFollower.VERIFY_TIMER]
         opens = ended + interval - BRACKET_LEAD_SECONDS
         # The latest the bracket should close: the interval and its jitter, the pass (a bit longer than the
@@ -606,7 +614,7 @@ async def measure_verification(run: Run, sampler: kit.ProcessSampler, follower: 
         found, problems = await bracket_verify_pass(run, sampler, follower, args, timers, process_started, deadline)
         if not problems or last_chance:
             if problems:
-                log(f"verify: no pass ran alone in {VERIFY_PASSES} ({'; '.join(problems)}); reporting the last")
+                log(f"verify: no pass ran alone in {passes} ({'; '.join(problems)}); reporting the last")
             return {**found, "clean": not problems, "passed_by": passed_by}
         passed_by.append({"problems": problems, **{key: value for key, value in found.items()
                                                    if key not in ("sql", "api", "connections_by_application")}})
@@ -876,10 +884,16 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--usage-interval", type=float, default=0,
                         help="pass --usage-interval to the first operator process (default: the operator's own, "
                              "60 s); the restarted one keeps at least 60 s")
+    parser.add_argument("--restarted-usage-interval", type=float, default=0,
+                        help="the restarted operator's --usage-interval (default: the longer of --usage-interval "
+                             "and the operator's own)")
     parser.add_argument("--verify-interval", type=float, default=40,
                         help="the restarted operator's --verify-interval (default: %(default)s): its first pass "
                              "(at half the interval) must begin after the restart phase; a later one that runs "
                              "alone is measured. The first process verifies nothing")
+    parser.add_argument("--verify-passes", type=int, default=VERIFY_PASSES,
+                        help="passes the verify phase waits through at most for one that runs alone, then reports "
+                             "the last with `clean` false (default: %(default)s)")
     parser.add_argument("--operator-arg", action="append", help="extra argument for `tenantstore run` (repeatable)")
     parser.add_argument("--experiment", default="",
                         help="what-if knobs for the operator process, e.g. worker_limit=32,pool_size=8 "

@@ -25,6 +25,8 @@ QUOTA_RESOURCES = {"documents": ("documents", "maxDocuments"), "storage_bytes": 
                    "connections": ("connections", "maxConnections"),
                    "daily_queries": ("dailyQueries", "maxDailyQueries")}
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+# A pass over a class's tenants: ~10 ms per tenant, so minutes for a class of ten thousand.
+PASS_BUCKETS = (0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
 
 REGISTRY = CollectorRegistry()
 RECONCILE_DURATION = Histogram(
@@ -41,7 +43,10 @@ ISOLATION_PROBE_FAILURES = Counter(
     ("storeclass", "index"), registry=REGISTRY)
 VERIFY_DURATION = Histogram(
     "tenantstore_verify_duration_seconds", "Time of one verification pass over a StoreClass's tenants.",
-    ("storeclass",), buckets=LATENCY_BUCKETS, registry=REGISTRY)
+    ("storeclass",), buckets=PASS_BUCKETS, registry=REGISTRY)
+USAGE_DURATION = Histogram(
+    "tenantstore_usage_duration_seconds", "Time of one usage measurement (and quota enforcement) of a StoreClass's "
+    "tenants.", ("storeclass",), buckets=PASS_BUCKETS, registry=REGISTRY)
 EXPORTS = Counter(
     "tenantstore_exports_total", "TenantStoreExports that ended, by result (completed, failed).",
     ("result",), registry=REGISTRY)

@@ -64,6 +64,9 @@ def test_benchmark_reports_every_figure(tmp_path: Path) -> None:
     assert rows["verify.tenants"]["operator"] == N and verified["adrift"] == 0, verified
     assert rows["verify.logins"]["operator"] == N, verified["connections_by_application"]
     assert rows["verify.api_writes"]["operator"] == 0, verified["api"]
+    # Each usage pass is timed by the operator; the restarted process's first measured every tenant.
+    restarted = report["operator"]["usage_passes"]["restarted"]
+    assert restarted and restarted[0]["tenants"] == N and restarted[0]["seconds"] >= 0, restarted
     assert {target["target"] for target in report["targets"]}
 
 

@@ -59,6 +59,10 @@ def test_per_tenant_series_follow_status_and_vanish_on_delete(kubectl: Kubectl, 
     assert tenant_value(samples, "tenantstore_tenant_quota_exceeded", "metered") == 0
     assert samples[("tenantstore_tenants", frozenset({"phase": "Ready", "tier": "pro"}.items()))] >= 1
     assert any(name == "tenantstore_reconcile_duration_seconds_count" for name, _ in samples)
+    # The measurement that found the 2 documents was a pass of the class's usage job, timed as one.
+    usage_passes = ("tenantstore_usage_duration_seconds_count", frozenset({"storeclass": "standard"}.items()))
+    wait_for("the usage job's passes timed", lambda: scrape(operator.metrics_url).get(usage_passes, 0) >= 1,
+             timeout=30)
     assert any(name == "tenantstore_backend_operation_duration_seconds_count"
                and dict(labels).get("backend") == "postgres" for name, labels in samples)
 
