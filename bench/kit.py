@@ -606,7 +606,6 @@ class LogFollower:
 
     RESUMED = "Resuming is processed"
     MEASURED = ("Timer 'measure_tenants' succeeded", "Timer 'measure_tenants' failed")
-    USAGE_PASS = "measured StoreClass"  # a usage pass's tally, just before Kopf's outcome line
     VERIFY_TIMER = "verify_tenants"
     # Lines a verification pass itself writes (its tally, Kopf's outcome, a canary that could not run).
     VERIFY_LINES = ("verified StoreClass", "Timer 'verify_tenants'", "isolation canary")

@@ -531,7 +531,7 @@ async def measure_operator(env: kit.BenchEnvironment, run: Run, driver: DriverPr
                 f"API writes, {verified['logins']} logins; deleting")
 
         # Each usage pass as the operator timed it (duration, tenants measured), while provisioning and after
-        # the restart (its first one's SQL and CPU are in the restart's figures: it does no other SQL).
+        # the restart (the restart's figures hold its first one's SQL and CPU).
         result["usage_passes"] = {"first_process": usage_passes_first, "restarted": list(follower.usage_passes)}
         result["delete"] = await run.delete(driver, sampler, follower)
         log(f"operator run N={n}: all gone in {result['delete']['all_gone_seconds']}s, residue "
