@@ -10,7 +10,7 @@ from typing import Any
 
 import pytest
 
-from tenantstore import cost, shard_reports, sharding
+from tenantstore import cost, handlers, shard_reports, sharding
 from tenantstore.api import TENANT_ID_LABEL
 from tenantstore.sharding import ShardView, assign, shard_of
 
@@ -254,8 +254,6 @@ def test_no_work_begins_on_a_shard_whose_lease_is_overdue_or_lost() -> None:
 
 def test_a_reconcile_on_a_shard_logs_its_beginning_only_once_the_lease_is_current(
         caplog: pytest.LogCaptureFixture) -> None:
-    from tenantstore import handlers
-
     async def scenario() -> None:
         current = asyncio.Event()
 
