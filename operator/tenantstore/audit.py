@@ -58,6 +58,9 @@ class AuditTrail:
         self.backends = backends
         self.classes: dict[str, StoreClass] = {}
         self._pending: dict[str, list[Entry]] = collections.defaultdict(list)
+        # Rows ever queued per class. The queue is first in, first out (an overflow drops its oldest), so the
+        # first `queued - len(pending)` of them are written or dropped: done, for anyone waiting on them.
+        self._queued: collections.Counter[str] = collections.Counter()
         self._ensured: set[tuple[str, str]] = set()
         self._expired_at: dict[str, float] = {}
         self._wake = asyncio.Event()
@@ -81,6 +84,7 @@ class AuditTrail:
             metrics.AUDIT_DROPPED.inc()
             logger.error("StoreClass %s: %d audit rows queued and its Postgres does not answer; the oldest is "
                          "dropped", class_name, len(queue))
+        self._queued[class_name] += 1
         queue.append(Entry(
             tenant_id=spec["tenantId"], tenant_store_uid=meta.get("uid", ""), namespace=meta.get("namespace", ""),
             name=meta.get("name", ""), action=action, message=redact(message),
@@ -102,10 +106,17 @@ class AuditTrail:
         return min((name for name, c in self.classes.items() if c.is_default), default="")
 
     async def flush(self, class_names: Sequence[str] | None = None) -> None:
-        """Write the queued rows (of these classes) now; raises the first error (those rows stay queued)."""
+        """Write the queued rows (of these classes) now; raises the first error (those rows stay queued).
+
+        With class names, returns once the rows queued before the call are written: a caller whose rows another
+        caller's batch took does not wait for a turn and a connection of its own (thousands of teardowns
+        finishing at once would each wait for both, one after another)."""
+        waited_for = {name: self._queued[name] for name in class_names} if class_names is not None else None
         async with self._writing:
             failure: ReconcileError | None = None
-            for class_name in list(self._pending) if class_names is None else class_names:
+            for class_name in list(self._pending) if waited_for is None else waited_for:
+                if waited_for is not None and self._done(class_name) >= waited_for[class_name]:
+                    continue
                 try:
                     await self._write_class(class_name)
                 except ReconcileError as error:
@@ -113,6 +124,9 @@ class AuditTrail:
             metrics.AUDIT_PENDING.set(self.pending())
             if failure is not None:
                 raise failure
+
+    def _done(self, class_name: str) -> int:
+        return self._queued[class_name] - len(self._pending.get(class_name, ()))
 
     async def _write_class(self, class_name: str) -> None:
         entries = self._pending.get(class_name)

@@ -1,8 +1,11 @@
 """What goes into an audit row: who changed the spec, which Events are recorded, how the trail prints."""
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import datetime
-from collections.abc import Iterator
+import types
+from collections.abc import AsyncIterator, Iterator
 from typing import Any
 
 import pytest
@@ -73,3 +76,74 @@ def test_the_audit_retention_defaults_to_seven_years_and_is_validated() -> None:
         == datetime.timedelta(days=90)
     with pytest.raises(InvalidResource):
         StoreClass.from_body({**body, "spec": {**body["spec"], "audit": {"retention": "seven years"}}})
+
+
+class SlowServer:
+    """A class's Postgres whose n-th connection is handed out only once the test opens gate n."""
+
+    admin_uri, shared_database = "postgresql://admin@db/tenants", "tenants"
+
+    def __init__(self) -> None:
+        self.gates: list[asyncio.Event] = []
+        self.asked = asyncio.Condition()
+
+    @contextlib.asynccontextmanager
+    async def connect(self) -> AsyncIterator[Any]:
+        gate = asyncio.Event()
+        async with self.asked:
+            self.gates.append(gate)
+            self.asked.notify_all()
+        await gate.wait()
+        yield types.SimpleNamespace(transaction=contextlib.nullcontext)
+
+    async def until_asked(self, connections: int) -> None:
+        async with self.asked:
+            await asyncio.wait_for(self.asked.wait_for(lambda: len(self.gates) >= connections), timeout=5)
+
+
+def test_a_flush_whose_rows_another_flush_wrote_returns_without_a_write_of_its_own(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """Teardowns finishing one after another while the pool is busy: each waits for its own receipt only."""
+    server, written = SlowServer(), []
+
+    async def append(conn: Any, entries: list[Entry]) -> None:
+        written.append([entry.name for entry in entries])
+
+    async def nothing(conn: Any) -> None:
+        return None
+
+    monkeypatch.setattr(audit.audit_table, "append", append)
+    monkeypatch.setattr(audit.audit_table, "ensure", nothing)
+
+    def tenant(n: int) -> dict[str, Any]:
+        return {"metadata": {"name": f"t{n}", "namespace": "customers", "uid": f"u{n}"},
+                "spec": {"tenantId": f"t{n}"}, "status": {"storeClassName": "standard"}}
+
+    async def scenario() -> None:
+        registry = types.SimpleNamespace(for_class=lambda store_class: asyncio.sleep(0, types.SimpleNamespace(
+            server=server)))
+        trail = audit.AuditTrail(registry)  # type: ignore[arg-type]
+        trail.know(StoreClass.from_body({"metadata": {"name": "standard"}, "spec": {
+            "postgres": {"adminSecretRef": {"name": "a", "namespace": "b"}}}}))
+        trail._task = asyncio.get_running_loop().create_future()  # no background writer: the flushes below only
+
+        def teardown_ends(n: int) -> asyncio.Task[None]:
+            trail.record(tenant(n), "Deleted", "gone")
+            return asyncio.create_task(trail.flush(["standard"]))
+
+        first = teardown_ends(1)
+        await server.until_asked(1)  # the first flush holds the turn, waiting for a connection
+        second, third = teardown_ends(2), teardown_ends(3)
+        server.gates[0].set()
+        await server.until_asked(2)  # the second writes rows 2 and 3 at once, waiting for a connection
+        fourth = teardown_ends(4)
+        server.gates[1].set()
+        await server.until_asked(3)  # the next connection asked for is row 4's
+        assert first.done() and second.done() and third.done()  # row 3 was written with row 2
+        assert written == [["t1"], ["t2", "t3"]] and not fourth.done()
+        server.gates[2].set()
+        await asyncio.wait_for(fourth, timeout=5)
+        assert written == [["t1"], ["t2", "t3"], ["t4"]]
+        trail._task.cancel()
+
+    asyncio.run(scenario())
