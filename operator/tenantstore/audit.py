@@ -109,8 +109,8 @@ class AuditTrail:
         """Write the queued rows (of these classes) now; raises the first error (those rows stay queued).
 
         With class names, returns once the rows queued before the call are written: a caller whose rows another
-        caller's batch took does not wait for a turn and a connection of its own (thousands of teardowns
-        finishing at once would each wait for both, one after another)."""
+        caller's batch took writes nothing itself, so neither it nor the callers after it wait for a pool
+        connection on its behalf (thousands of teardowns ending together would otherwise end one write apart)."""
         waited_for = {name: self._queued[name] for name in class_names} if class_names is not None else None
         async with self._writing:
             failure: ReconcileError | None = None
