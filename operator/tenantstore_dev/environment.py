@@ -6,6 +6,7 @@ CRDs from `crds/`, the admin Secret a StoreClass names, and the operator as a se
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -80,9 +81,19 @@ class Kubectl:
 
 
 def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """`count` distinct free loopback ports: each probe stays bound until all are chosen (one closed first could
+    be handed out again, and two servers of one process would then collide)."""
+    with contextlib.ExitStack() as probes:
+        ports = []
+        for _ in range(count):
+            probe = probes.enter_context(socket.socket())
+            probe.bind(("127.0.0.1", 0))
+            ports.append(probe.getsockname()[1])
+        return ports
 
 
 def terminate(process: subprocess.Popen[bytes] | None, grace: float) -> None:

@@ -17,7 +17,7 @@ import aiohttp
 
 from tenantstore.destinations import sign_v4
 from tenantstore_dev.controlplane import ensure_seaweedfs
-from tenantstore_dev.environment import free_port, terminate, wait_for
+from tenantstore_dev.environment import free_ports, terminate, wait_for
 
 PORT_OPTIONS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
                 "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance")
@@ -29,7 +29,7 @@ class SeaweedS3:
         self.bucket = bucket
         self.access_key = "AK" + secrets.token_hex(8).upper()
         self.secret_key = secrets.token_urlsafe(24)
-        self.ports = {option: free_port() for option in PORT_OPTIONS}
+        self.ports = dict(zip(PORT_OPTIONS, free_ports(len(PORT_OPTIONS))))
         self.endpoint = f"http://127.0.0.1:{self.ports['s3.port']}"
         self.process: subprocess.Popen[bytes] | None = None
 

@@ -13,7 +13,7 @@ import yaml
 from e2e_kit import ISOLATED_PREFIX, SEEN_PASSWORDS, get_json, tenant_secret, tenant_store, wait_for_condition, wait_until_gone
 
 from tenantstore_dev.controlplane import ensure_jaeger
-from tenantstore_dev.environment import Kubectl, LocalEnvironment, OperatorProcess, free_port, wait_for
+from tenantstore_dev.environment import Kubectl, LocalEnvironment, OperatorProcess, free_ports, wait_for
 
 NAMESPACE = f"{ISOLATED_PREFIX}jaeger"
 SERVICE = "tenantstore-operator"
@@ -52,7 +52,7 @@ def jaeger(env: LocalEnvironment) -> Iterator[Jaeger]:
     binary = ensure_jaeger()
     work = env.workdir / "jaeger"
     work.mkdir(exist_ok=True)
-    query, grpc, otlp = (f"127.0.0.1:{free_port()}" for _ in range(3))
+    query, grpc, otlp = (f"127.0.0.1:{port}" for port in free_ports(3))
     config = {
         "service": {"extensions": ["jaeger_storage", "jaeger_query"],
                     "pipelines": {"traces": {"receivers": ["otlp"], "exporters": ["jaeger_storage_exporter"]}},
