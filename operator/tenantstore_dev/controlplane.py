@@ -722,7 +722,7 @@ def _write_kubeconfig(path: Path, server: str, pki: Path) -> None:
 # Processes
 # --------------------------------------------------------------------------
 
-def _free_ports(count: int) -> list[int]:
+def free_ports(count: int) -> list[int]:
     """Ask the kernel for `count` distinct free loopback ports."""
     with contextlib.ExitStack() as stack:
         sockets = [stack.enter_context(socket.socket()) for _ in range(count)]
@@ -896,7 +896,7 @@ class ControlPlane:
         return context
 
     def _start_etcd(self, bin_dir: Path, deadline: float) -> str:
-        client_port, peer_port = _free_ports(2)
+        client_port, peer_port = free_ports(2)
         client = f"http://127.0.0.1:{client_port}"
         peer = f"http://127.0.0.1:{peer_port}"
         process = self._spawn("etcd", [
@@ -914,7 +914,7 @@ class ControlPlane:
         return client
 
     def _start_apiserver(self, bin_dir: Path, etcd_url: str, deadline: float) -> None:
-        (port,) = _free_ports(1)
+        (port,) = free_ports(1)
         server = f"https://127.0.0.1:{port}"
         process = self._spawn("kube-apiserver", [
             str(bin_dir / "kube-apiserver"),
@@ -945,7 +945,7 @@ class ControlPlane:
         self._server = server
 
     def _start_controller_manager(self, bin_dir: Path, deadline: float) -> None:
-        (port,) = _free_ports(1)
+        (port,) = free_ports(1)
         kubeconfig = str(self.kubeconfig)
         process = self._spawn("kube-controller-manager", [
             str(bin_dir / "kube-controller-manager"),

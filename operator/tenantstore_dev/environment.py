@@ -6,12 +6,10 @@ CRDs from `crds/`, the admin Secret a StoreClass names, and the operator as a se
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import secrets
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -20,7 +18,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
-from tenantstore_dev.controlplane import ControlPlane
+from tenantstore_dev.controlplane import ControlPlane, free_ports
 from tenantstore_dev.postgres import EmbeddedPostgres, bin_dir
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -82,18 +80,6 @@ class Kubectl:
 
 def free_port() -> int:
     return free_ports(1)[0]
-
-
-def free_ports(count: int) -> list[int]:
-    """`count` distinct free loopback ports: each probe stays bound until all are chosen (one closed first could
-    be handed out again, and two servers of one process would then collide)."""
-    with contextlib.ExitStack() as probes:
-        ports = []
-        for _ in range(count):
-            probe = probes.enter_context(socket.socket())
-            probe.bind(("127.0.0.1", 0))
-            ports.append(probe.getsockname()[1])
-        return ports
 
 
 def terminate(process: subprocess.Popen[bytes] | None, grace: float) -> None:

@@ -16,8 +16,8 @@ from pathlib import Path
 import aiohttp
 
 from tenantstore.destinations import sign_v4
-from tenantstore_dev.controlplane import ensure_seaweedfs
-from tenantstore_dev.environment import free_ports, terminate, wait_for
+from tenantstore_dev.controlplane import ensure_seaweedfs, free_ports
+from tenantstore_dev.environment import terminate, wait_for
 
 PORT_OPTIONS = ("master.port", "master.port.grpc", "volume.port", "volume.port.grpc", "filer.port",
                 "filer.port.grpc", "s3.port", "s3.port.grpc", "s3.port.iceberg", "s3.port.lance")

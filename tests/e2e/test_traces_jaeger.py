@@ -12,8 +12,8 @@ import pytest
 import yaml
 from e2e_kit import ISOLATED_PREFIX, SEEN_PASSWORDS, get_json, tenant_secret, tenant_store, wait_for_condition, wait_until_gone
 
-from tenantstore_dev.controlplane import ensure_jaeger
-from tenantstore_dev.environment import Kubectl, LocalEnvironment, OperatorProcess, free_ports, wait_for
+from tenantstore_dev.controlplane import ensure_jaeger, free_ports
+from tenantstore_dev.environment import Kubectl, LocalEnvironment, OperatorProcess, wait_for
 
 NAMESPACE = f"{ISOLATED_PREFIX}jaeger"
 SERVICE = "tenantstore-operator"
