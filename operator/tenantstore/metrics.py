@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from tenantstore.api import ConditionType, Phase
+from tenantstore.api import DEFAULT_CLASS_ANNOTATION, ConditionType, Phase
 from tenantstore.models import Tier, parse_latency, parse_quantity
 
 TENANT_LABELS = ("tenant", "namespace", "tier", "storeclass")
@@ -95,12 +95,12 @@ class TenantSnapshot:
     queries: Mapping[str, Any] = dataclasses.field(default_factory=dict)
 
     @classmethod
-    def from_body(cls, body: Mapping[str, Any]) -> TenantSnapshot:
+    def from_body(cls, body: Mapping[str, Any], default_class: str = "") -> TenantSnapshot:
         spec, status = body.get("spec") or {}, body.get("status") or {}
         conditions = {c.get("type"): c.get("status") for c in status.get("conditions") or ()}
         return cls(
             labels=(spec.get("tenantId", ""), body["metadata"].get("namespace", ""), spec.get("tier", "free"),
-                    status.get("storeClassName") or spec.get("storeClassName") or ""),
+                    status.get("storeClassName") or spec.get("storeClassName") or default_class),
             phase=status.get("phase") or Phase.PENDING.value,
             ready=conditions.get(ConditionType.READY) == "True",
             quota_exceeded=conditions.get(ConditionType.QUOTA_EXCEEDED) == "True",
@@ -136,6 +136,7 @@ class TenantSeries(Collector):
         self._thresholds: dict[str, float] = {}
         self._class_costs: dict[str, Mapping[str, Any]] = {}
         self._objectives: dict[str, float] = {}  # StoreClass -> its p95 search-latency objective, seconds
+        self._default_classes: set[str] = set()
 
     def observe_tenant(self, body: Mapping[str, Any], deleted: bool = False) -> None:
         key = (body["metadata"].get("namespace", ""), body["metadata"]["name"])
@@ -146,7 +147,12 @@ class TenantSeries(Collector):
                     with contextlib.suppress(KeyError):
                         SEARCH_LATENCY.remove(*gone.labels)
             else:
-                self._tenants[key] = TenantSnapshot.from_body(body)
+                self._tenants[key] = TenantSnapshot.from_body(body, self._default_class())
+
+    def _default_class(self) -> str:
+        # The class a TenantStore naming none is provisioned in, chosen as the reconcile chooses it: its series carry
+        # that name from its creation, not an empty label until its first status (two series for one tenant).
+        return min(self._default_classes, default="")
 
     def forget_tenants(self) -> None:
         """Drop every tenant's series (a new operator run observes its own tenants again)."""
@@ -163,7 +169,12 @@ class TenantSeries(Collector):
         threshold = float(((body.get("spec") or {}).get("vector") or {}).get("sharedIndex", {}).get("alertThreshold", 0.8))
         class_cost = dict((body.get("status") or {}).get("cost") or {})
         latency = (((body.get("spec") or {}).get("slo") or {}).get("searchLatency") or {}).get("p95")
+        is_default = (body["metadata"].get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION) == "true"
         with self._lock:
+            if is_default and not deleted:
+                self._default_classes.add(name)
+            else:
+                self._default_classes.discard(name)
             if deleted:
                 self._indexes.pop(name, None)
                 self._thresholds.pop(name, None)
