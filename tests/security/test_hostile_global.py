@@ -28,6 +28,7 @@ from psycopg import sql
 
 from tenantstore.backends import GlobalPlacement
 from tenantstore.backends.pgvector import PgvectorStore
+from tenantstore.backends.pgvector_global import global_table_name
 from tenantstore.backends.postgres import PostgresServer
 from tenantstore.models import GlobalIndex, Metric
 
@@ -174,6 +175,22 @@ async def test_a_reader_holding_its_read_lock_stalls_neither_the_platform_nor_th
         timed = await finishes_within(PgvectorStore(operator_server).ensure_global(
             global_index.index, "writer-secret-pw", False), DEADLINE_SECONDS, holder.rollback)
         assert timed.in_time, "the operator's global pass waited on a reader's lock"
+        assert timed.error is None, timed.error
+    finally:
+        holder.close()
+
+
+async def test_a_reader_holding_the_advisory_keys_of_the_index_name_stalls_not_the_operator(
+        readers: dict[str, Tenant], global_index: Global, operator_server: PostgresServer) -> None:
+    """Every reader knows the global table's name; the keys the operator once locked it by are any role's to take."""
+    holder = global_session(readers["free"])
+    for name in (f"tenantstore-global/{global_table_name(global_index.index)}", global_index.placement.table):
+        for key in ("hashtextextended(%s, 0)", "hashtext(%s)"):
+            holder.execute(f"SELECT pg_advisory_lock({key})", (name,))
+    try:
+        timed = await finishes_within(PgvectorStore(operator_server).ensure_global(
+            global_index.index, "writer-secret-pw", False), DEADLINE_SECONDS, holder.close)
+        assert timed.in_time, "the operator's global pass waited on a reader's advisory lock"
         assert timed.error is None, timed.error
     finally:
         holder.close()

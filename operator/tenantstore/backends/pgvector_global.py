@@ -18,7 +18,7 @@ from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from tenantstore.api import Reason
-from tenantstore.backends import Drift, GlobalPlacement, Step
+from tenantstore.backends import Drift, GlobalPlacement, Step, bookkeeping
 from tenantstore.backends.postgres import (MANAGED_COMMENT, PostgresServer, execute_at_once, fetch_one,
                                            scram_sha256_verifier)
 from tenantstore.errors import ObjectReplaced, ReconcileError
@@ -56,7 +56,9 @@ async def ensure(server: PostgresServer, index: GlobalIndex, password: str, pass
     reader, writer = sql.Identifier(index.reader_role), sql.Identifier(index.writer_role)
     steps: list[Step] = []
     async with server.connect() as conn, conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock(hashtextextended(%s, 0))", (f"tenantstore-global/{table}",))
+        # The operator's own lock row, not an advisory key: every reader of the index knows its table's name, and
+        # any role that can connect may hold any advisory key for as long as it likes.
+        await bookkeeping.hold_lock(conn, f"global:{table}")
         await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(DDL_LOCK_TIMEOUT)))
         roles = {row["rolname"]: row for row in await (await conn.execute(
             "SELECT rolname, rolcanlogin, rolinherit, shobj_description(oid, 'pg_authid') AS comment "
