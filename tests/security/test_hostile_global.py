@@ -162,6 +162,15 @@ def test_a_reader_can_read_and_change_nothing(who: str, readers: dict[str, Tenan
     assert {grantee for grantee, _ in grants} == {global_index.index.reader_role, global_index.index.writer_role}
 
 
+async def global_pass_finishes(operator_server: PostgresServer, global_index: Global, release: Callable[[], None],
+                               held: str) -> None:
+    """The operator's pass over the global index ends in time and without an error while the attacker holds on."""
+    timed = await finishes_within(PgvectorStore(operator_server).ensure_global(
+        global_index.index, "writer-secret-pw", False), DEADLINE_SECONDS, release)
+    assert timed.in_time, f"the operator's global pass waited on {held}"
+    assert timed.error is None, timed.error
+
+
 async def test_a_reader_holding_its_read_lock_stalls_neither_the_platform_nor_the_operator(
         readers: dict[str, Tenant], global_index: Global, operator_server: PostgresServer) -> None:
     tenant = readers["free"]
@@ -172,10 +181,7 @@ async def test_a_reader_holding_its_read_lock_stalls_neither_the_platform_nor_th
         with global_index.writer_connect() as writer, writer.transaction(force_rollback=True):
             writer.execute(render("INSERT INTO {table} (id, embedding) VALUES ('while-locked', '[1,0,0]')",
                                   global_index))
-        timed = await finishes_within(PgvectorStore(operator_server).ensure_global(
-            global_index.index, "writer-secret-pw", False), DEADLINE_SECONDS, holder.rollback)
-        assert timed.in_time, "the operator's global pass waited on a reader's lock"
-        assert timed.error is None, timed.error
+        await global_pass_finishes(operator_server, global_index, holder.rollback, "a reader's lock")
     finally:
         holder.close()
 
@@ -188,10 +194,7 @@ async def test_a_reader_holding_the_advisory_keys_of_the_index_name_stalls_not_t
         for key in ("hashtextextended(%s, 0)", "hashtext(%s)"):
             holder.execute(f"SELECT pg_advisory_lock({key})", (name,))
     try:
-        timed = await finishes_within(PgvectorStore(operator_server).ensure_global(
-            global_index.index, "writer-secret-pw", False), DEADLINE_SECONDS, holder.close)
-        assert timed.in_time, "the operator's global pass waited on a reader's advisory lock"
-        assert timed.error is None, timed.error
+        await global_pass_finishes(operator_server, global_index, holder.close, "a reader's advisory lock")
     finally:
         holder.close()
 
