@@ -474,14 +474,19 @@ async def measure_operator(env: kit.BenchEnvironment, run: Run, driver: DriverPr
         resumed_all = follower.resumed >= n
         quiet = await follower.quiet(args.quiet, deadline)
         idle = follower.last_line_at - started if resumed_all and quiet else None
+        cpu_at_idle = sampler.cpu()
         lines_at_idle = follower.lines
         restart_profile = restart_profiler.stop() if restart_profiler else None
         # A restart also measures every tenant's usage once (the per-class timer: 1 s after start plus a
         # random jitter of up to a tenth of the interval). Its work is counted too, and timed apart.
-        measure_deadline = min(deadline, started + 1 + usage_interval(args, restarted=True) / 10 + 30)
+        # At 10,000 tenants a pass outlasts a minute: it is waited for as long as the first process's longest.
+        longest_pass = max((usage_pass["seconds"] for usage_pass in usage_passes_first), default=0.0)
+        measure_deadline = min(deadline,
+                               started + 1 + usage_interval(args, restarted=True) / 10 + 30 + longest_pass * 1.5)
         while not follower.measured and time.monotonic() < measure_deadline:
             await asyncio.sleep(0.05)
         measured_at = follower.last_line_at - started if follower.measured else None
+        first_usage_pass = first_usage_pass_figures(follower, idle, measured_at, sampler.cpu() - cpu_at_idle)
         await follower.quiet(args.quiet, deadline)
         # Anything the restart still does shortly after (counted below, reported as late log lines).
         lines_at_measured = follower.lines
@@ -494,6 +499,7 @@ async def measure_operator(env: kit.BenchEnvironment, run: Run, driver: DriverPr
         result["restart"] = {
             "idle_seconds": None if idle is None else round(idle, 3), "resumed": follower.resumed,
             "first_usage_measurement_done_seconds": None if measured_at is None else round(measured_at, 3),
+            "first_usage_pass": first_usage_pass,
             "log_lines": lines_at_idle, "late_log_lines": late_lines, "observed_seconds":
                 round(time.monotonic() - started, 3),
             "ddl_statements": sql["ddl"], "sql_statements": sql["statements"], "sql": sql,
@@ -571,6 +577,18 @@ def other_timers(args: argparse.Namespace) -> list[OtherTimer]:
     usage = usage_interval(args, restarted=True)
     return [OtherTimer("measure_tenants", 1.0, usage, usage / 10 + 5),
             OtherTimer("check_storeclass", STORECLASS_CHECK_INTERVAL, STORECLASS_CHECK_INTERVAL, 3.0)]
+
+
+def first_usage_pass_figures(follower: kit.LogFollower, idle: float | None, done: float | None,
+                             cpu_since_idle: float) -> dict[str, Any] | None:
+    """The restarted process's first usage pass, and its operator CPU when it began after the restart was idle (the
+    pass's jitter allows it): then the CPU from idle to its end is the pass's, with the few timer runs beside it."""
+    if done is None or not follower.usage_passes:
+        return None
+    usage_pass = follower.usage_passes[-1]
+    began_after_idle = idle is not None and done - usage_pass["seconds"] >= idle
+    return {**usage_pass, "began_after_idle": began_after_idle,
+            "operator_cpu_seconds": round(cpu_since_idle, 3) if began_after_idle else None}
 
 
 async def measure_verification(run: Run, sampler: kit.ProcessSampler, follower: kit.LogFollower,

@@ -67,6 +67,9 @@ def test_benchmark_reports_every_figure(tmp_path: Path) -> None:
     # Each usage pass is timed by the operator; the restarted process's first measured every tenant.
     restarted = report["operator"]["usage_passes"]["restarted"]
     assert restarted and restarted[0]["tenants"] == N and restarted[0]["seconds"] >= 0, restarted
+    # The restart's figures hold that pass; its CPU is the operator's from idle on, when it began after idle.
+    first = report["operator"]["restart"]["first_usage_pass"]
+    assert first["tenants"] == N and (first["operator_cpu_seconds"] is not None) == first["began_after_idle"], first
     assert {target["target"] for target in report["targets"]}
 
 
