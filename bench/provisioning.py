@@ -474,7 +474,7 @@ async def measure_operator(env: kit.BenchEnvironment, run: Run, driver: DriverPr
         resumed_all = follower.resumed >= n
         quiet = await follower.quiet(args.quiet, deadline)
         idle = follower.last_line_at - started if resumed_all and quiet else None
-        cpu_at_idle = sampler.cpu()
+        cpu_at_idle, idle_read_at = sampler.cpu(), time.monotonic() - started  # read once quiet after idle
         lines_at_idle = follower.lines
         restart_profile = restart_profiler.stop() if restart_profiler else None
         # A restart also measures every tenant's usage once (the per-class timer: 1 s after start plus a
@@ -486,7 +486,8 @@ async def measure_operator(env: kit.BenchEnvironment, run: Run, driver: DriverPr
         while not follower.measured and time.monotonic() < measure_deadline:
             await asyncio.sleep(0.05)
         measured_at = follower.last_line_at - started if follower.measured else None
-        first_usage_pass = first_usage_pass_figures(follower, idle, measured_at, sampler.cpu() - cpu_at_idle)
+        first_usage_pass = first_usage_pass_figures(follower, idle_read_at if idle is not None else None,
+                                                    measured_at, sampler.cpu() - cpu_at_idle)
         await follower.quiet(args.quiet, deadline)
         # Anything the restart still does shortly after (counted below, reported as late log lines).
         lines_at_measured = follower.lines
@@ -579,14 +580,15 @@ def other_timers(args: argparse.Namespace) -> list[OtherTimer]:
             OtherTimer("check_storeclass", STORECLASS_CHECK_INTERVAL, STORECLASS_CHECK_INTERVAL, 3.0)]
 
 
-def first_usage_pass_figures(follower: kit.LogFollower, idle: float | None, done: float | None,
+def first_usage_pass_figures(follower: kit.LogFollower, idle_read_at: float | None, done: float | None,
                              cpu_since_idle: float) -> dict[str, Any] | None:
-    """The restarted process's first usage pass, and its operator CPU when it began after the restart was idle (the
-    pass's jitter allows it): then the CPU from idle to its end is the pass's, with the few timer runs beside it."""
+    """The restarted process's first usage pass, and its operator CPU when it began after the restart was idle and the
+    CPU read (the pass's jitter allows it): then the CPU since that reading is the pass's, with the few timer runs
+    beside it."""
     if done is None or not follower.usage_passes:
         return None
     usage_pass = follower.usage_passes[-1]
-    began_after_idle = idle is not None and done - usage_pass["seconds"] >= idle
+    began_after_idle = idle_read_at is not None and done - usage_pass["seconds"] >= idle_read_at
     return {**usage_pass, "began_after_idle": began_after_idle,
             "operator_cpu_seconds": round(cpu_since_idle, 3) if began_after_idle else None}
 
