@@ -75,7 +75,7 @@ def test_a_live_prometheus_sees_the_tenant_its_quota_alert_and_its_end(
                                quotaAction="Alert"))
     wait_for_condition(kubectl, namespace, "live", "Ready", "True")
     selector = f'{{tenant="live", namespace="{namespace}"}}'
-    # Until its first status the tenant's class is not known (no storeclass label): wait for the Ready series.
+    # The tenant's series once it is Ready, so the figures below are the provisioned tenant's.
     found = wait_for("the tenant's Ready series in Prometheus", lambda: [
         s for s in prometheus.series(f"tenantstore_tenant_ready{selector}") if s["value"][1] == "1"], timeout=60)
     labels = found[0]["metric"]
