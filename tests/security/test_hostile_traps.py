@@ -8,12 +8,14 @@ of the tenant's became the admin's.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from hostile_kit import (
     DATABASE,
     DEADLINE_SECONDS,
@@ -30,6 +32,7 @@ from hostile_kit import (
     operator_teardown,
     owned_objects,
     records,
+    wait_until,
 )
 from trap_kit import (
     TrapWatch,
@@ -178,15 +181,53 @@ async def test_a_database_setting_does_not_let_it_outlive_its_teardown(
     except psycopg.Error:
         pass  # refused is fine: the teardown below is what is judged
 
-    async def teardown_then_residue() -> list[str]:
-        timed = await finishes_within(operator_teardown(operator_server, attacker.store), DEADLINE_SECONDS,
-                                      release=lambda: None)
-        left = [what for what, present in (("database", superuser.database_exists(attacker.database)),
-                                           ("role", superuser.role_exists(attacker.role))) if present]
-        return left + ([timed.describe()] if timed.error or not timed.in_time else [])
-
-    await attempts.refused_async(f"enterprise tenant {trick} to outlive its teardown", teardown_then_residue,
+    await attempts.refused_async(f"enterprise tenant {trick} to outlive its teardown",
+                                 lambda: teardown_then_residue(operator_server, superuser, attacker),
                                  harmless=lambda left: not left)
+
+
+async def test_a_slow_autovacuum_of_its_own_table_does_not_let_it_outlive_its_teardown(
+        fresh: FreshTenants, operator_server: PostgresServer, superuser: Superuser, attempts: Attempts) -> None:
+    """DROP DATABASE WITH (FORCE) may not end an autovacuum worker for a non-superuser, and a table's own
+    settings can keep one vacuuming it, a page at a time, for many minutes."""
+    attacker = await fresh.make("hxvacuum", DATABASE, DEDICATED)
+    plant(attacker, [
+        "CREATE TABLE public.hx_churn (id int, body text) WITH (autovacuum_vacuum_cost_delay = 100, "
+        "autovacuum_vacuum_cost_limit = 1, autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0)",
+        "INSERT INTO public.hx_churn SELECT n, repeat('x', 200) FROM generate_series(1, 50000) n",
+        "DELETE FROM public.hx_churn"])
+    with attacker.connect() as conn:
+        churn = conn.execute("SELECT 'public.hx_churn'::regclass::oid").fetchone()[0]
+
+    def vacuuming_the_churn() -> bool:
+        return bool(superuser.value("postgres", "SELECT count(*) FROM pg_stat_progress_vacuum WHERE datname = %s "
+                                                "AND relid = %s", (attacker.database, churn)))
+
+    with autovacuum_naptime(superuser, "1s"):  # the server's default, a minute, would only make the test wait
+        wait_until(vacuuming_the_churn, 120, "an autovacuum worker on the tenant's table")
+        await attempts.refused_async("enterprise tenant keeps an autovacuum worker in its database to outlive its "
+                                     "teardown", lambda: teardown_then_residue(operator_server, superuser, attacker),
+                                     harmless=lambda left: not left)
+
+
+async def teardown_then_residue(operator_server: PostgresServer, superuser: Superuser, tenant: Tenant) -> list[str]:
+    """What of an enterprise tenant is left after the operator's teardown, and how the teardown went if badly."""
+    timed = await finishes_within(operator_teardown(operator_server, tenant.store), DEADLINE_SECONDS,
+                                  release=lambda: None)
+    left = [what for what, present in (("database", superuser.database_exists(tenant.database)),
+                                       ("role", superuser.role_exists(tenant.role))) if present]
+    return left + ([timed.describe()] if timed.error or not timed.in_time else [])
+
+
+@contextlib.contextmanager
+def autovacuum_naptime(superuser: Superuser, naptime: str) -> Iterator[None]:
+    superuser.rows("postgres", sql.SQL("ALTER SYSTEM SET autovacuum_naptime = {}").format(sql.Literal(naptime)))
+    superuser.rows("postgres", "SELECT pg_reload_conf()")
+    try:
+        yield
+    finally:
+        superuser.rows("postgres", "ALTER SYSTEM RESET autovacuum_naptime")
+        superuser.rows("postgres", "SELECT pg_reload_conf()")
 
 
 async def test_a_quota_block_never_hands_an_enterprise_tenants_objects_to_the_admin(

@@ -210,6 +210,27 @@ def reopened_database(database: str) -> sql.Composed:
         sql.Identifier(database))
 
 
+async def drop_database(conn: psycopg.AsyncConnection[Any], database: str) -> None:
+    """Drop a tenant's database, ending its sessions first.
+
+    WITH (FORCE) refuses a non-superuser when an autovacuum worker is in the database: the worker has no role
+    the admin could hold. A tenant can keep one there for hours (a slow vacuum its table's settings ask for),
+    so when FORCE is refused the database is closed to new sessions, its clients are ended by hand, and a
+    plain DROP, which stops autovacuum workers itself, follows. A session the admin may not end (a
+    superuser's) still fails the drop, with Postgres's own reason.
+    """
+    name = sql.Identifier(database)
+    try:
+        await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(name))
+        return
+    except psycopg.errors.InsufficientPrivilege:
+        pass
+    await conn.execute(sql.SQL("ALTER DATABASE {} WITH ALLOW_CONNECTIONS false").format(name))
+    await conn.execute("SELECT pg_terminate_backend(pid, 5000) FROM pg_stat_activity WHERE datname = %s "
+                       "AND backend_type = 'client backend' AND pid <> pg_backend_pid()", (database,))
+    await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(name))
+
+
 async def close_to_public(conn: psycopg.AsyncConnection[Any], database: str) -> None:
     """Only the shared database's own (schema) tenants may connect to it, not every role of the server, and
     only they may create temporary tables there (a readOnly credential's reader role may not).
@@ -726,7 +747,7 @@ class PostgresRelationalStore:
                                          store.database):
             if database["settings_changed"]:  # e.g. its owner made it a template, which cannot be dropped
                 await conn.execute(reopened_database(store.database))
-            await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {} WITH (FORCE)").format(sql.Identifier(store.database)))
+            await drop_database(conn, store.database)
             return [Step("DatabaseDropped", f"database {store.database} dropped")]
         return []
 
