@@ -26,7 +26,7 @@ from tenantstore.backends.audit_table import Entry
 from tenantstore.backends.postgres import PostgresServer
 from tenantstore.errors import AuditTrailUnavailable, ReconcileError
 from tenantstore.kube import Secrets
-from tenantstore.models import StoreClass
+from tenantstore.models import StoreClass, default_class_name
 from tenantstore.redaction import redact
 from tenantstore.registry import BackendRegistry
 
@@ -100,10 +100,7 @@ class AuditTrail:
 
     def class_of(self, body: Mapping[str, Any]) -> str:
         spec, status = body.get("spec") or {}, body.get("status") or {}
-        return status.get("storeClassName") or spec.get("storeClassName") or self._default_class()
-
-    def _default_class(self) -> str:
-        return min((name for name, c in self.classes.items() if c.is_default), default="")
+        return status.get("storeClassName") or spec.get("storeClassName") or default_class_name(self.classes)
 
     async def flush(self, class_names: Sequence[str] | None = None) -> None:
         """Write the queued rows (of these classes) now; raises the first error (those rows stay queued).

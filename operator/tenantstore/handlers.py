@@ -21,7 +21,7 @@ from tenantstore import (audit, conditions, cost, events, exports, fleet, kopf_f
 from tenantstore.errors import IsolationBroken, ReconcileError
 from tenantstore.api import (CREDENTIAL_LABEL, DATA_LOSS_ACKNOWLEDGED_ANNOTATION, FINALIZER, GROUP, MANAGED_BY,
                              MANAGED_BY_LABEL, VERSION, ConditionType, ExportPhase, Phase, Reason)
-from tenantstore.models import DriftPolicy, InvalidResource, StoreClass
+from tenantstore.models import DriftPolicy, InvalidResource, StoreClass, parse_store_class
 from tenantstore.reconcile import ClaimRef, Outcome
 from tenantstore.registry import BackendRegistry
 from tenantstore.storeclass import global_store, pool_figures, readiness, readiness_status
@@ -128,11 +128,9 @@ async def cleanup(memo: kopf.Memo, **_: Any) -> None:
 @kopf.index(*STORECLASSES)
 async def store_class_index(body: kopf.Body, name: str, memo: kopf.Memo,
                             **_: Any) -> dict[str, StoreClass | InvalidResource]:
-    try:
-        store_class = StoreClass.from_body(body)
-    except (InvalidResource, KeyError, ValueError) as error:
-        return {name: InvalidResource(str(error))}
-    memo.audit.know(store_class)  # where each class's audit rows go, also after the class is deleted
+    store_class = parse_store_class(body)
+    if isinstance(store_class, StoreClass):
+        memo.audit.know(store_class)  # where each class's audit rows go, also after the class is deleted
     return {name: store_class}
 
 

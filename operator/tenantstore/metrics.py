@@ -17,8 +17,9 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 from prometheus_client.registry import Collector
 
-from tenantstore.api import DEFAULT_CLASS_ANNOTATION, ConditionType, Phase
-from tenantstore.models import Tier, parse_latency, parse_quantity
+from tenantstore.api import ConditionType, Phase
+from tenantstore.models import (InvalidResource, StoreClass, Tier, default_class_name, parse_latency, parse_quantity,
+                                parse_store_class)
 
 TENANT_LABELS = ("tenant", "namespace", "tier", "storeclass")
 QUOTA_RESOURCES = {"documents": ("documents", "maxDocuments"), "storage_bytes": ("storageBytes", "maxStorageBytes"),
@@ -136,7 +137,7 @@ class TenantSeries(Collector):
         self._thresholds: dict[str, float] = {}
         self._class_costs: dict[str, Mapping[str, Any]] = {}
         self._objectives: dict[str, float] = {}  # StoreClass -> its p95 search-latency objective, seconds
-        self._default_classes: set[str] = set()
+        self._classes: dict[str, StoreClass | InvalidResource] = {}
 
     def observe_tenant(self, body: Mapping[str, Any], deleted: bool = False) -> None:
         key = (body["metadata"].get("namespace", ""), body["metadata"]["name"])
@@ -147,12 +148,9 @@ class TenantSeries(Collector):
                     with contextlib.suppress(KeyError):
                         SEARCH_LATENCY.remove(*gone.labels)
             else:
-                self._tenants[key] = TenantSnapshot.from_body(body, self._default_class())
-
-    def _default_class(self) -> str:
-        # The class a TenantStore naming none is provisioned in, chosen as the reconcile chooses it: its series carry
-        # that name from its creation, not an empty label until its first status (two series for one tenant).
-        return min(self._default_classes, default="")
+                # Named as the reconcile will resolve it: a tenant naming no class has its class's series from its
+                # creation, not an empty label until its first status (two series for one tenant).
+                self._tenants[key] = TenantSnapshot.from_body(body, default_class_name(self._classes))
 
     def forget_tenants(self) -> None:
         """Drop every tenant's series (a new operator run observes its own tenants again)."""
@@ -169,13 +167,10 @@ class TenantSeries(Collector):
         threshold = float(((body.get("spec") or {}).get("vector") or {}).get("sharedIndex", {}).get("alertThreshold", 0.8))
         class_cost = dict((body.get("status") or {}).get("cost") or {})
         latency = (((body.get("spec") or {}).get("slo") or {}).get("searchLatency") or {}).get("p95")
-        is_default = (body["metadata"].get("annotations") or {}).get(DEFAULT_CLASS_ANNOTATION) == "true"
+        parsed = parse_store_class(body)
         with self._lock:
-            if is_default and not deleted:
-                self._default_classes.add(name)
-            else:
-                self._default_classes.discard(name)
             if deleted:
+                self._classes.pop(name, None)
                 self._indexes.pop(name, None)
                 self._thresholds.pop(name, None)
                 self._class_costs.pop(name, None)
@@ -188,6 +183,7 @@ class TenantSeries(Collector):
                 self._indexes[name] = pool
                 self._thresholds[name] = threshold
                 self._class_costs[name] = class_cost
+                self._classes[name] = parsed
 
     def describe(self) -> Iterator[GaugeMetricFamily]:
         return iter(())  # series come and go with tenants; nothing to pre-register

@@ -517,6 +517,21 @@ class StoreClass:
         )
 
 
+def parse_store_class(body: Mapping[str, Any]) -> StoreClass | InvalidResource:
+    """A StoreClass as the operator reads it, or why it cannot be used."""
+    try:
+        return StoreClass.from_body(body)
+    except (InvalidResource, KeyError, ValueError) as error:
+        return InvalidResource(str(error))
+
+
+def default_class_name(classes: Mapping[str, StoreClass | InvalidResource]) -> str:
+    """The class a TenantStore naming none is provisioned in: of the valid classes annotated as the default, the
+    lowest-named ("" when there is none)."""
+    return min((name for name, found in classes.items() if isinstance(found, StoreClass) and found.is_default),
+               default="")
+
+
 @dataclasses.dataclass(frozen=True)
 class TenantStoreSpec:
     tenant_id: str

@@ -25,7 +25,7 @@ from tenantstore.errors import (BackendUnavailable, GlobalStoreNotReady, Isolati
                                 StoreClassNotReady, TenantIdConflict, VectorQuotaExceeded)
 from tenantstore.kube import NOT_READ, NamespaceLabels, SecretDeletion, Secrets, password_in
 from tenantstore.models import (DeletionPolicy, DesiredStore, InvalidResource, RelationalIsolation,
-                                StoreClass, TenantStoreSpec, VectorIsolation, desired_store)
+                                StoreClass, TenantStoreSpec, VectorIsolation, default_class_name, desired_store)
 from tenantstore.quota import Verdict
 from tenantstore.registry import BackendRegistry
 
@@ -123,11 +123,11 @@ def resolve_store_class(name: str, classes: Mapping[str, StoreClass | InvalidRes
         if found is None:
             raise StoreClassNotFound(f"StoreClass {name!r} does not exist")
     else:
-        defaults = sorted(n for n, c in classes.items() if isinstance(c, StoreClass) and c.is_default)
-        if not defaults:
+        default = default_class_name(classes)
+        if not default:
             raise StoreClassNotFound("spec.storeClassName is empty and no StoreClass is annotated "
                                      "storeclass.tenancy.dev/is-default-class: \"true\"")
-        found = classes[defaults[0]]
+        found = classes[default]
     if isinstance(found, InvalidResource):
         raise StoreClassInvalid(f"StoreClass {name!r} cannot be used: {found}")
     return found

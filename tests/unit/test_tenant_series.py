@@ -9,9 +9,15 @@ from tenantstore import metrics
 from tenantstore.api import DEFAULT_CLASS_ANNOTATION
 
 
-def store_class(name: str, default: bool) -> dict[str, Any]:
+def store_class(name: str, default: bool, valid: bool = True) -> dict[str, Any]:
     annotations = {DEFAULT_CLASS_ANNOTATION: "true"} if default else {}
-    return {"metadata": {"name": name, "annotations": annotations}, "spec": {}}
+    admin = {"name": "pg-admin", "namespace": "ops"} if valid else {}  # a class without its admin Secret is unusable
+    return {"metadata": {"name": name, "annotations": annotations}, "spec": {"postgres": {"adminSecretRef": admin}}}
+
+
+def tenant(name: str) -> dict[str, Any]:
+    return {"metadata": {"name": name, "namespace": "customers", "uid": f"uid-{name}"},
+            "spec": {"tenantId": name, "tier": "pro"}}
 
 
 def scraped_series() -> tuple[metrics.TenantSeries, CollectorRegistry]:
@@ -32,8 +38,7 @@ def test_a_tenant_naming_no_class_keeps_one_series_from_its_creation_to_ready() 
     series, registry = scraped_series()
     series.observe_store_class(store_class("archive", default=False))
     series.observe_store_class(store_class("standard", default=True))
-    created = {"metadata": {"name": "acme", "namespace": "customers", "uid": "u1"},
-               "spec": {"tenantId": "acme", "tier": "pro"}}
+    created = tenant("acme")
 
     series.observe_tenant(created)
     assert ready_series(registry) == {"standard": 0.0}
@@ -48,6 +53,14 @@ def test_a_class_no_longer_the_default_names_no_new_tenant() -> None:
     series.observe_store_class(store_class("standard", default=True))
     series.observe_store_class(store_class("standard", default=False))
 
-    series.observe_tenant({"metadata": {"name": "acme", "namespace": "customers", "uid": "u1"},
-                           "spec": {"tenantId": "acme", "tier": "pro"}})
+    series.observe_tenant(tenant("acme"))
     assert ready_series(registry) == {"": 0.0}
+
+
+def test_a_tenant_naming_no_class_is_not_labelled_with_a_default_class_that_cannot_be_used() -> None:
+    series, registry = scraped_series()
+    series.observe_store_class(store_class("archive", default=True, valid=False))
+    series.observe_store_class(store_class("standard", default=True))
+
+    series.observe_tenant(tenant("acme"))
+    assert ready_series(registry) == {"standard": 0.0}  # where the reconcile provisions it
