@@ -11,7 +11,7 @@ from __future__ import annotations
 import dataclasses
 import datetime
 import secrets as token_source
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from tenantstore import kube, metrics, tracing
@@ -70,6 +70,12 @@ class Plans:
         """Once the reconcile that rotated has succeeded (a failed one rotates again next time)."""
         for name in self.rotated:
             metrics.CREDENTIAL_ROTATIONS.labels(*metrics.TenantSnapshot.from_body(owner).labels, name).inc()
+
+
+def may_exist(credentials: Sequence[Any], status: Mapping[str, Any]) -> bool:
+    """Whether the tenant can have a scoped credential: one is asked for, or status records one made. Neither:
+    no reconcile made a login or a Secret for one, so there is nothing to read, correct or remove."""
+    return bool(credentials or status.get("credentials"))
 
 
 def turns_in(status: Mapping[str, Any]) -> dict[str, Turn]:

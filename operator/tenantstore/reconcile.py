@@ -279,7 +279,7 @@ async def reconcile_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreC
         with tracing.backend_call("postgres", "ensure"):
             relational, steps = await backends.relational.ensure(store, password or (password := new_password()),
                                                                   password_is_new)
-        scoped = bool(store.credentials or current.get("credentials"))  # else no credential was ever made
+        scoped = credentials.may_exist(store.credentials, current)
         if scoped:
             logins = await credentials.plan(store, body, secrets, datetime.datetime.now(datetime.UTC))
             with tracing.backend_call("postgres", "ensure_credentials"):
@@ -570,7 +570,10 @@ async def teardown_tenant(body: Mapping[str, Any], classes: Mapping[str, StoreCl
     if secret_deletion is not SecretDeletion.ABSENT:
         events.append(Step("SecretDeleted", f"Secret {spec.secret_name} deleted"))
     pending_secrets = [spec.secret_name] if secret_deletion is SecretDeletion.PENDING else []
-    for name in sorted(await secrets.credential_secrets(namespace, body)):
+    # A LIST by label makes the API server go through every Secret of the namespace (thousands, in a busy one):
+    # only a tenant that can have a credential Secret pays for it.
+    scoped = credentials.may_exist(spec.credentials, current)
+    for name in sorted(await secrets.credential_secrets(namespace, body) if scoped else ()):
         deletion = await secrets.delete_tenant_secret(namespace, name, body)
         if deletion is not SecretDeletion.ABSENT:
             events.append(Step("SecretDeleted", f"Secret {name} deleted"))

@@ -296,3 +296,24 @@ async def test_a_tenant_whose_spec_left_a_login_without_connections_is_still_tor
 
     assert reasons(outcome)[-1] == "TeardownVerified"
     assert world.secrets.get("customers", "acme-app") is None and world.secrets.get("customers", "acme-viewer") is None
+
+
+async def test_a_tenant_that_never_had_a_scoped_credential_lists_no_secrets_at_its_deletion(world: World) -> None:
+    body = await world.provision(tenant_body())
+
+    await world.teardown(body)
+
+    assert world.secrets.called("credential_secrets") == 0
+    nothing_of_acme_remains(world)
+
+
+async def test_credentials_removed_from_the_spec_before_the_deletion_still_have_their_secrets_deleted(
+        world: World) -> None:
+    body = await world.provision(tenant_body(credentials=[{"name": "app"}]))
+    assert world.secrets.get("customers", "acme-app") is not None
+    dropped = spec_changed(body, credentials=[])  # deleted before any reconcile of the change: status still has it
+
+    outcome = await world.teardown(dropped)
+
+    assert reasons(outcome)[-1] == "TeardownVerified"
+    assert world.secrets.get("customers", "acme-app") is None
