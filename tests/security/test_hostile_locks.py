@@ -2,6 +2,8 @@
 tables, any advisory key, an open transaction, all its connections) stalls neither other tenants nor the operator."""
 from __future__ import annotations
 
+import dataclasses
+
 import psycopg
 import pytest
 from hostile_kit import (
@@ -15,19 +17,24 @@ from hostile_kit import (
     Attempts,
     Fleet,
     FreshTenants,
+    TENANT_CONNECTION_OPTIONS,
     SqlAttack,
     Superuser,
     connections_of,
+    desired,
     finishes_within,
     hold_everything,
     operator_teardown,
     others_keep_working,
+    provision,
     run_sql_attack,
     wait_until,
 )
 
+from tenantstore.backends import LoginPlan
 from tenantstore.backends.pgvector import PgvectorStore
 from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServer
+from tenantstore.models import Access, Credential, RelationalIsolation
 
 LOCK_TARGETS = {
     "ONLY the shared parent": "ONLY {shared}",
@@ -119,3 +126,33 @@ async def test_connections_beyond_the_connection_limit_are_refused(tier: str, fl
         for connection in connections:
             connection.close()
 
+
+
+@pytest.mark.parametrize("relational", [SCHEMA, DATABASE], ids=["schema", "database"])
+async def test_a_credential_login_holding_its_tenants_table_does_not_stall_the_teardown(
+        relational: RelationalIsolation, fresh: FreshTenants, operator_server: PostgresServer,
+        attempts: Attempts) -> None:
+    """The owner's sessions are ended before its data is dropped; a scoped credential's must be too, or its open
+    transaction keeps the lock DROP SCHEMA waits for, on every retry."""
+    viewer = Credential("viewer", Access.READ_ONLY, "viewer-secret")
+    store = dataclasses.replace(desired(f"hxcredhold{relational.value[0]}", relational,
+                                        NAMESPACE if relational is SCHEMA else DEDICATED), credentials=(viewer,))
+    fresh.track(store)
+    login, password = store.credential_roles[0].logins[0], "viewer-password-1"
+    relational_store = PostgresRelationalStore(operator_server)
+    await relational_store.ensure(store, "owner-password", password_is_new=True)
+    await relational_store.ensure_credentials(store, {viewer.name: LoginPlan(login, password, True)})
+    tenant = await provision(operator_server, store, password="owner-password")
+
+    place = tenant.relational
+    reader = psycopg.connect(f"postgresql://{login}:{password}@{place.host}:{place.port}/{tenant.database}",
+                             autocommit=True, connect_timeout=5, options=TENANT_CONNECTION_OPTIONS)
+    try:
+        reader.execute("BEGIN")
+        reader.execute(f"SELECT count(*) FROM {tenant.schema}.ledger")  # held until the transaction ends
+        timed = await finishes_within(operator_teardown(operator_server, store), DEADLINE_SECONDS,
+                                      release=reader.close)
+    finally:
+        reader.close()
+    attempts.record(f"a readOnly credential's open transaction stalls the teardown of its {relational.value} tenant",
+                    timed.in_time and timed.error is None, timed.describe())

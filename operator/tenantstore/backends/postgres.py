@@ -710,7 +710,8 @@ class PostgresRelationalStore:
                 await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(role))
                 ended = await self._terminate_sessions(conn, store.role)
                 steps.append(Step("SessionsTerminated", f"role {store.role} can no longer log in; {ended} session(s) ended"))
-            steps += await self._drop_data(conn, store)
+            # Every login of the tenant is shut out before its data goes: a credential's open transaction would
+            # otherwise hold a lock DROP SCHEMA waits for, on every retry.
             if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", store.io_role):
                 await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(store.io_role)))
                 await self._terminate_sessions(conn, store.io_role)
@@ -718,6 +719,7 @@ class PostgresRelationalStore:
             for login in sorted(set(logins) - {store.reader_role}):
                 await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(login)))
                 await self._terminate_sessions(conn, login)
+            steps += await self._drop_data(conn, store)
             doomed = sorted(logins) + [name for name in (store.role, store.holding_role, store.io_role)
                                        if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", name)]
             if doomed:
