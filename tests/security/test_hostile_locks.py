@@ -21,6 +21,7 @@ from hostile_kit import (
     SqlAttack,
     Superuser,
     connections_of,
+    block_writes,
     desired,
     finishes_within,
     hold_everything,
@@ -127,7 +128,6 @@ async def test_connections_beyond_the_connection_limit_are_refused(tier: str, fl
             connection.close()
 
 
-
 @pytest.mark.parametrize("relational", [SCHEMA, DATABASE], ids=["schema", "database"])
 async def test_a_credential_login_holding_its_tenants_table_does_not_stall_the_teardown(
         relational: RelationalIsolation, fresh: FreshTenants, operator_server: PostgresServer,
@@ -156,3 +156,28 @@ async def test_a_credential_login_holding_its_tenants_table_does_not_stall_the_t
         reader.close()
     attempts.record(f"a readOnly credential's open transaction stalls the teardown of its {relational.value} tenant",
                     timed.in_time and timed.error is None, timed.describe())
+
+
+@pytest.mark.parametrize("relational", [SCHEMA, DATABASE], ids=["schema", "database"])
+async def test_holding_its_own_table_does_not_keep_a_tenant_from_its_quota_block(
+        relational: RelationalIsolation, fresh: FreshTenants, operator_server: PostgresServer,
+        attempts: Attempts) -> None:
+    """A block changes the owner of the tenant's tables, which waits for every lock on them: a session idle in a
+    transaction over its own table must not keep the block away while the tenant's other sessions write on."""
+    tenant = await fresh.make(f"hxquotahold{relational.value[0]}", relational,
+                              NAMESPACE if relational is SCHEMA else DEDICATED)
+    holder = tenant.connect()
+    try:
+        holder.execute("BEGIN")
+        holder.execute(f"SELECT count(*) FROM {tenant.schema}.ledger")  # held until the transaction ends
+        timed = await finishes_within(block_writes(operator_server, tenant), DEADLINE_SECONDS, release=holder.close)
+    finally:
+        holder.close()
+    attempts.record(f"{relational.value} tenant keeps its quota block away with a transaction over its own table",
+                    timed.in_time and timed.error is None, timed.describe())
+
+    def write_more() -> None:
+        with tenant.connect() as conn:
+            conn.execute(f"INSERT INTO {tenant.schema}.ledger VALUES (77, 'hx-over')")
+
+    attempts.refused(f"{relational.value} tenant writes its table after its block, past a held transaction", write_more)

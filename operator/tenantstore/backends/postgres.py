@@ -514,13 +514,45 @@ class PostgresRelationalStore:
             blocked = holder != store.role
             if blocked == (not store.writes_allowed):
                 return []
-            async with conn.transaction():
-                if store.writes_allowed:
-                    await self._hand_back(conn, store, holder)
-                    return [Step("WritesRestored", f"{store.role} owns its {store.relational.value} again")]
+            try:
+                await self._change_owners(conn, store, holder, lock_timeout="2s")
+            except psycopg.errors.LockNotAvailable:
+                # A session of the tenant holds a lock on what changes owner (a transaction left open over its own
+                # table), which would put the change off for as long as it likes while its other sessions write.
+                async with self._logins_shut_out(conn, store):
+                    await self._change_owners(conn, store, holder)
+            if store.writes_allowed:
+                return [Step("WritesRestored", f"{store.role} owns its {store.relational.value} again")]
+            return [Step("WritesBlocked", f"{store.role} can read and delete but not write its "
+                                          f"{store.relational.value} until it is under quota")]
+
+    async def _change_owners(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore, holder: str,
+                             lock_timeout: str | None = None) -> None:
+        async with conn.transaction():
+            if lock_timeout is not None:
+                await conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
+            if store.writes_allowed:
+                await self._hand_back(conn, store, holder)
+            else:
                 await self._take_over(conn, store)
-                return [Step("WritesBlocked", f"{store.role} can read and delete but not write its "
-                                              f"{store.relational.value} until it is under quota")]
+
+    @contextlib.asynccontextmanager
+    async def _logins_shut_out(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> AsyncIterator[None]:
+        """The tenant's open logins (its own and its credentials') closed and their sessions ended for the length
+        of the block, then opened again. Should the operator stop in between, the next reconcile opens them."""
+        logins = [store.role, *await credentials.existing_logins(conn, store)]
+        cursor = await conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND rolcanlogin "
+                                    "ORDER BY rolname", (logins,))
+        open_logins = [row["rolname"] for row in await cursor.fetchall()]
+        for login in open_logins:
+            await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(login)))
+        try:
+            for login in open_logins:
+                await self._terminate_sessions(conn, login)
+            yield
+        finally:
+            for login in open_logins:
+                await conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(login)))
 
     async def _ensure_holding_role(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> None:
         if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", store.holding_role):
