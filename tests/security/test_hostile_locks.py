@@ -158,26 +158,40 @@ async def test_a_credential_login_holding_its_tenants_table_does_not_stall_the_t
                     timed.in_time and timed.error is None, timed.describe())
 
 
+# What a tenant's transaction left open holds against its own quota block: the lock a read takes on its table
+# (the block changes the table's owner), and its vector table locked outright (it may: it may update it).
+HELD_AGAINST_THE_BLOCK = {
+    "a read of its own table": "SELECT count(*) FROM {tenant.schema}.ledger",
+    "its vector table locked exclusively": "LOCK TABLE {tenant.vectors.table} IN ACCESS EXCLUSIVE MODE",
+}
+
+
+@pytest.mark.parametrize("held", list(HELD_AGAINST_THE_BLOCK))
 @pytest.mark.parametrize("relational", [SCHEMA, DATABASE], ids=["schema", "database"])
-async def test_holding_its_own_table_does_not_keep_a_tenant_from_its_quota_block(
-        relational: RelationalIsolation, fresh: FreshTenants, operator_server: PostgresServer,
+async def test_an_open_transaction_does_not_keep_a_tenant_from_its_quota_block(
+        relational: RelationalIsolation, held: str, fresh: FreshTenants, operator_server: PostgresServer,
         attempts: Attempts) -> None:
-    """A block changes the owner of the tenant's tables, which waits for every lock on them: a session idle in a
-    transaction over its own table must not keep the block away while the tenant's other sessions write on."""
-    tenant = await fresh.make(f"hxquotahold{relational.value[0]}", relational,
-                              NAMESPACE if relational is SCHEMA else DEDICATED)
+    """Else the tenant's other sessions write on past the quota for as long as the transaction stays open."""
+    tenant = await fresh.make(f"hxquotahold{relational.value[0]}{list(HELD_AGAINST_THE_BLOCK).index(held)}",
+                              relational, NAMESPACE if relational is SCHEMA else DEDICATED)
     holder = tenant.connect()
     try:
         holder.execute("BEGIN")
-        holder.execute(f"SELECT count(*) FROM {tenant.schema}.ledger")  # held until the transaction ends
+        holder.execute(HELD_AGAINST_THE_BLOCK[held].format(tenant=tenant))  # held until the transaction ends
         timed = await finishes_within(block_writes(operator_server, tenant), DEADLINE_SECONDS, release=holder.close)
     finally:
         holder.close()
-    attempts.record(f"{relational.value} tenant keeps its quota block away with a transaction over its own table",
+    attempts.record(f"{relational.value} tenant keeps its quota block away with {held} in an open transaction",
                     timed.in_time and timed.error is None, timed.describe())
 
-    def write_more() -> None:
+    def write(statement: str, *params: object) -> None:
         with tenant.connect() as conn:
-            conn.execute(f"INSERT INTO {tenant.schema}.ledger VALUES (77, 'hx-over')")
+            conn.execute(statement, params)
 
-    attempts.refused(f"{relational.value} tenant writes its table after its block, past a held transaction", write_more)
+    namespace = tenant.vectors.namespace
+    attempts.refused(f"{relational.value} tenant writes its table after a block it held {held} against",
+                     lambda: write(f"INSERT INTO {tenant.schema}.ledger VALUES (77, 'hx-over')"))
+    attempts.refused(f"{relational.value} tenant writes its vectors after a block it held {held} against",
+                     lambda: write(f"INSERT INTO {tenant.vectors.table} (namespace, id, embedding) VALUES (%s, 'hx', "
+                                   f"'[1,1,1]')", namespace) if namespace else
+                     write(f"INSERT INTO {tenant.vectors.table} (id, embedding) VALUES ('hx', '[1,1,1]')"))

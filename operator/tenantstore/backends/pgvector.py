@@ -26,8 +26,8 @@ from tenantstore import insights, pool
 from tenantstore.backends import (NAMESPACE_CREATED, Drift, GlobalPlacement, SecretValue, SharedIndex, Step,
                                   VectorPlacement, VectorRecord, VectorUsage, bookkeeping, pgvector_global,
                                   register_vector_backend)
-from tenantstore.backends.postgres import (DATABASE_STATE, PostgresServer, execute_at_once, extension_schema,
-                                           fetch_one, reopened_database)
+from tenantstore.backends.postgres import (DATABASE_STATE, PostgresServer, despite_tenant_locks, execute_at_once,
+                                           extension_schema, fetch_one, reopened_database, tenant_lock_patience)
 from tenantstore.errors import BackendUnavailable, ObjectReplaced
 from tenantstore.models import (DesiredStore, GlobalIndex, Metric, VectorIsolation, dedicated_index_name,
                                 shared_index_name)
@@ -271,12 +271,16 @@ class PgvectorStore:
         return []
 
     async def ensure_write_access(self, store: DesiredStore, placement: VectorPlacement) -> list[Step]:
-        """Grant or revoke INSERT and UPDATE on the tenant's vectors (quota Block)."""
-        if placement.namespace:
-            async with self.server.connect() as conn:
-                return await self._ensure_grants(conn, store, SHARED_SCHEMA, partition_name(store))
-        async with self.server.connect(store.database) as conn, self._dedicated_table(conn, store):
-            return await self._ensure_grants(conn, store, store.schema, DEDICATED_TABLE)
+        """Grant or revoke INSERT and UPDATE on the tenant's vectors (quota Block). The tenant may lock its own
+        table (it may update it), so the change shuts its logins out if it must (despite_tenant_locks)."""
+        async with self.server.connect(None if placement.namespace else store.database) as conn:
+            async def change() -> list[Step]:
+                async with tenant_lock_patience(conn):
+                    if placement.namespace:
+                        return await self._ensure_grants(conn, store, SHARED_SCHEMA, partition_name(store))
+                    async with self._dedicated_table(conn, store):
+                        return await self._ensure_grants(conn, store, store.schema, DEDICATED_TABLE)
+            return await despite_tenant_locks(conn, store, change)
 
     # --- dedicated isolation: the tenant's own table ---
 

@@ -22,8 +22,8 @@ import json
 import os
 import re
 import secrets
-from collections.abc import AsyncIterator, Mapping, Sequence
-from typing import Any
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
@@ -38,7 +38,11 @@ from tenantstore.errors import BackendUnavailable, ReconcileError, SessionEnded,
 from tenantstore.models import CredentialRole, DesiredStore, RelationalIsolation
 from tenantstore.redaction import redact
 
+T = TypeVar("T")
 CONNECT_TIMEOUT_SECONDS = 5
+# How long a change of the tenant's write access waits for a lock on the tenant's tables before it shuts the
+# tenant's logins out (despite_tenant_locks).
+TENANT_LOCK_PATIENCE = "2s"
 # The operator's own dedicated vector table lives in the tenant's schema and stays the admin's.
 OPERATOR_VECTOR_TABLE = "vectors"
 RELATION_KEYWORDS = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW", "S": "SEQUENCE",
@@ -231,6 +235,54 @@ async def drop_database(conn: psycopg.AsyncConnection[Any], database: str) -> No
     await conn.execute(sql.SQL("DROP DATABASE IF EXISTS {}").format(name))
 
 
+async def end_sessions(conn: psycopg.AsyncConnection[Any], role: str) -> int:
+    """End the role's sessions; waits (up to 5 s each) until they are gone, so status that says so is true."""
+    row = await fetch_one(conn, """
+        SELECT count(pg_terminate_backend(pid, 5000)) AS ended FROM pg_stat_activity
+         WHERE usename = %s AND pid <> pg_backend_pid()""", role)
+    return int(row["ended"]) if row else 0
+
+
+@contextlib.asynccontextmanager
+async def tenant_logins_shut_out(conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> AsyncIterator[None]:
+    """The tenant's open logins (its own and its credentials') closed and their sessions ended for as long as the
+    caller needs, then opened again. Should the operator stop in between, the next reconcile opens them."""
+    logins = [store.role, *await credentials.existing_logins(conn, store)]
+    cursor = await conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND rolcanlogin "
+                                "ORDER BY rolname", (logins,))
+    open_logins = [row["rolname"] for row in await cursor.fetchall()]
+    for login in open_logins:
+        await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(login)))
+    try:
+        for login in open_logins:
+            await end_sessions(conn, login)
+        yield
+    finally:
+        for login in open_logins:
+            await conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(login)))
+
+
+@contextlib.asynccontextmanager
+async def tenant_lock_patience(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
+    """A transaction that waits TENANT_LOCK_PATIENCE, not the session's lock_timeout, for a lock."""
+    async with conn.transaction():
+        await conn.execute("SELECT set_config('lock_timeout', %s, true)", (TENANT_LOCK_PATIENCE,))
+        yield
+
+
+async def despite_tenant_locks(conn: psycopg.AsyncConnection[Any], store: DesiredStore,
+                               change: Callable[[], Awaitable[T]]) -> T:
+    """Make a change to the tenant's write access (a quota Block, its end, a move's freeze) that must lock the
+    tenant's own tables. A session of the tenant may hold one of them (a transaction left open over its table),
+    which would put the change off for as long as it liked while its other sessions write on: when a lock is not
+    granted, the change is made again with the tenant's logins shut out."""
+    try:
+        return await change()
+    except psycopg.errors.LockNotAvailable:
+        async with tenant_logins_shut_out(conn, store):
+            return await change()
+
+
 async def close_to_public(conn: psycopg.AsyncConnection[Any], database: str) -> None:
     """Only the shared database's own (schema) tenants may connect to it, not every role of the server, and
     only they may create temporary tables there (a readOnly credential's reader role may not).
@@ -409,7 +461,7 @@ class PostgresRelationalStore:
         if existing["can_login"] == store.suspended:
             await conn.execute(sql.SQL("ALTER ROLE {} {}").format(role, sql.SQL("NOLOGIN" if store.suspended else "LOGIN")))
             if store.suspended:
-                await self._terminate_sessions(conn, store.role)
+                await end_sessions(conn, store.role)
             steps.append(Step("LoginChanged", f"role {store.role} can {'no longer' if store.suspended else 'again'} log in"))
         if password_is_new:
             await conn.execute(sql.SQL("ALTER ROLE {} PASSWORD {}").format(role, sql.Literal(scram_sha256_verifier(password))))
@@ -514,45 +566,18 @@ class PostgresRelationalStore:
             blocked = holder != store.role
             if blocked == (not store.writes_allowed):
                 return []
-            try:
-                await self._change_owners(conn, store, holder, lock_timeout="2s")
-            except psycopg.errors.LockNotAvailable:
-                # A session of the tenant holds a lock on what changes owner (a transaction left open over its own
-                # table), which would put the change off for as long as it likes while its other sessions write.
-                async with self._logins_shut_out(conn, store):
-                    await self._change_owners(conn, store, holder)
+            await despite_tenant_locks(conn, store, lambda: self._change_owners(conn, store, holder))
             if store.writes_allowed:
                 return [Step("WritesRestored", f"{store.role} owns its {store.relational.value} again")]
             return [Step("WritesBlocked", f"{store.role} can read and delete but not write its "
                                           f"{store.relational.value} until it is under quota")]
 
-    async def _change_owners(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore, holder: str,
-                             lock_timeout: str | None = None) -> None:
-        async with conn.transaction():
-            if lock_timeout is not None:
-                await conn.execute("SELECT set_config('lock_timeout', %s, true)", (lock_timeout,))
+    async def _change_owners(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore, holder: str) -> None:
+        async with tenant_lock_patience(conn):
             if store.writes_allowed:
                 await self._hand_back(conn, store, holder)
             else:
                 await self._take_over(conn, store)
-
-    @contextlib.asynccontextmanager
-    async def _logins_shut_out(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> AsyncIterator[None]:
-        """The tenant's open logins (its own and its credentials') closed and their sessions ended for the length
-        of the block, then opened again. Should the operator stop in between, the next reconcile opens them."""
-        logins = [store.role, *await credentials.existing_logins(conn, store)]
-        cursor = await conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND rolcanlogin "
-                                    "ORDER BY rolname", (logins,))
-        open_logins = [row["rolname"] for row in await cursor.fetchall()]
-        for login in open_logins:
-            await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(login)))
-        try:
-            for login in open_logins:
-                await self._terminate_sessions(conn, login)
-            yield
-        finally:
-            for login in open_logins:
-                await conn.execute(sql.SQL("ALTER ROLE {} LOGIN").format(sql.Identifier(login)))
 
     async def _ensure_holding_role(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> None:
         if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", store.holding_role):
@@ -673,7 +698,7 @@ class PostgresRelationalStore:
         rights_changed = credentials.target_of(store, credential) not in existing["acts_as"]
         if (existing["can_login"] and not open_) or store.suspended or rights_changed:
             # Closed, suspended or given other rights: sessions opened before must not keep what they had.
-            ended = await self._terminate_sessions(conn, login)
+            ended = await end_sessions(conn, login)
             if existing["can_login"] and not open_ and not store.suspended:
                 steps.append(Step("CredentialRetired", f"login {login} of credential {credential.name} closed "
                                                        f"(its turn ended); {ended} session(s) ended"))
@@ -685,7 +710,7 @@ class PostgresRelationalStore:
 
     async def _drop_login(self, conn: psycopg.AsyncConnection[Any], role: str) -> Step:
         await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(role)))
-        ended = await self._terminate_sessions(conn, role)
+        ended = await end_sessions(conn, role)
         await execute_at_once(conn, credentials.drop_login_statements(role))
         return credentials.removal_step(role, ended)
 
@@ -727,30 +752,23 @@ class PostgresRelationalStore:
                                      *bookkeeping.forget_role(store.reader_role)])
         return [Step("ReaderRoleDropped", f"role {store.reader_role} dropped (no readOnly credential left)")]
 
-    async def _terminate_sessions(self, conn: psycopg.AsyncConnection[Any], role: str) -> int:
-        # Wait (up to 5 s each) until the sessions are gone, so "Suspended" is true when status says so.
-        row = await fetch_one(conn, """
-            SELECT count(pg_terminate_backend(pid, 5000)) AS ended FROM pg_stat_activity
-             WHERE usename = %s AND pid <> pg_backend_pid()""", role)
-        return int(row["ended"]) if row else 0
-
     async def teardown(self, store: DesiredStore) -> list[Step]:
         steps: list[Step] = []
         role = sql.Identifier(store.role)
         async with self.server.connect() as conn:
             if await self._inspect_role(conn, store.role) is not None:
                 await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(role))
-                ended = await self._terminate_sessions(conn, store.role)
+                ended = await end_sessions(conn, store.role)
                 steps.append(Step("SessionsTerminated", f"role {store.role} can no longer log in; {ended} session(s) ended"))
             # Every login of the tenant is shut out before its data goes: a credential's open transaction would
             # otherwise hold a lock DROP SCHEMA waits for, on every retry.
             if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", store.io_role):
                 await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(store.io_role)))
-                await self._terminate_sessions(conn, store.io_role)
+                await end_sessions(conn, store.io_role)
             logins = await credentials.existing_logins(conn, store)
             for login in sorted(set(logins) - {store.reader_role}):
                 await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(sql.Identifier(login)))
-                await self._terminate_sessions(conn, login)
+                await end_sessions(conn, login)
             steps += await self._drop_data(conn, store)
             doomed = sorted(logins) + [name for name in (store.role, store.holding_role, store.io_role)
                                        if await fetch_one(conn, "SELECT 1 FROM pg_roles WHERE rolname = %s", name)]
@@ -1003,7 +1021,7 @@ class PostgresRelationalStore:
         finally:
             async with self.server.connect() as conn:
                 await conn.execute(sql.SQL("ALTER ROLE {} NOLOGIN").format(role))
-                await self._terminate_sessions(conn, store.io_role)
+                await end_sessions(conn, store.io_role)
                 await execute_at_once(conn, [*bookkeeping.lock_statements(SHARED_ACL_LOCK),
                                              sql.SQL("DROP ROLE IF EXISTS {}").format(role)])
 
