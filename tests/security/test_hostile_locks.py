@@ -195,3 +195,21 @@ async def test_an_open_transaction_does_not_keep_a_tenant_from_its_quota_block(
                      lambda: write(f"INSERT INTO {tenant.vectors.table} (namespace, id, embedding) VALUES (%s, 'hx', "
                                    f"'[1,1,1]')", namespace) if namespace else
                      write(f"INSERT INTO {tenant.vectors.table} (id, embedding) VALUES ('hx', '[1,1,1]')"))
+
+
+async def test_an_open_transaction_on_the_source_of_a_tier_move_does_not_keep_it(
+        fresh: FreshTenants, operator_server: PostgresServer, superuser: Superuser, attempts: Attempts) -> None:
+    """The last step of a move drops its source; a session of the tenant opened before the switch may hold a lock
+    there, and the source (its data, outside what is measured once the move is over) must not outlive the move."""
+    tenant = await fresh.make("hxmovehold")
+    holder = tenant.connect()
+    try:
+        holder.execute("BEGIN")
+        holder.execute(f"SELECT count(*) FROM {tenant.schema}.ledger")  # held until the transaction ends
+        timed = await finishes_within(PostgresRelationalStore(operator_server).drop_data(tenant.store),
+                                      DEADLINE_SECONDS, release=holder.close)
+    finally:
+        holder.close()
+    left = superuser.value(tenant.database, "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (tenant.schema,))
+    attempts.record("schema tenant keeps the source of its tier move with an open transaction",
+                    timed.in_time and timed.error is None and not left, f"{left} schema left; {timed.describe()}")

@@ -787,8 +787,10 @@ class PostgresRelationalStore:
         return steps
 
     async def drop_data(self, store: DesiredStore) -> list[Step]:
+        """A move's other side: the source once the tenant works on the target, or a copy the move gave up. The
+        tenant may still hold a lock on a table there from a session opened before the switch."""
         async with self.server.connect() as conn:
-            return await self._drop_data(conn, store)
+            return await despite_tenant_locks(conn, store, lambda: self._drop_data(conn, store))
 
     async def _drop_data(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> list[Step]:
         if store.relational is RelationalIsolation.SCHEMA:
