@@ -87,12 +87,16 @@ async def test_an_open_transaction_holding_everything_it_can_stalls_nobody(
         await fresh.make("hxholdnew", seed=False)
 
     async def measure_others() -> str:
+        # The usage job measures a class's tenants together: the attacker is measured with its victims.
         victims = [fleet["victim"], fleet["pro_victim"], fleet["enterprise_victim"]]
-        documents = await PgvectorStore(server).measure([(tenant.store, tenant.vectors) for tenant in victims])
-        await PostgresRelationalStore(server).measure([tenant.store for tenant in victims])
+        measured = [attacker, *victims]
+        documents = await PgvectorStore(server).measure([(tenant.store, tenant.vectors) for tenant in measured])
+        relational = await PostgresRelationalStore(server).measure([tenant.store for tenant in measured])
         wrong = {tenant.id: documents.get(tenant.id) for tenant in victims
                  if documents.get(tenant.id) is None or documents[tenant.id].documents != 3}
-        return f"wrong documents: {wrong}" if wrong else ""
+        unmeasured = [tenant.id for tenant in victims if tenant.id not in relational]
+        return "; ".join([*([f"wrong documents: {wrong}"] if wrong else []),
+                          *([f"no relational figures: {unmeasured}"] if unmeasured else [])])
 
     phases = {
         "an idle transaction holding every lock it can blocks provisioning into its shared index": provision_next,

@@ -26,8 +26,9 @@ from tenantstore import insights, pool
 from tenantstore.backends import (NAMESPACE_CREATED, Drift, GlobalPlacement, SecretValue, SharedIndex, Step,
                                   VectorPlacement, VectorRecord, VectorUsage, bookkeeping, pgvector_global,
                                   register_vector_backend)
-from tenantstore.backends.postgres import (DATABASE_STATE, PostgresServer, despite_tenant_locks, execute_at_once,
-                                           extension_schema, fetch_one, reopened_database, tenant_lock_patience)
+from tenantstore.backends.postgres import (DATABASE_STATE, MEASURE_LOCK_WAIT, PostgresServer, despite_tenant_locks,
+                                           execute_at_once, extension_schema, fetch_one, reopened_database,
+                                           rows_by_key_past_locks, tenant_lock_patience)
 from tenantstore.errors import BackendUnavailable, ObjectReplaced
 from tenantstore.models import (DesiredStore, GlobalIndex, Metric, VectorIsolation, dedicated_index_name,
                                 shared_index_name)
@@ -45,8 +46,11 @@ DISTANCE_OPERATORS = {Metric.COSINE: "<=>", Metric.EUCLIDEAN: "<->", Metric.DOTP
 PROBE_TIMEOUT_MS = 5000  # a search probe that takes longer is reported as failed, not waited for
 OPERATOR_CLASSES = {Metric.COSINE: "vector_cosine_ops", Metric.EUCLIDEAN: "vector_l2_ops",
                     Metric.DOTPRODUCT: "vector_ip_ops"}
-# The usage job waits this long for a partition a tenant has locked, then counts the rest without it.
-MEASURE_LOCK_WAIT = "1s"
+# Each partition's size; a partition its tenant keeps locked is measured next time (rows_by_key_past_locks).
+PARTITION_SIZES = sql.SQL("""
+    SELECT c.relname AS key, pg_total_relation_size(c.oid) AS value FROM pg_class c
+      JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = {} AND c.relname = ANY(%s)""").format(
+    sql.Literal(SHARED_SCHEMA))
 
 
 def shared_table_prefix(dimension: int, metric: Metric) -> str:
@@ -376,13 +380,10 @@ class PgvectorStore:
                 for index in sorted({placement.index for _, placement in shared}):
                     counts.update(await self._count_namespaces(conn, index.replace("-", "_"),
                                                                [store for store, p in shared if p.index == index]))
-                cursor = await conn.execute("""
-                    SELECT c.relname, pg_total_relation_size(c.oid) AS bytes FROM pg_class c
-                      JOIN pg_namespace n ON n.oid = c.relnamespace WHERE n.nspname = %s AND c.relname = ANY(%s)""",
-                    (SHARED_SCHEMA, [partition_name(store) for store, _ in shared]))
+                measured = await rows_by_key_past_locks(conn, PARTITION_SIZES,
+                                                        [partition_name(store) for store, _ in shared])
                 # NULL: dropped (a teardown) between the catalog read and the size: gone, so no figure.
-                sizes = {row["relname"]: int(row["bytes"]) for row in await cursor.fetchall()
-                         if row["bytes"] is not None}
+                sizes = {name: int(size) for name, size in measured.items() if size is not None}
                 for store, placement in shared:
                     # A partition that is gone has no figure (not 0): the verification pass must still see
                     # how many documents went with it.

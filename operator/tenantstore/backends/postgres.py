@@ -43,6 +43,8 @@ CONNECT_TIMEOUT_SECONDS = 5
 # How long a change of the tenant's write access waits for a lock on the tenant's tables before it shuts the
 # tenant's logins out (despite_tenant_locks).
 TENANT_LOCK_PATIENCE = "2s"
+# The usage job waits this long for a relation a tenant has locked, then measures the others without it.
+MEASURE_LOCK_WAIT = "1s"
 # The operator's own dedicated vector table lives in the tenant's schema and stays the admin's.
 OPERATOR_VECTOR_TABLE = "vectors"
 RELATION_KEYWORDS = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW", "S": "SEQUENCE",
@@ -268,6 +270,30 @@ async def tenant_lock_patience(conn: psycopg.AsyncConnection[Any]) -> AsyncItera
     async with conn.transaction():
         await conn.execute("SELECT set_config('lock_timeout', %s, true)", (TENANT_LOCK_PATIENCE,))
         yield
+
+
+async def rows_by_key_past_locks(conn: psycopg.AsyncConnection[Any], query: sql.Composable | str,
+                                 keys: list[str]) -> dict[str, Any]:
+    """`query` (key and value of each of `keys`, given as one array) over many tenants' relations at once, such as
+    their sizes, which lock each relation. A tenant holding one of its own locked keeps the others from being
+    measured for no longer than MEASURE_LOCK_WAIT: the keys are then asked one at a time and its key is left out."""
+    async def rows(asked: list[str]) -> dict[str, Any]:
+        async with conn.transaction():
+            await conn.execute("SELECT set_config('lock_timeout', %s, true)", (MEASURE_LOCK_WAIT,))
+            cursor = await conn.execute(query, (asked,))
+            return {row["key"]: row["value"] for row in await cursor.fetchall()}
+
+    if not keys:
+        return {}
+    try:
+        return await rows(keys)
+    except psycopg.errors.LockNotAvailable:
+        pass
+    found: dict[str, Any] = {}
+    for key in keys:
+        with contextlib.suppress(psycopg.errors.LockNotAvailable):
+            found.update(await rows([key]))
+    return found
 
 
 async def despite_tenant_locks(conn: psycopg.AsyncConnection[Any], store: DesiredStore,
@@ -848,10 +874,10 @@ class PostgresRelationalStore:
             connections: dict[str, int] = collections.Counter()
             for login, count in by_login.items():  # a tenant's connections are its credentials' too
                 connections[logins.get(login, login)] += int(count)
-            schema_bytes = await self._rows_by(conn, """
+            schema_bytes = await rows_by_key_past_locks(conn, """
                 SELECT n.nspname AS key, coalesce(sum(pg_total_relation_size(c.oid)), 0) AS value
-                  FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-                 WHERE n.nspname = ANY(%s) AND c.relkind IN ('r', 'm') GROUP BY n.nspname""", list(schemas))
+                  FROM pg_namespace n LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'm')
+                 WHERE n.nspname = ANY(%s) GROUP BY n.nspname""", list(schemas))
             database_bytes = await self._rows_by(conn, "SELECT datname AS key, pg_database_size(datname) AS value "
                                                        "FROM pg_database WHERE datname = ANY(%s)", list(databases))
             # A readWrite login's statements run as the tenant's role; a readOnly one's as the reader role.
@@ -863,12 +889,12 @@ class PostgresRelationalStore:
                     queries[owner] = int(queries.get(owner, 0)) + int(queries.pop(reader, 0))
             statements = await self._statements(conn, statistics, {**{role: role for role in roles}, **readers})
             # A schema or database that is gone has no figure (not 0): the verification pass must still see what
-            # went with it. A schema without tables is there, with 0 bytes.
-            present = set(await self._rows_by(conn, "SELECT nspname AS key, 1 AS value FROM pg_namespace "
-                                                    "WHERE nspname = ANY(%s)", list(schemas))) | set(database_bytes)
+            # went with it. A schema without tables is there, with 0 bytes; one whose tenant kept a table locked
+            # past MEASURE_LOCK_WAIT has no figure this time.
+            present = set(schema_bytes) | set(database_bytes)
         return {store.tenant_id: RelationalUsage(
-            storage_bytes=int(schema_bytes.get(store.schema, 0) if store.relational is RelationalIsolation.SCHEMA
-                              else database_bytes.get(store.database, 0)),
+            storage_bytes=int(schema_bytes[store.schema] if store.relational is RelationalIsolation.SCHEMA
+                              else database_bytes[store.database]),
             connections=int(connections.get(store.role, 0)),
             daily_queries=None if queries is None else int(queries.get(store.role, 0)),
             queries=None if statements is None else insights.summarize(statements.get(store.role, ())),
