@@ -3,6 +3,7 @@ tables, any advisory key, an open transaction, all its connections) stalls neith
 from __future__ import annotations
 
 import dataclasses
+from typing import Any
 
 import psycopg
 import pytest
@@ -33,6 +34,7 @@ from hostile_kit import (
 )
 
 from tenantstore.backends import LoginPlan
+from tenantstore.backends import postgres as postgres_backend
 from tenantstore.backends.pgvector import PgvectorStore
 from tenantstore.backends.postgres import PostgresRelationalStore, PostgresServer
 from tenantstore.models import Access, Credential, RelationalIsolation
@@ -217,3 +219,47 @@ async def test_an_open_transaction_on_the_source_of_a_tier_move_does_not_keep_it
     left = superuser.value(tenant.database, "SELECT count(*) FROM pg_namespace WHERE nspname = %s", (tenant.schema,))
     attempts.record("schema tenant keeps the source of its tier move with an open transaction",
                     timed.in_time and timed.error is None and not left, f"{left} schema left; {timed.describe()}")
+
+
+# A lock a tenant keeps on one relation of its own so the usage job cannot size it, while its other sessions write.
+HIDING_LOCKS = {
+    "a table of its own": "LOCK TABLE {tenant.schema}.ledger IN ACCESS EXCLUSIVE MODE",
+    "its vector partition": "LOCK TABLE {tenant.vectors.table} IN ACCESS EXCLUSIVE MODE",
+}
+
+
+@pytest.mark.parametrize("held", list(HIDING_LOCKS))
+async def test_a_relation_kept_locked_hides_what_a_tenant_stores_from_its_quota_for_a_bounded_time(
+        held: str, fresh: FreshTenants, operator_server: PostgresServer, superuser: Superuser, attempts: Attempts,
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(postgres_backend, "EXCLUSIVE_LOCK_LIMIT_SECONDS", 2.0)  # 300 s in the operator
+    tenant = await fresh.make(f"hxhide{list(HIDING_LOCKS).index(held)}")
+    holder = tenant.connect()
+    try:
+        holder.execute("BEGIN")
+        holder.execute(HIDING_LOCKS[held].format(tenant=tenant))
+        with tenant.connect() as writer:  # what it would keep from its quota
+            writer.execute(f"CREATE TABLE {tenant.schema}.hx_hoard AS "
+                           f"SELECT n, repeat('x', 500) AS body FROM generate_series(1, 20000) n")
+        hoard = superuser.value(tenant.database, "SELECT pg_relation_size(%s::regclass)", (f"{tenant.schema}.hx_hoard",))
+        wait_until(lambda: lock_held_seconds(superuser, tenant.role) > 2.5, 10, "the lock to be held past the limit")
+
+        async def measured() -> tuple[dict[str, Any], dict[str, Any]]:
+            return (await PostgresRelationalStore(operator_server).measure([tenant.store]),
+                    await PgvectorStore(operator_server).measure([(tenant.store, tenant.vectors)]))
+
+        timed = await finishes_within(measured(), DEADLINE_SECONDS, release=holder.close)
+    finally:
+        holder.close()
+    relational, vectors = timed.result or ({}, {})
+    figures = (relational.get(tenant.id), vectors.get(tenant.id))
+    attempts.record(f"schema tenant hides what it stores from its quota behind {held} kept locked",
+                    timed.in_time and timed.error is None and None not in figures
+                    and figures[0].storage_bytes >= hoard, f"{timed.describe()}; figures {figures}, hoard {hoard} B")
+
+
+def lock_held_seconds(superuser: Superuser, role: str) -> float:
+    return float(superuser.value("postgres", "SELECT coalesce(extract(epoch FROM now() - min(a.xact_start)), 0) "
+                                             "FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid "
+                                             "WHERE l.granted AND l.mode = 'AccessExclusiveLock' AND a.usename = %s",
+                                 (role,)))

@@ -27,8 +27,8 @@ from tenantstore.backends import (NAMESPACE_CREATED, Drift, GlobalPlacement, Sec
                                   VectorPlacement, VectorRecord, VectorUsage, bookkeeping, pgvector_global,
                                   register_vector_backend)
 from tenantstore.backends.postgres import (DATABASE_STATE, MEASURE_LOCK_WAIT, PostgresServer, despite_tenant_locks,
-                                           execute_at_once, extension_schema, fetch_one, reopened_database,
-                                           rows_by_key_past_locks, tenant_lock_patience)
+                                           execute_at_once, extension_schema, fetch_one, measured_despite_locks,
+                                           reopened_database, rows_by_key_past_locks, tenant_lock_patience)
 from tenantstore.errors import BackendUnavailable, ObjectReplaced
 from tenantstore.models import (DesiredStore, GlobalIndex, Metric, VectorIsolation, dedicated_index_name,
                                 shared_index_name)
@@ -382,6 +382,12 @@ class PgvectorStore:
                                                                [store for store, p in shared if p.index == index]))
                 measured = await rows_by_key_past_locks(conn, PARTITION_SIZES,
                                                         [partition_name(store) for store, _ in shared])
+                for store, placement in shared:  # gone, or kept locked by its tenant
+                    if placement.namespace not in counts or partition_name(store) not in measured:
+                        again = await measured_despite_locks(conn, store, lambda store=store: self._partition_figures(
+                            conn, store))
+                        if again is not None:
+                            counts[placement.namespace], measured[partition_name(store)] = again
                 # NULL: dropped (a teardown) between the catalog read and the size: gone, so no figure.
                 sizes = {name: int(size) for name, size in measured.items() if size is not None}
                 for store, placement in shared:
@@ -397,6 +403,13 @@ class PgvectorStore:
                 except (psycopg.errors.UndefinedTable, BackendUnavailable, ObjectReplaced):
                     continue  # torn down, locked or replaced by its tenant while we measured: nothing to report
         return usage
+
+    async def _partition_figures(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> tuple[int, Any]:
+        """Documents and bytes of one tenant's partition (its logins shut out by the caller)."""
+        row = await fetch_one(conn, sql.SQL(
+            "SELECT count(*) AS n, pg_total_relation_size(format('%%I.%%I', %s::text, %s::text)::regclass) AS bytes "
+            "FROM {}").format(sql.Identifier(SHARED_SCHEMA, partition_name(store))), SHARED_SCHEMA, partition_name(store))
+        return int(row["n"]), row["bytes"]
 
     async def _count_namespaces(self, conn: psycopg.AsyncConnection[Any], table: str,
                                 stores: Sequence[DesiredStore]) -> dict[str, int]:

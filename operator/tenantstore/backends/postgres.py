@@ -45,6 +45,13 @@ CONNECT_TIMEOUT_SECONDS = 5
 TENANT_LOCK_PATIENCE = "2s"
 # The usage job waits this long for a relation a tenant has locked, then measures the others without it.
 MEASURE_LOCK_WAIT = "1s"
+# A tenant that has kept a relation of its own locked exclusively for longer than this when the usage job cannot
+# size it has its sessions ended and is measured: else one locked table would hide all it stores from its quota.
+EXCLUSIVE_LOCK_LIMIT_SECONDS = 300.0
+SCHEMA_SIZES = """
+    SELECT n.nspname AS key, coalesce(sum(pg_total_relation_size(c.oid)), 0) AS value
+      FROM pg_namespace n LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'm')
+     WHERE n.nspname = ANY(%s) GROUP BY n.nspname"""
 # The operator's own dedicated vector table lives in the tenant's schema and stays the admin's.
 OPERATOR_VECTOR_TABLE = "vectors"
 RELATION_KEYWORDS = {"r": "TABLE", "p": "TABLE", "v": "VIEW", "m": "MATERIALIZED VIEW", "S": "SEQUENCE",
@@ -294,6 +301,22 @@ async def rows_by_key_past_locks(conn: psycopg.AsyncConnection[Any], query: sql.
         with contextlib.suppress(psycopg.errors.LockNotAvailable):
             found.update(await rows([key]))
     return found
+
+
+async def measured_despite_locks(conn: psycopg.AsyncConnection[Any], store: DesiredStore,
+                                 measure: Callable[[], Awaitable[T]]) -> T | None:
+    """A tenant the usage job could not measure: if a session of its has held an exclusive lock on a relation for
+    longer than EXCLUSIVE_LOCK_LIMIT_SECONDS, `measure` with its logins shut out; else None (measured next time)."""
+    logins = [store.role, *await credentials.existing_logins(conn, store)]
+    row = await fetch_one(conn, """
+        SELECT coalesce(extract(epoch FROM now() - min(a.xact_start)), 0) AS held
+          FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
+         WHERE l.granted AND l.locktype = 'relation' AND l.mode = 'AccessExclusiveLock' AND a.usename = ANY(%s)""",
+                          logins)
+    if row is None or float(row["held"]) < EXCLUSIVE_LOCK_LIMIT_SECONDS:
+        return None
+    async with tenant_logins_shut_out(conn, store):
+        return await measure()
 
 
 async def despite_tenant_locks(conn: psycopg.AsyncConnection[Any], store: DesiredStore,
@@ -874,10 +897,11 @@ class PostgresRelationalStore:
             connections: dict[str, int] = collections.Counter()
             for login, count in by_login.items():  # a tenant's connections are its credentials' too
                 connections[logins.get(login, login)] += int(count)
-            schema_bytes = await rows_by_key_past_locks(conn, """
-                SELECT n.nspname AS key, coalesce(sum(pg_total_relation_size(c.oid)), 0) AS value
-                  FROM pg_namespace n LEFT JOIN pg_class c ON c.relnamespace = n.oid AND c.relkind IN ('r', 'm')
-                 WHERE n.nspname = ANY(%s) GROUP BY n.nspname""", list(schemas))
+            schema_bytes = await rows_by_key_past_locks(conn, SCHEMA_SIZES, list(schemas))
+            for schema in set(schemas) - set(schema_bytes):  # gone, or kept locked by its tenant
+                schema_bytes.update(await measured_despite_locks(
+                    conn, schemas[schema], lambda schema=schema: rows_by_key_past_locks(conn, SCHEMA_SIZES, [schema]))
+                    or {})
             database_bytes = await self._rows_by(conn, "SELECT datname AS key, pg_database_size(datname) AS value "
                                                        "FROM pg_database WHERE datname = ANY(%s)", list(databases))
             # A readWrite login's statements run as the tenant's role; a readOnly one's as the reader role.
