@@ -518,7 +518,8 @@ async def measure_operator(env: kit.BenchEnvironment, run: Run, driver: DriverPr
                                     **kit.SystemCpu.delta(before_restart.system, run.system.snapshot())},
         }
         log(f"operator run N={n}: restart idle after {result['restart']['idle_seconds']}s, "
-            f"{sql['ddl']} DDL, {api['writes']} API writes; waiting for a verification pass")
+            f"{sql['ddl']} DDL, {api['writes']} API writes, {sql['statements']} SQL statements; first usage pass "
+            f"{json.dumps(first_usage_pass)}; waiting for a verification pass")
 
         try:
             result["verify"] = await measure_verification(run, sampler, follower, args, started)
