@@ -255,7 +255,8 @@ async def end_sessions(conn: psycopg.AsyncConnection[Any], role: str) -> int:
 @contextlib.asynccontextmanager
 async def tenant_logins_shut_out(conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> AsyncIterator[None]:
     """The tenant's open logins (its own and its credentials') closed and their sessions ended for as long as the
-    caller needs, then opened again. Should the operator stop in between, the next reconcile opens them."""
+    caller needs, then opened again. Should the operator stop in between, they stay closed until the tenant's next
+    reconcile (verification reports the owner's closed login as LoginChanged drift)."""
     logins = [store.role, *await credentials.existing_logins(conn, store)]
     cursor = await conn.execute("SELECT rolname FROM pg_roles WHERE rolname = ANY(%s) AND rolcanlogin "
                                 "ORDER BY rolname", (logins,))
