@@ -221,23 +221,26 @@ async def test_an_open_transaction_on_the_source_of_a_tier_move_does_not_keep_it
                     timed.in_time and timed.error is None and not left, f"{left} schema left; {timed.describe()}")
 
 
-# A lock a tenant keeps on one relation of its own so the usage job cannot size it, while its other sessions write.
+# A lock a tenant keeps on one relation of its own so the usage job cannot measure it, while its other sessions write.
 HIDING_LOCKS = {
-    "a table of its own": "LOCK TABLE {tenant.schema}.ledger IN ACCESS EXCLUSIVE MODE",
-    "its vector partition": "LOCK TABLE {tenant.vectors.table} IN ACCESS EXCLUSIVE MODE",
+    "schema tenant behind a table of its own": (SCHEMA, "LOCK TABLE {tenant.schema}.ledger IN ACCESS EXCLUSIVE MODE"),
+    "schema tenant behind its vector partition": (SCHEMA, "LOCK TABLE {tenant.vectors.table} IN ACCESS EXCLUSIVE MODE"),
+    "database tenant behind its vector table": (DATABASE, "LOCK TABLE {tenant.vectors.table} IN ACCESS EXCLUSIVE MODE"),
 }
 
 
-@pytest.mark.parametrize("held", list(HIDING_LOCKS))
+@pytest.mark.parametrize("hiding", list(HIDING_LOCKS))
 async def test_a_relation_kept_locked_hides_what_a_tenant_stores_from_its_quota_for_a_bounded_time(
-        held: str, fresh: FreshTenants, operator_server: PostgresServer, superuser: Superuser, attempts: Attempts,
+        hiding: str, fresh: FreshTenants, operator_server: PostgresServer, superuser: Superuser, attempts: Attempts,
         monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(postgres_backend, "EXCLUSIVE_LOCK_LIMIT_SECONDS", 2.0)  # 300 s in the operator
-    tenant = await fresh.make(f"hxhide{list(HIDING_LOCKS).index(held)}")
+    relational, lock = HIDING_LOCKS[hiding]
+    tenant = await fresh.make(f"hxhide{list(HIDING_LOCKS).index(hiding)}", relational,
+                              NAMESPACE if relational is SCHEMA else DEDICATED)
     holder = tenant.connect()
     try:
         holder.execute("BEGIN")
-        holder.execute(HIDING_LOCKS[held].format(tenant=tenant))
+        holder.execute(lock.format(tenant=tenant))
         with tenant.connect() as writer:  # what it would keep from its quota
             writer.execute(f"CREATE TABLE {tenant.schema}.hx_hoard AS "
                            f"SELECT n, repeat('x', 500) AS body FROM generate_series(1, 20000) n")
@@ -251,9 +254,9 @@ async def test_a_relation_kept_locked_hides_what_a_tenant_stores_from_its_quota_
         timed = await finishes_within(measured(), DEADLINE_SECONDS, release=holder.close)
     finally:
         holder.close()
-    relational, vectors = timed.result or ({}, {})
-    figures = (relational.get(tenant.id), vectors.get(tenant.id))
-    attempts.record(f"schema tenant hides what it stores from its quota behind {held} kept locked",
+    measured_relational, measured_vectors = timed.result or ({}, {})
+    figures = (measured_relational.get(tenant.id), measured_vectors.get(tenant.id))
+    attempts.record(f"{hiding} kept locked hides what it stores from its quota",
                     timed.in_time and timed.error is None and None not in figures
                     and figures[0].storage_bytes >= hoard, f"{timed.describe()}; figures {figures}, hoard {hoard} B")
 

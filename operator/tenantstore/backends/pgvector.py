@@ -399,10 +399,23 @@ class PgvectorStore:
         for store, placement in tenants:
             if not placement.namespace:  # dedicated: its bytes are in the tenant's schema or database already
                 try:
-                    usage[store.tenant_id] = VectorUsage(documents=await self.count(store, placement))
+                    documents = await self._count_dedicated(store)
                 except (psycopg.errors.UndefinedTable, BackendUnavailable, ObjectReplaced):
-                    continue  # torn down, locked or replaced by its tenant while we measured: nothing to report
+                    continue  # torn down or replaced by its tenant while we measured: nothing to report
+                if documents is not None:  # None: locked by its tenant, measured next time
+                    usage[store.tenant_id] = VectorUsage(documents=documents)
         return usage
+
+    async def _count_dedicated(self, store: DesiredStore) -> int | None:
+        async with self.server.connect(store.database) as conn:
+            async def count() -> int:
+                async with self._dedicated_table(conn, store) as table:
+                    row = await fetch_one(conn, sql.SQL("SELECT count(*) AS n FROM {}").format(table))
+                return int(row["n"])
+            try:
+                return await count()
+            except psycopg.errors.LockNotAvailable:
+                return await measured_despite_locks(conn, store, count)
 
     async def _partition_figures(self, conn: psycopg.AsyncConnection[Any], store: DesiredStore) -> tuple[int, Any]:
         """Documents and bytes of one tenant's partition (its logins shut out by the caller)."""
