@@ -15,7 +15,6 @@ from typing import Any
 
 import psycopg
 import pytest
-from psycopg import sql
 from hostile_kit import (
     DATABASE,
     DEADLINE_SECONDS,
@@ -34,6 +33,7 @@ from hostile_kit import (
     records,
     wait_until,
 )
+from psycopg import sql
 from trap_kit import (
     TrapWatch,
     admin_schema_squat,
