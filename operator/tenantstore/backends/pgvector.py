@@ -428,8 +428,7 @@ class PgvectorStore:
                                 stores: Sequence[DesiredStore]) -> dict[str, int]:
         """Documents per namespace: one grouped scan, or partition by partition when a tenant holds a lock."""
         try:
-            async with conn.transaction():
-                await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(MEASURE_LOCK_WAIT)))
+            async with tenant_lock_patience(conn, MEASURE_LOCK_WAIT):
                 cursor = await conn.execute(sql.SQL("SELECT namespace, count(*) AS documents FROM {} "
                                                     "GROUP BY namespace").format(sql.Identifier(SHARED_SCHEMA, table)))
                 counted = {row["namespace"]: int(row["documents"]) for row in await cursor.fetchall()}
@@ -441,8 +440,7 @@ class PgvectorStore:
         counts: dict[str, int] = {}
         for store in stores:
             try:
-                async with conn.transaction():
-                    await conn.execute(sql.SQL("SET LOCAL lock_timeout = {}").format(sql.Literal(MEASURE_LOCK_WAIT)))
+                async with tenant_lock_patience(conn, MEASURE_LOCK_WAIT):
                     row = await fetch_one(conn, sql.SQL("SELECT count(*) AS n FROM {}").format(
                         sql.Identifier(SHARED_SCHEMA, partition_name(store))))
                 counts[store.tenant_id] = int(row["n"])

@@ -273,10 +273,11 @@ async def tenant_logins_shut_out(conn: psycopg.AsyncConnection[Any], store: Desi
 
 
 @contextlib.asynccontextmanager
-async def tenant_lock_patience(conn: psycopg.AsyncConnection[Any]) -> AsyncIterator[None]:
-    """A transaction that waits TENANT_LOCK_PATIENCE, not the session's lock_timeout, for a lock."""
+async def tenant_lock_patience(conn: psycopg.AsyncConnection[Any], wait: str = TENANT_LOCK_PATIENCE
+                               ) -> AsyncIterator[None]:
+    """A transaction that waits `wait`, not the session's lock_timeout, for a lock a tenant may hold."""
     async with conn.transaction():
-        await conn.execute("SELECT set_config('lock_timeout', %s, true)", (TENANT_LOCK_PATIENCE,))
+        await conn.execute("SELECT set_config('lock_timeout', %s, true)", (wait,))
         yield
 
 
@@ -286,8 +287,7 @@ async def rows_by_key_past_locks(conn: psycopg.AsyncConnection[Any], query: sql.
     their sizes, which lock each relation. A tenant holding one of its own locked keeps the others from being
     measured for no longer than MEASURE_LOCK_WAIT: the keys are then asked one at a time and its key is left out."""
     async def rows(asked: list[str]) -> dict[str, Any]:
-        async with conn.transaction():
-            await conn.execute("SELECT set_config('lock_timeout', %s, true)", (MEASURE_LOCK_WAIT,))
+        async with tenant_lock_patience(conn, MEASURE_LOCK_WAIT):
             cursor = await conn.execute(query, (asked,))
             return {row["key"]: row["value"] for row in await cursor.fetchall()}
 
